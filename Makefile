@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+INSYNC := .venv-insync
+BIN := $(VENV)/bin
+RUN_KEY ?= demo-$(shell date -u +%Y-%m-%d)
+KIT_DB ?= data/kit.duckdb
+export KIT_DB
+
+.PHONY: demo test lint bench clean insync
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+# ib_insync and ib_async both install a top-level `eventkit`, so ib_insync lives in its own environment,
+# with kit installed there without its ib_async dependency.
+$(INSYNC)/.installed: pyproject.toml
+	test -x $(INSYNC)/bin/python || $(PYTHON) -m venv $(INSYNC)
+	$(INSYNC)/bin/python -m pip install --quiet --upgrade pip
+	$(INSYNC)/bin/python -m pip install --quiet ib_insync==0.9.86 pandas==3.1.1 duckdb==2.0.0 \
+		croniter==7.0.0 pytest==9.2.0 hypothesis==6.170.15
+	$(INSYNC)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+insync: $(INSYNC)/.installed
+
+demo: $(VENV)/.installed
+	@mkdir -p data/runs
+	$(BIN)/papermill --log-level WARNING notebooks/momentum.ipynb data/runs/momentum-$(RUN_KEY).ipynb \
+		-p broker mock -p run_key $(RUN_KEY)
+	$(BIN)/kit summary --run $(RUN_KEY)
+
+test: $(VENV)/.installed $(INSYNC)/.installed
+	$(BIN)/ruff check .
+	KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q tests
+	KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q --nbval-lax notebooks
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(INSYNC) .pytest_cache .ruff_cache .hypothesis
