@@ -1,0 +1,44 @@
+"""kit: research targets in a DataFrame -> validated plan -> risk -> broker -> DuckDB ledger.
+
+The public names are imported lazily, so `import kit` stays fast and the IB libraries load only when used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "plan": "kit.api", "execute": "kit.api", "execute_async": "kit.api", "ledger": "kit.api",
+    "Plan": "kit.planner", "Run": "kit.engine", "RunInfo": "kit.engine",
+    "MockBroker": "kit.brokers.mock", "CommissionModel": "kit.brokers.mock", "Broker": "kit.brokers.base",
+    "Ledger": "kit.store",
+    "KitError": "kit.errors", "ValidationError": "kit.errors", "PayloadConflictError": "kit.errors",
+    "LiveAccountError": "kit.errors",
+}
+__all__ = [  # noqa: RUF022 (grouped by layer, like _EXPORTS)
+    "plan", "execute", "execute_async", "ledger", "Plan", "Run", "RunInfo", "MockBroker",
+    "CommissionModel", "Broker", "Ledger", "KitError", "ValidationError", "PayloadConflictError",
+    "LiveAccountError", "__version__",
+]
+
+if TYPE_CHECKING:
+    from kit.api import execute, execute_async, ledger, plan
+    from kit.brokers.base import Broker
+    from kit.brokers.mock import CommissionModel, MockBroker
+    from kit.engine import Run, RunInfo
+    from kit.errors import KitError, LiveAccountError, PayloadConflictError, ValidationError
+    from kit.planner import Plan
+    from kit.store import Ledger
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

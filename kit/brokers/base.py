@@ -1,0 +1,59 @@
+"""What the engine needs from a broker, and nothing more.
+
+A broker pushes normalized events (kit.model) into the sink the engine binds; the engine never asks a
+broker "is it filled yet?". Every broker reuses kit.state to interpret those events.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+
+from kit.model import BrokerEvent, Order, OrderIntent
+
+EventSink = Callable[[BrokerEvent], None]
+
+
+class Broker(ABC):
+    name: str = "broker"
+    account: str = ""
+    is_paper: bool = True
+
+    def __init__(self) -> None:
+        self._sink: EventSink | None = None
+
+    def bind(self, sink: EventSink) -> None:
+        """Where events go. Called by the engine before connect()."""
+        self._sink = sink
+
+    def emit(self, event: BrokerEvent) -> None:
+        if self._sink is not None:
+            self._sink(event)
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def submit(self, order: OrderIntent) -> None:
+        """Send the order. Acknowledgement, fills and rejections arrive later as events."""
+
+    @abstractmethod
+    async def cancel(self, client_order_id: str) -> None:
+        """Ask for a cancel. The order is cancelled only when a Cancelled event confirms it."""
+
+    @abstractmethod
+    async def sync(self, orders: Iterable[Order]) -> set[str]:
+        """Replay what the broker knows of these orders as events; return the client_order_ids it knows.
+
+        Called on resume, before anything is sent, so an order the broker already has is never sent again.
+        """
+
+    def reference_price(self, symbol: str) -> float | None:
+        """The price at submission, recorded as the arrival price for TCA; None when unknown."""
+        return None
+
+    async def positions(self) -> dict[str, float]:
+        return {}

@@ -1,0 +1,194 @@
+"""A deterministic in-process broker for research, demos and tests.
+
+It plays a tiny exchange on the running event loop: acknowledgements, partial fills and commissions are
+scheduled with loop.call_later, so the engine sees the same kind of event stream an IB session gives. The
+same seed, prices and orders always give the same executions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from kit.brokers.base import Broker
+from kit.model import (
+    Accepted,
+    BrokerNotice,
+    Cancelled,
+    Commission,
+    Execution,
+    Fill,
+    Order,
+    OrderIntent,
+    Rejected,
+    Side,
+)
+
+
+@dataclass(frozen=True)
+class CommissionModel:
+    """Per-share commission with a floor and a cap, the shape of IB's fixed pricing."""
+
+    per_share: float = 0.005
+    minimum: float = 1.0
+    maximum_rate: float = 0.01  # of notional
+
+    def __call__(self, quantity: float, price: float) -> float:
+        fee = max(quantity * self.per_share, self.minimum)
+        return round(min(fee, quantity * price * self.maximum_rate), 6)
+
+
+def reference_prices(prices: Mapping[str, float] | pd.DataFrame | pd.Series | None) -> dict[str, float]:
+    """A dict {symbol: price}, a Series, or a DataFrame: wide (one column per symbol, the last valid
+    row wins) or long (symbol and price columns, the last row per symbol wins)."""
+    if prices is None:
+        return {}
+    if isinstance(prices, pd.DataFrame):
+        if {"symbol", "price"} <= set(prices.columns):
+            return {str(s): float(p) for s, p in prices.groupby("symbol")["price"].last().items()}
+        return {str(s): float(p) for s, p in prices.ffill().iloc[-1].dropna().items()
+                if isinstance(p, int | float)}
+    return {str(symbol): float(price) for symbol, price in dict(prices).items()}
+
+
+@dataclass
+class _Working:
+    intent: OrderIntent
+    number: int
+    chunks: list[float]
+    fills_sent: int = 0
+    cancelled: bool = False
+
+
+class MockBroker(Broker):
+    """MKT orders fill at the reference price, in `partial_fills` pieces; LMT orders fill when the
+    reference price reaches the limit (see set_price) and otherwise stay working; a symbol without a price
+    is rejected with reason `price_unavailable`."""
+
+    name = "mock"
+    account = "MOCK-PAPER"
+    is_paper = True
+
+    def __init__(
+        self,
+        prices: Mapping[str, float] | pd.DataFrame | pd.Series | None = None,
+        *,
+        seed: int = 0,
+        partial_fills: int | tuple[int, int] = 1,
+        latency: float = 0.0,
+        commission: Callable[[float, float], float] = CommissionModel(),
+        currency: str = "USD",
+    ) -> None:
+        super().__init__()
+        self.prices = reference_prices(prices)
+        self.seed = seed
+        self.partial_fills = partial_fills
+        self.latency = latency
+        self.commission = commission
+        self.currency = currency
+        self.orders: dict[str, _Working] = {}
+        self.submitted: list[str] = []  # every client_order_id ever submitted, duplicates included
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def connect(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        self._loop = None
+
+    def reference_price(self, symbol: str) -> float | None:
+        return self.prices.get(symbol)
+
+    def set_price(self, symbol: str, price: float) -> None:
+        """Move the market: resting LMT orders that the new price reaches start filling."""
+        self.prices[symbol] = float(price)
+        for working in self.orders.values():
+            if working.intent.symbol == symbol and not working.cancelled and working.fills_sent == 0:
+                self._maybe_fill(working)
+
+    async def submit(self, order: OrderIntent) -> None:
+        self.submitted.append(order.client_order_id)
+        number = len(self.submitted)
+        rng = random.Random(f"{self.seed}:{order.client_order_id}")
+        working = _Working(order, number, _split(order.quantity, self.partial_fills, rng))
+        self.orders[order.client_order_id] = working
+        if order.symbol not in self.prices:
+            self._later(0, Rejected(order.client_order_id, self._now(), "price_unavailable"))
+            working.cancelled = True
+            return
+        self._later(0, Accepted(order.client_order_id, self._now(), broker_order_id=str(number),
+                                perm_id=str(900_000_000 + number)))
+        self._maybe_fill(working)
+
+    async def cancel(self, client_order_id: str) -> None:
+        working = self.orders.get(client_order_id)
+        if working is None or working.cancelled or working.fills_sent == len(working.chunks):
+            self._later(0, BrokerNotice(self._now(), "not_working", "cancel of an order that is not working",
+                                        client_order_id))
+            return
+        working.cancelled = True
+        self._later(0, Cancelled(client_order_id, self._now(), "cancelled by request"))
+
+    async def sync(self, orders: Iterable[Order]) -> set[str]:
+        """A mock broker's memory lives in this object: a new process knows nothing of earlier orders."""
+        known = set()
+        for order in orders:
+            working = self.orders.get(order.client_order_id)
+            if working is not None:
+                known.add(order.client_order_id)
+        return known
+
+    def _marketable(self, intent: OrderIntent) -> bool:
+        if intent.order_type == "MKT":
+            return True
+        price = self.prices[intent.symbol]
+        return price <= intent.limit_price if intent.side is Side.BUY else price >= intent.limit_price
+
+    def _maybe_fill(self, working: _Working) -> None:
+        if not self._marketable(working.intent):
+            return
+        for index in range(len(working.chunks)):
+            self._later(self.latency * (index + 1), working, index)
+
+    def _later(self, delay: float, what: object, index: int | None = None) -> None:
+        assert self._loop is not None, "MockBroker used before connect()"
+        callback = self._fill if isinstance(what, _Working) else self.emit
+        args = (what, index) if isinstance(what, _Working) else (what,)
+        if delay > 0:
+            self._loop.call_later(delay, callback, *args)
+        else:
+            self._loop.call_soon(callback, *args)
+
+    def _fill(self, working: _Working, index: int) -> None:
+        if working.cancelled:
+            return
+        intent = working.intent
+        price = self.prices[intent.symbol]
+        quantity = working.chunks[index]
+        exec_id = f"mock.{working.number:08x}.{index + 1:02d}.01"
+        at = self._now()
+        working.fills_sent += 1
+        self.emit(Execution(Fill(exec_id, intent.client_order_id, quantity, price, at,
+                                 currency=intent.currency, exchange="MOCK"), at))
+        self.emit(Commission(exec_id, self.commission(quantity, price), intent.currency, at,
+                             intent.client_order_id))
+
+    @staticmethod
+    def _now() -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _split(quantity: float, pieces: int | tuple[int, int], rng: random.Random) -> list[float]:
+    """Split a whole quantity into 1..n whole pieces, deterministically from rng."""
+    count = rng.randint(*pieces) if isinstance(pieces, tuple) else pieces
+    count = max(1, min(int(count), int(quantity)))
+    cuts = sorted(rng.sample(range(1, int(quantity)), count - 1)) if count > 1 else []
+    bounds = [0, *cuts, int(quantity)]
+    return [float(b - a) for a, b in itertools.pairwise(bounds)]
+

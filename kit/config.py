@@ -1,0 +1,64 @@
+"""Configuration from the environment, optionally from a `kit.toml` in the working directory.
+
+The environment wins over the file, so a scheduled job can override a team-wide file. Secrets never live
+here: IB credentials stay in TWS / IB Gateway, never in kit, a notebook or the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = "data/kit.duckdb"
+
+
+def _file_settings() -> dict[str, Any]:
+    path = Path(os.environ.get("KIT_CONFIG", "kit.toml"))
+    if not path.is_file():
+        return {}
+    with path.open("rb") as handle:
+        data = tomllib.load(handle)
+    # Keys in the file are the environment names without the KIT_ prefix, lower case: db, ib_port, ...
+    return {f"KIT_{key.upper()}": value for key, value in data.items() if not isinstance(value, dict)} | {
+        f"KIT_{section.upper()}_{key.upper()}": value
+        for section, table in data.items() if isinstance(table, dict) for key, value in table.items()
+    }
+
+
+def setting(name: str, default: Any = None) -> Any:
+    """One setting: environment variable `name`, else kit.toml, else `default`."""
+    if name in os.environ:
+        return os.environ[name]
+    return _file_settings().get(name, default)
+
+
+def truthy(value: Any) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def db_path(db: str | os.PathLike[str] | None = None) -> Path:
+    return Path(db if db is not None else setting("KIT_DB", DEFAULT_DB))
+
+
+@dataclass(frozen=True)
+class IBSettings:
+    host: str = "127.0.0.1"
+    port: int = 4002
+    client_id: int = 17
+    account: str = ""
+    allow_live: bool = False
+    connect_timeout: float = 10.0
+
+    @classmethod
+    def load(cls) -> IBSettings:
+        return cls(
+            host=str(setting("KIT_IB_HOST", cls.host)),
+            port=int(setting("KIT_IB_PORT", cls.port)),
+            client_id=int(setting("KIT_IB_CLIENT_ID", cls.client_id)),
+            account=str(setting("KIT_IB_ACCOUNT", cls.account)),
+            allow_live=truthy(setting("KIT_ALLOW_LIVE", "0")),
+            connect_timeout=float(setting("KIT_IB_CONNECT_TIMEOUT", cls.connect_timeout)),
+        )

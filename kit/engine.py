@@ -1,0 +1,337 @@
+"""The engine: send a plan through a broker, fold the broker's events into orders, record everything.
+
+The imperative shell around kit.state. It waits on the broker's event queue, never on a timer that checks
+"is it filled yet": a run ends when every order is done by its executions, or when its timeout says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any, Literal
+
+import pandas as pd
+
+from kit.brokers.base import Broker
+from kit.errors import LiveAccountError, PayloadConflictError
+from kit.ids import run_id_for
+from kit.model import PAYLOAD_FIELDS, Event, Execution, Order, Submitted
+from kit.planner import Plan
+from kit.state import Effect, OrderBook, Outcome, run_status
+from kit.store import Batch, Ledger, event_row, fill_row, order_row
+
+OnTimeout = Literal["cancel", "leave"]
+
+
+def utcnow() -> datetime:
+    """kit stores naive UTC timestamps throughout."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class RunInfo:
+    """What the runs row records about where a run came from."""
+
+    notebook: str | None = None
+    notebook_hash: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    git_revision: str | None = None
+    output_path: str | None = None
+
+
+@dataclass
+class Run:
+    """The outcome of kit.execute: the run's status with its orders and fills as the ledger has them."""
+
+    run_id: str
+    run_key: str
+    status: str
+    orders: pd.DataFrame
+    fills: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        filled = int((self.orders["status"] == "FILLED").sum()) if len(self.orders) else 0
+        lines = [f"run {self.run_key} ({self.run_id}): {self.status}",
+                 f"  orders: {len(self.orders)} ({filled} filled)   fills: {len(self.fills)}"]
+        if len(self.orders):
+            counts = self.orders["status"].value_counts().sort_index()
+            lines.append("  by status: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        columns = ["client_order_id", "symbol", "side", "quantity", "status", "filled_quantity",
+                   "avg_fill_price", "commission", "reason"]
+        notes = "".join(f"<br>{n}" for n in self.notes)
+        return (f"<p><b>Run</b> {self.run_key} &middot; <b>{self.status}</b> &middot; {len(self.orders)} "
+                f"orders &middot; {len(self.fills)} fills{notes}</p>"
+                + self.orders.reindex(columns=columns).to_html(index=False, na_rep=""))
+
+
+def _detail(event: Event, effect: Effect) -> dict[str, Any]:
+    detail = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)
+              if f.name not in ("at", "client_order_id")}
+    if isinstance(event, Execution):
+        detail = {f.name: getattr(event.fill, f.name) for f in dataclasses.fields(event.fill)
+                  if f.name != "client_order_id"}
+    detail["effect"] = str(effect)
+    return detail
+
+
+class Recorder:
+    """Turns applied events into ledger rows and writes them a batch at a time."""
+
+    def __init__(self, ledger: Ledger, run_id: str):
+        self.ledger = ledger
+        self.run_id = run_id
+        self.seq = ledger.next_seq(run_id)
+        self.batch = Batch()
+
+    def _event(self, client_order_id: str | None, at: datetime, kind: str, status: str | None,
+               detail: dict[str, Any]) -> None:
+        self.batch.events.append(event_row(uuid.uuid4().hex, self.run_id, client_order_id, self.seq, at,
+                                           kind, status, detail))
+        self.seq += 1
+
+    def record(self, event: Event, outcome: Outcome) -> None:
+        order = outcome.order
+        self._event(getattr(event, "client_order_id", None) or (order and order.client_order_id), event.at,
+                    event.kind, str(order.status) if order else None, _detail(event, outcome.effect))
+        if order is not None and outcome.effect in (Effect.APPLIED, Effect.CORRECTION):
+            self.batch.orders[order.client_order_id] = order_row(order)
+        if outcome.fill is not None and order is not None:
+            self.batch.fills[outcome.fill.exec_id] = fill_row(order, outcome.fill)
+        if outcome.replaced_exec_id:
+            self.batch.fills.pop(outcome.replaced_exec_id, None)
+            self.batch.replaced_fills.add(outcome.replaced_exec_id)
+
+    def order(self, order: Order, kind: str, at: datetime, **detail: Any) -> None:
+        self._event(order.client_order_id, at, kind, str(order.status), detail)
+        self.batch.orders[order.client_order_id] = order_row(order)
+
+    def note(self, kind: str, at: datetime, client_order_id: str | None = None, **detail: Any) -> None:
+        self._event(client_order_id, at, kind, None, detail)
+
+    def flush(self) -> None:
+        if self.batch:
+            self.ledger.write(self.batch)
+            self.batch = Batch()
+
+
+class Engine:
+    def __init__(self, plan: Plan, broker: Broker, ledger: Ledger, *, timeout: float = 60.0,
+                 on_timeout: OnTimeout = "cancel", cancel_timeout: float = 10.0, allow_live: bool = False,
+                 info: RunInfo | None = None):
+        if on_timeout not in ("cancel", "leave"):
+            raise ValueError(f"on_timeout must be 'cancel' or 'leave', not {on_timeout!r}")
+        self.plan, self.broker, self.ledger = plan, broker, ledger
+        self.timeout, self.on_timeout, self.cancel_timeout = timeout, on_timeout, cancel_timeout
+        self.allow_live = allow_live
+        self.info = info or RunInfo()
+        self.run_id = run_id_for(plan.run_key)
+        self.book = OrderBook()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.open: set[str] = set()  # submitted orders that can still change: working or missing commission
+        self.notes: list[str] = []
+
+    # ---- the run -------------------------------------------------------------------------------------
+    async def run(self) -> Run:
+        previous = self.ledger.load_orders(self.run_id)
+        self._check_payloads(previous)  # before anything is written
+        recorder = self.recorder = Recorder(self.ledger, self.run_id)
+        self._start_run()
+        for order in previous:
+            self.book.add(order)
+        now = utcnow()
+        for intent in self.plan.orders:
+            if intent.client_order_id not in self.book.orders:
+                order = Order(intent=intent, run_id=self.run_id, created_at=now, updated_at=now)
+                self.book.add(order)
+                recorder.order(order, "planned", now)
+        recorder.flush()
+        error: BaseException | None = None
+        try:
+            await self._trade()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._finish(error)
+        return self._result()
+
+    async def _trade(self) -> None:
+        orders = list(self.book.orders.values())
+        to_sync = [o for o in orders if o.submitted_at is not None and _unsettled(o)]
+        to_send = [o for o in orders if o.submitted_at is None and o.working]
+        if not to_sync and not to_send:
+            return
+        self.broker.bind(self.queue.put_nowait)
+        await self.broker.connect()
+        try:
+            self.ledger.update_run(self.run_id, account=self.broker.account)
+            if not self.broker.is_paper and not self.allow_live:
+                raise LiveAccountError(
+                    f"account {self.broker.account} is not a paper account; nothing was sent. "
+                    "Set KIT_ALLOW_LIVE=1 to trade it.")
+            if to_sync:
+                await self._resume(to_sync)
+            await self._submit(to_send)
+            loop = asyncio.get_running_loop()
+            if not await self._follow(loop.time() + self.timeout):
+                await self._on_timeout(loop)
+        finally:
+            self._drain()
+            self.recorder.flush()
+            await self.broker.close()
+
+    async def _resume(self, orders: list[Order]) -> None:
+        """Ask the broker what it has before sending anything: known orders are followed, never resent."""
+        known = await self.broker.sync(orders)
+        now = utcnow()
+        for order in orders:
+            if order.client_order_id in known:
+                self.open.add(order.client_order_id)
+            else:
+                self.recorder.order(order, "unknown_at_broker", now)
+                self.notes.append(f"{order.client_order_id} was sent earlier but the broker does not know it;"
+                                  " it was not sent again")
+        self._drain()
+        self.recorder.flush()
+
+    async def _submit(self, orders: list[Order]) -> None:
+        if not orders:
+            return
+        now = utcnow()
+        for order in orders:  # write-ahead: the ledger knows an order was handed over before the broker does
+            arrival = self.broker.reference_price(order.intent.symbol)
+            self._apply(Submitted(order.client_order_id, now, arrival))
+        self.recorder.flush()
+        for order in orders:
+            self.open.add(order.client_order_id)
+            await self.broker.submit(order.intent)
+
+    async def _follow(self, deadline: float) -> bool:
+        """Apply events until no order can change any more; False if the deadline came first."""
+        loop = asyncio.get_running_loop()
+        while self.open:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                event = await asyncio.wait_for(self.queue.get(), remaining)
+            except TimeoutError:
+                return False
+            self._apply(event)
+            self._drain()
+            self.recorder.flush()
+        return True
+
+    async def _on_timeout(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = utcnow()
+        working = [self.book.orders[c] for c in sorted(self.open) if self.book.orders[c].working]
+        if self.on_timeout == "leave":
+            for order in working:
+                self.recorder.order(order, "left_working", now, timeout=self.timeout)
+            if working:
+                self.notes.append(f"{len(working)} order(s) left working at the broker after the "
+                                  f"{self.timeout:g}s timeout (on_timeout='leave')")
+            return
+        for order in working:
+            self.recorder.order(order, "cancel_requested", now, timeout=self.timeout)
+            await self.broker.cancel(order.client_order_id)
+        self.recorder.flush()
+        await self._follow(loop.time() + self.cancel_timeout)
+        unconfirmed = [c for c in sorted(self.open) if self.book.orders[c].working]
+        for coid in unconfirmed:
+            self.recorder.order(self.book.orders[coid], "cancel_unconfirmed", utcnow())
+        if unconfirmed:
+            self.notes.append(f"{len(unconfirmed)} cancel(s) not confirmed by the broker; those orders may "
+                              "still fill: check with `kit reconcile`")
+        if working:
+            self.notes.append(f"{len(working)} order(s) still working at the {self.timeout:g}s timeout were "
+                              "cancelled")
+
+    # ---- event folding -------------------------------------------------------------------------------
+    def _apply(self, event: Event) -> None:
+        outcome = self.book.apply(event)
+        self.recorder.record(event, outcome)
+        order = outcome.order
+        if order is not None and order.client_order_id in self.open and not _unsettled(order):
+            self.open.discard(order.client_order_id)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                event = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            self._apply(event)
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def _check_payloads(self, previous: list[Order]) -> None:
+        known = {o.client_order_id: o.intent for o in previous}
+        conflicts = []
+        for intent in self.plan.orders:
+            old = known.get(intent.client_order_id)
+            if old is not None and old.payload() != intent.payload():
+                diffs = ", ".join(f"{name} {a!r} -> {b!r}" for name, a, b in
+                                  zip(PAYLOAD_FIELDS, old.payload(), intent.payload(), strict=True) if a != b)
+                conflicts.append(f"  {intent.client_order_id}: {diffs}")
+        if conflicts:
+            raise PayloadConflictError(
+                f"run_key {self.plan.run_key!r} already has these orders with a different payload; nothing "
+                "was sent. Use a new run_key for a new plan.\n" + "\n".join(conflicts))
+
+    def _start_run(self) -> None:
+        now = utcnow()
+        if self.ledger.run_row(self.run_id) is None:
+            self.ledger.insert_run({
+                "run_id": self.run_id, "run_key": self.plan.run_key, "notebook": self.info.notebook,
+                "notebook_hash": self.info.notebook_hash, "parameters": _json(self.info.parameters),
+                "broker": self.broker.name, "account": self.broker.account or None, "status": "running",
+                "started_at": now, "git_revision": self.info.git_revision, "kit_version": version("kit"),
+                "output_path": self.info.output_path,
+            })
+            self.recorder.note("run_started", now, plan_hash=self.plan.hash, orders=len(self.plan.orders))
+        else:
+            self.ledger.update_run(self.run_id, status="running", ended_at=None, error_name=None, error=None)
+            self.recorder.note("run_resumed", now, plan_hash=self.plan.hash, orders=len(self.plan.orders))
+
+    def _finish(self, error: BaseException | None) -> None:
+        now = utcnow()
+        status = run_status(list(self.book.orders.values()))
+        if error is not None:
+            if not self._any_fill():
+                status = "failed"
+            self.recorder.note("run_error", now, error=type(error).__name__, message=str(error))
+        self.recorder.note("run_finished", now, status=status, notes=self.notes)
+        self.recorder.flush()
+        self.ledger.update_run(
+            self.run_id, status=status, ended_at=now,
+            error_name=type(error).__name__ if error else None, error=str(error) if error else None)
+        self.status = status
+
+    def _any_fill(self) -> bool:
+        return any(o.fills for o in self.book.orders.values())
+
+    def _result(self) -> Run:
+        return Run(self.run_id, self.plan.run_key, self.status, self.ledger.orders(self.run_id),
+                   self.ledger.fills(self.run_id), self.notes)
+
+
+def _unsettled(order: Order) -> bool:
+    """Still expecting something from the broker: quantity that can fill, or a fill without commission."""
+    return order.working or any(f.commission is None for f in order.fills.values())
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)

@@ -1,0 +1,36 @@
+"""Errors a user can act on. Each names what was wrong, so a notebook cell fails with a readable message."""
+
+from __future__ import annotations
+
+
+class KitError(Exception):
+    """Base class: anything kit refuses to do, with the reason."""
+
+
+class ValidationError(KitError, ValueError):
+    """A targets frame had bad rows. Nothing was sent and nothing was written.
+
+    `problems` holds (row, reason) pairs; row is None for a frame-level problem (e.g. an unknown column).
+    """
+
+    def __init__(self, problems: list[tuple[str | None, str]]):
+        self.problems = list(problems)
+        lines = [f"  {row}: {reason}" if row else f"  {reason}" for row, reason in self.problems]
+        super().__init__(
+            f"{len(self.problems)} problem(s) in the targets frame; nothing was sent:\n" + "\n".join(lines)
+        )
+
+
+class PayloadConflictError(KitError):
+    """A run_key was executed again with a different order under an existing client_order_id.
+
+    Resuming must never silently change what was already sent; the user picks a new run_key instead.
+    """
+
+
+class LiveAccountError(KitError):
+    """An order would go to an account that is not a paper account and live trading was not allowed."""
+
+
+class BrokerUnavailableError(KitError):
+    """The broker could not be reached; nothing was sent."""

@@ -1,0 +1,216 @@
+"""The data kit passes between layers: order intents, order state, fills and normalized broker events.
+
+Brokers translate their own world into the small set of events below; nothing above the broker layer
+knows which broker produced them. Everything here is plain data: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+
+class Side(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class Status(StrEnum):
+    NEW = "NEW"
+    SUBMITTED = "SUBMITTED"
+    PARTIAL = "PARTIAL"
+    FILLED = "FILLED"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+
+
+TERMINAL = frozenset({Status.FILLED, Status.CANCELLED, Status.REJECTED})
+
+# The fields that define what an order asks the broker to do. Two orders with the same client_order_id
+# must agree on all of them, or resuming a run would silently change what was sent.
+PAYLOAD_FIELDS = (
+    "symbol", "side", "quantity", "order_type", "limit_price", "tif",
+    "sec_type", "exchange", "currency", "primary_exchange",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """One validated order, as planned: what to send, not what happened."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    order_type: str = "MKT"
+    limit_price: float | None = None
+    tif: str = "DAY"
+    sec_type: str = "STK"
+    exchange: str = "SMART"
+    currency: str = "USD"
+    primary_exchange: str = ""
+    decision_price: float | None = None
+
+    def payload(self) -> tuple:
+        return tuple(getattr(self, name) for name in PAYLOAD_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution. exec_id is the broker's; a correction carries the same base with a higher suffix."""
+
+    exec_id: str
+    client_order_id: str
+    quantity: float
+    price: float
+    time: datetime
+    commission: float | None = None
+    currency: str = ""
+    exchange: str = ""
+
+
+# ---- normalized broker events -------------------------------------------------------------------------
+# `at` is the broker's time for the event (or the adapter's receipt time); the core never reads a clock.
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The broker has the order: it may now fill. Carries the broker's ids as soon as they are known."""
+
+    client_order_id: str
+    at: datetime
+    broker_order_id: str | None = None
+    perm_id: str | None = None
+    kind = "accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """A broker status word, recorded for the audit trail. It never moves quantities or ends an order."""
+
+    client_order_id: str
+    at: datetime
+    broker_status: str
+    broker_order_id: str | None = None
+    perm_id: str | None = None
+    kind = "status"
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """A fill. Quantities and average price are derived from executions only, never from status words."""
+
+    fill: Fill
+    at: datetime
+    kind = "fill"
+
+    @property
+    def client_order_id(self) -> str:
+        return self.fill.client_order_id
+
+
+@dataclass(frozen=True, slots=True)
+class Commission:
+    """The commission of one execution, joined on exec_id whichever of the two arrives first."""
+
+    exec_id: str
+    commission: float
+    currency: str
+    at: datetime
+    client_order_id: str | None = None
+    kind = "commission"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    client_order_id: str
+    at: datetime
+    reason: str
+    kind = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The broker confirmed the order can no longer fill. Only a broker's confirmation produces this."""
+
+    client_order_id: str
+    at: datetime
+    reason: str = ""
+    kind = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerNotice:
+    """A broker message that informs but decides nothing (warnings, connectivity notices, unknown orders)."""
+
+    at: datetime
+    code: int | str
+    message: str
+    client_order_id: str | None = None
+    kind = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """kit hands the order to the broker. Written to the ledger before the broker sees the order, so a
+    crash between the two is visible on resume and the order is looked up at the broker, not sent again."""
+
+    client_order_id: str
+    at: datetime
+    arrival_price: float | None = None
+    kind = "submitted"
+
+
+BrokerEvent = Accepted | StatusUpdate | Execution | Commission | Rejected | Cancelled | BrokerNotice
+Event = Submitted | BrokerEvent
+
+
+@dataclass(slots=True)
+class Order:
+    """An order's state, folded from its intent and the broker's events by kit.state."""
+
+    intent: OrderIntent
+    run_id: str
+    created_at: datetime
+    updated_at: datetime
+    status: Status = Status.NEW
+    fills: dict[str, Fill] = field(default_factory=dict)  # exec-id base -> latest revision
+    broker_order_id: str | None = None
+    perm_id: str | None = None
+    reason: str = ""
+    arrival_price: float | None = None
+    submitted_at: datetime | None = None
+
+    @property
+    def client_order_id(self) -> str:
+        return self.intent.client_order_id
+
+    @property
+    def filled_quantity(self) -> float:
+        return sum(f.quantity for f in self.fills.values())
+
+    @property
+    def remaining_quantity(self) -> float:
+        """FIX LeavesQty: what can still fill. Zero once the order is done, whatever the status word."""
+        if self.status in (Status.CANCELLED, Status.REJECTED):
+            return 0.0
+        return max(self.intent.quantity - self.filled_quantity, 0.0)
+
+    @property
+    def avg_fill_price(self) -> float | None:
+        filled = self.filled_quantity
+        if filled <= 0:
+            return None
+        return sum(f.quantity * f.price for f in self.fills.values()) / filled
+
+    @property
+    def commission(self) -> float:
+        return sum(f.commission or 0.0 for f in self.fills.values())
+
+    @property
+    def working(self) -> bool:
+        return self.remaining_quantity > 0
+
+    def copy(self) -> Order:
+        return replace(self, fills=dict(self.fills))

@@ -1,0 +1,210 @@
+"""How events change orders: the one transition table, the one fill aggregator, and run finalization.
+
+Pure: no I/O and no clock. Every broker's events go through `OrderBook.apply`, so the mock broker and IB
+cannot disagree about what a fill, a duplicate, a correction or a late commission means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from kit.model import (
+    Accepted,
+    BrokerNotice,
+    Cancelled,
+    Commission,
+    Event,
+    Execution,
+    Fill,
+    Order,
+    Rejected,
+    Status,
+    StatusUpdate,
+    Submitted,
+)
+
+
+class Signal(StrEnum):
+    """What an event means for an order's status, once quantities are taken into account."""
+
+    ACCEPT = "accept"
+    FILL_PART = "fill_part"  # a fill that leaves quantity open
+    FILL_ALL = "fill_all"  # a fill that completes the quantity
+    CANCEL = "cancel"
+    REJECT = "reject"
+
+
+N, S, P, F, C, R = Status
+# (status, signal) -> next status. A pair that is absent changes no status; fills are recorded regardless.
+TRANSITIONS: dict[tuple[Status, Signal], Status] = {
+    (N, Signal.ACCEPT): S,
+    (N, Signal.FILL_PART): P, (S, Signal.FILL_PART): P, (P, Signal.FILL_PART): P,
+    (N, Signal.FILL_ALL): F, (S, Signal.FILL_ALL): F, (P, Signal.FILL_ALL): F,
+    (N, Signal.CANCEL): C, (S, Signal.CANCEL): C, (P, Signal.CANCEL): C,
+    (N, Signal.REJECT): R, (S, Signal.REJECT): R, (P, Signal.REJECT): R,
+    # A fill after a cancel confirmation is real: record it, and if it completes the order, it filled.
+    (C, Signal.FILL_ALL): F,
+}  # fmt: skip
+del N, S, P, F, C, R
+
+
+def next_status(status: Status, signal: Signal) -> Status:
+    return TRANSITIONS.get((status, signal), status)
+
+
+def split_exec_id(exec_id: str) -> tuple[str, int]:
+    """IB exec ids end in a revision ("…01.01" then the correction "…01.02"); base + revision."""
+    base, _, last = exec_id.rpartition(".")
+    if base and last.isdigit():
+        return base, int(last)
+    return exec_id, 0
+
+
+class Effect(StrEnum):
+    """What applying an event did; recorded with the event in the ledger's audit trail."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # seen before: nothing changed
+    CORRECTION = "correction"  # replaced an earlier revision of the same execution
+    STALE = "stale"  # an older revision than one already applied
+    PENDING = "pending"  # a commission waiting for its execution
+    UNKNOWN_ORDER = "unknown_order"
+    NOTED = "noted"  # informational only
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of applying one event: what changed, so the shell can write exactly that."""
+
+    effect: Effect
+    order: Order | None = None
+    fill: Fill | None = None  # a fill row to upsert
+    replaced_exec_id: str | None = None  # a fill row superseded by a correction
+
+
+@dataclass(slots=True)
+class OrderBook:
+    """The orders of one run plus the commissions that arrived before their executions."""
+
+    orders: dict[str, Order] = field(default_factory=dict)
+    pending_commissions: dict[str, Commission] = field(default_factory=dict)
+    exec_owner: dict[str, str] = field(default_factory=dict)  # exec_id -> client_order_id
+
+    def add(self, order: Order) -> None:
+        self.orders[order.client_order_id] = order
+        for fill in order.fills.values():
+            self.exec_owner[fill.exec_id] = order.client_order_id
+
+    def apply(self, event: Event) -> Outcome:
+        if isinstance(event, Commission):
+            return self._commission(event)
+        order = self.orders.get(event.client_order_id) if event.client_order_id else None
+        if isinstance(event, BrokerNotice):
+            return Outcome(Effect.NOTED, order)
+        if order is None:
+            return Outcome(Effect.UNKNOWN_ORDER)
+        match event:
+            case Execution(fill=fill):
+                return self._execution(order, fill, event)
+            case Submitted():
+                order.submitted_at = order.submitted_at or event.at
+                if event.arrival_price is not None:
+                    order.arrival_price = event.arrival_price
+                return self._touch(order, event, Effect.APPLIED)
+            case Accepted() | StatusUpdate():
+                changed = _take_ids(order, event.broker_order_id, event.perm_id)
+                if isinstance(event, Accepted):
+                    changed |= self._move(order, Signal.ACCEPT)
+                return self._touch(order, event, Effect.APPLIED if changed else Effect.NOTED)
+            case Rejected() | Cancelled():
+                signal = Signal.REJECT if isinstance(event, Rejected) else Signal.CANCEL
+                if not self._move(order, signal):
+                    return Outcome(Effect.DUPLICATE, order)
+                order.reason = event.reason or order.reason
+                return self._touch(order, event, Effect.APPLIED)
+        raise TypeError(f"not a kit event: {event!r}")
+
+    def _execution(self, order: Order, fill: Fill, event: Execution) -> Outcome:
+        base, revision = split_exec_id(fill.exec_id)
+        current = order.fills.get(base)
+        if current is not None:
+            if current.exec_id == fill.exec_id:
+                return Outcome(Effect.DUPLICATE, order)
+            if split_exec_id(current.exec_id)[1] > revision:
+                return Outcome(Effect.STALE, order)
+        pending = self.pending_commissions.pop(fill.exec_id, None)
+        if pending is not None:
+            fill = _with_commission(fill, pending)
+        elif fill.commission is None and current is not None:
+            # Until the correction's own report arrives, the corrected execution keeps the commission paid.
+            fill = _with_commission(fill, None, current.commission)
+        order.fills[base] = fill
+        self.exec_owner[fill.exec_id] = order.client_order_id
+        signal = Signal.FILL_ALL if order.filled_quantity >= order.intent.quantity else Signal.FILL_PART
+        self._move(order, signal)
+        self._touch(order, event, Effect.APPLIED)
+        if current is None:
+            return Outcome(Effect.APPLIED, order, fill)
+        return Outcome(Effect.CORRECTION, order, fill, replaced_exec_id=current.exec_id)
+
+    def _commission(self, event: Commission) -> Outcome:
+        owner = self.exec_owner.get(event.exec_id)
+        order = self.orders.get(owner) if owner else None
+        if order is None:
+            if event.exec_id in self.pending_commissions:
+                return Outcome(Effect.DUPLICATE)
+            self.pending_commissions[event.exec_id] = event
+            return Outcome(Effect.PENDING)
+        base, _ = split_exec_id(event.exec_id)
+        fill = order.fills.get(base)
+        if fill is None or fill.exec_id != event.exec_id:
+            return Outcome(Effect.STALE, order)  # the report of a superseded revision
+        if fill.commission == event.commission and fill.currency == (event.currency or fill.currency):
+            return Outcome(Effect.DUPLICATE, order)
+        fill = _with_commission(fill, event)
+        order.fills[base] = fill
+        self._touch(order, event, Effect.APPLIED)
+        return Outcome(Effect.APPLIED, order, fill)
+
+    @staticmethod
+    def _move(order: Order, signal: Signal) -> bool:
+        new = next_status(order.status, signal)
+        changed = new != order.status
+        order.status = new
+        return changed
+
+    @staticmethod
+    def _touch(order: Order, event: Event, effect: Effect) -> Outcome:
+        if event.at > order.updated_at:
+            order.updated_at = event.at
+        return Outcome(effect, order)
+
+
+def _take_ids(order: Order, broker_order_id: str | None, perm_id: str | None) -> bool:
+    changed = False
+    if broker_order_id and broker_order_id != order.broker_order_id:
+        order.broker_order_id, changed = broker_order_id, True
+    if perm_id and perm_id != order.perm_id:
+        order.perm_id, changed = perm_id, True
+    return changed
+
+
+def _with_commission(fill: Fill, report: Commission | None, amount: float | None = None) -> Fill:
+    if report is None:
+        return replace(fill, commission=amount)
+    return replace(fill, commission=report.commission, currency=fill.currency or report.currency)
+
+
+def run_status(orders: list[Order]) -> str:
+    """failed: nothing filled; done: every order fully filled; partial: anything else.
+
+    Derived from filled quantities, not status words. A run with no orders had nothing to do: done.
+    """
+    if not orders:
+        return "done"
+    if not any(o.filled_quantity > 0 for o in orders):
+        return "failed"
+    if all(o.filled_quantity >= o.intent.quantity for o in orders):
+        return "done"
+    return "partial"

@@ -1,0 +1,304 @@
+"""The DuckDB ledger: runs, orders, fills and the append-only order_events trail.
+
+Writes come in batches (one transaction per batch of events), never one commit per row, so a burst of
+fills costs one commit. Reads return DataFrames and hold the file only for the duration of a query, so a
+review notebook does not lock out the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import duckdb
+import pandas as pd
+
+from kit.config import db_path
+from kit.errors import KitError
+from kit.model import Fill, Order, OrderIntent, Side, Status
+from kit.state import split_exec_id
+
+# Each migration moves the schema one version forward; a ledger is never migrated backwards.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY, run_key VARCHAR UNIQUE NOT NULL, notebook VARCHAR,
+            notebook_hash VARCHAR, parameters VARCHAR, broker VARCHAR, account VARCHAR, status VARCHAR,
+            started_at TIMESTAMP, ended_at TIMESTAMP, error_name VARCHAR, error VARCHAR,
+            git_revision VARCHAR, kit_version VARCHAR, output_path VARCHAR)""",
+        """CREATE TABLE orders (
+            client_order_id VARCHAR PRIMARY KEY, run_id VARCHAR NOT NULL, symbol VARCHAR, side VARCHAR,
+            quantity DOUBLE, order_type VARCHAR, limit_price DOUBLE, tif VARCHAR, sec_type VARCHAR,
+            exchange VARCHAR, currency VARCHAR, primary_exchange VARCHAR, status VARCHAR,
+            filled_quantity DOUBLE, remaining_quantity DOUBLE, avg_fill_price DOUBLE, commission DOUBLE,
+            broker_order_id VARCHAR, perm_id VARCHAR, reason VARCHAR, decision_price DOUBLE,
+            arrival_price DOUBLE, submitted_at TIMESTAMP, created_at TIMESTAMP, updated_at TIMESTAMP)""",
+        """CREATE TABLE fills (
+            exec_id VARCHAR PRIMARY KEY, client_order_id VARCHAR NOT NULL, run_id VARCHAR, symbol VARCHAR,
+            side VARCHAR, quantity DOUBLE, price DOUBLE, commission DOUBLE, currency VARCHAR,
+            exchange VARCHAR, time TIMESTAMP)""",
+        """CREATE TABLE order_events (
+            event_id VARCHAR PRIMARY KEY, run_id VARCHAR, client_order_id VARCHAR, seq BIGINT,
+            "at" TIMESTAMP, kind VARCHAR, status VARCHAR, detail VARCHAR)""",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+ORDER_COLUMNS = (
+    "client_order_id", "run_id", "symbol", "side", "quantity", "order_type", "limit_price", "tif",
+    "sec_type", "exchange", "currency", "primary_exchange", "status", "filled_quantity",
+    "remaining_quantity", "avg_fill_price", "commission", "broker_order_id", "perm_id", "reason",
+    "decision_price", "arrival_price", "submitted_at", "created_at", "updated_at",
+)
+FILL_COLUMNS = (
+    "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
+    "currency", "exchange", "time",
+)
+EVENT_COLUMNS = ("event_id", "run_id", "client_order_id", "seq", "\"at\"", "kind", "status", "detail")
+RUN_COLUMNS = (
+    "run_id", "run_key", "notebook", "notebook_hash", "parameters", "broker", "account", "status",
+    "started_at", "ended_at", "error_name", "error", "git_revision", "kit_version", "output_path",
+)
+
+
+def order_row(order: Order) -> tuple:
+    intent = order.intent
+    return (
+        intent.client_order_id, order.run_id, intent.symbol, str(intent.side), intent.quantity,
+        intent.order_type, intent.limit_price, intent.tif, intent.sec_type, intent.exchange,
+        intent.currency, intent.primary_exchange, str(order.status), order.filled_quantity,
+        order.remaining_quantity, order.avg_fill_price, order.commission, order.broker_order_id,
+        order.perm_id, order.reason, intent.decision_price, order.arrival_price, order.submitted_at,
+        order.created_at, order.updated_at,
+    )
+
+
+def fill_row(order: Order, fill: Fill) -> tuple:
+    return (
+        fill.exec_id, fill.client_order_id, order.run_id, order.intent.symbol, str(order.intent.side),
+        fill.quantity, fill.price, fill.commission, fill.currency, fill.exchange, fill.time,
+    )
+
+
+def _none(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and value != value) else value
+
+
+def _order_from_row(row: dict[str, Any], fills: list[Fill]) -> Order:
+    intent = OrderIntent(
+        client_order_id=row["client_order_id"], symbol=row["symbol"], side=Side(row["side"]),
+        quantity=row["quantity"], order_type=row["order_type"], limit_price=_none(row["limit_price"]),
+        tif=row["tif"], sec_type=row["sec_type"], exchange=row["exchange"], currency=row["currency"],
+        primary_exchange=row["primary_exchange"], decision_price=_none(row["decision_price"]),
+    )
+    return Order(
+        intent=intent, run_id=row["run_id"], created_at=row["created_at"], updated_at=row["updated_at"],
+        status=Status(row["status"]), broker_order_id=row["broker_order_id"], perm_id=row["perm_id"],
+        reason=row["reason"] or "", arrival_price=_none(row["arrival_price"]),
+        submitted_at=row["submitted_at"], fills={split_exec_id(f.exec_id)[0]: f for f in fills},
+    )
+
+
+@dataclass
+class Batch:
+    """Everything one flush writes, in one transaction."""
+
+    events: list[tuple] = field(default_factory=list)
+    orders: dict[str, tuple] = field(default_factory=dict)  # latest row per order
+    fills: dict[str, tuple] = field(default_factory=dict)
+    replaced_fills: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.orders or self.fills or self.replaced_fills)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def event_row(event_id: str, run_id: str, client_order_id: str | None, seq: int, at: datetime,
+              kind: str, status: str | None, detail: dict[str, Any]) -> tuple:
+    return (event_id, run_id, client_order_id, seq, at, kind, status, json.dumps(detail, default=str))
+
+
+class Ledger:
+    """One DuckDB file. Hold a Ledger open for a run; use `kit.ledger()` for short reads."""
+
+    # Connections this process holds open for writing, so its own reads use them instead of failing.
+    _writers: ClassVar[dict[Path, duckdb.DuckDBPyConnection]] = {}
+    _writers_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, db: str | Path | None = None):
+        self.path = db_path(db).resolve()
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # ---- writer side -------------------------------------------------------------------------------
+    def open(self) -> Ledger:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(self.path))
+        with Ledger._writers_lock:
+            Ledger._writers[self.path] = self._con
+        self._migrate()
+        return self
+
+    def close(self) -> None:
+        if self._con is not None:
+            with Ledger._writers_lock:
+                Ledger._writers.pop(self.path, None)
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> Ledger:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise KitError("ledger is not open")
+        return self._con
+
+    def _migrate(self) -> None:
+        con = self.con
+        con.execute("CREATE TABLE IF NOT EXISTS kit_schema (version INTEGER, applied_at TIMESTAMP)")
+        current = con.execute("SELECT coalesce(max(version), 0) FROM kit_schema").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise KitError(f"{self.path} has ledger schema {current}; this kit knows {SCHEMA_VERSION}: "
+                           "upgrade kit")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            con.execute("BEGIN")
+            for statement in MIGRATIONS[version - 1]:
+                con.execute(statement)
+            con.execute("INSERT INTO kit_schema VALUES (?, now()::TIMESTAMP)", [version])
+            con.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        return self.con.execute("SELECT max(version) FROM kit_schema").fetchone()[0]
+
+    def run_row(self, run_id: str) -> dict[str, Any] | None:
+        cursor = self.con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+    def insert_run(self, values: dict[str, Any]) -> None:
+        columns = [c for c in RUN_COLUMNS if c in values]
+        self.con.execute(
+            f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [values[c] for c in columns],
+        )
+
+    def update_run(self, run_id: str, **values: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        self.con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values.values(), run_id])
+
+    def load_orders(self, run_id: str) -> list[Order]:
+        fills: dict[str, list[Fill]] = {}
+        for row in self._records("SELECT * FROM fills WHERE run_id = ? ORDER BY time", [run_id]):
+            fills.setdefault(row["client_order_id"], []).append(Fill(
+                exec_id=row["exec_id"], client_order_id=row["client_order_id"], quantity=row["quantity"],
+                price=row["price"], time=row["time"], commission=_none(row["commission"]),
+                currency=row["currency"] or "", exchange=row["exchange"] or "",
+            ))
+        return [
+            _order_from_row(row, fills.get(row["client_order_id"], []))
+            for row in self._records("SELECT * FROM orders WHERE run_id = ? ORDER BY created_at, "
+                                     "client_order_id", [run_id])
+        ]
+
+    def next_seq(self, run_id: str) -> int:
+        return self.con.execute("SELECT coalesce(max(seq), 0) + 1 FROM order_events WHERE run_id = ?",
+                                [run_id]).fetchone()[0]
+
+    def _records(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
+        cursor = self.con.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        for row in cursor.fetchall():
+            yield dict(zip(names, row, strict=True))
+
+    def write(self, batch: Batch) -> None:
+        """One transaction for the whole batch: all of it lands, or none of it."""
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            if batch.events:
+                self._insert(con, "order_events", EVENT_COLUMNS, batch.events, "INSERT OR IGNORE")
+            if batch.replaced_fills:
+                con.execute("DELETE FROM fills WHERE exec_id IN (SELECT unnest(?))",
+                            [sorted(batch.replaced_fills)])
+            if batch.fills:
+                self._insert(con, "fills", FILL_COLUMNS, list(batch.fills.values()), "INSERT OR REPLACE")
+            if batch.orders:
+                self._insert(con, "orders", ORDER_COLUMNS, list(batch.orders.values()), "INSERT OR REPLACE")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple],
+                verb: str) -> None:
+        frame = pd.DataFrame.from_records(rows, columns=list(columns))
+        con.register("_kit_batch", frame)
+        try:
+            con.execute(f"{verb} INTO {table} ({', '.join(columns)}) SELECT * FROM _kit_batch")
+        finally:
+            con.unregister("_kit_batch")
+
+    # ---- reader side -------------------------------------------------------------------------------
+    @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection: a cursor on this process's writer if it has one, else read-only."""
+        with Ledger._writers_lock:
+            writer = Ledger._writers.get(self.path)
+            if writer is not None:
+                cursor = writer.cursor()
+        if writer is not None:
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            return
+        if not self.path.exists():
+            raise KitError(f"no ledger at {self.path}: run something first, or set KIT_DB")
+        con = duckdb.connect(str(self.path), read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        with self.reading() as con:
+            return con.execute(sql, params or []).df()
+
+    def _table(self, table: str, order_by: str, run_id: str | None) -> pd.DataFrame:
+        where, params = ("", []) if run_id is None else (" WHERE run_id = ?", [run_id])
+        return self.query(f"SELECT * FROM {table}{where} ORDER BY {order_by}", params)
+
+    def runs(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM runs ORDER BY started_at")
+
+    def orders(self, run_id: str | None = None) -> pd.DataFrame:
+        return self._table("orders", "created_at, client_order_id", run_id)
+
+    def fills(self, run_id: str | None = None) -> pd.DataFrame:
+        return self._table("fills", "time, exec_id", run_id)
+
+    def events(self, run_id: str | None = None) -> pd.DataFrame:
+        return self._table("order_events", "seq", run_id)
+
+    def resolve_run(self, run: str | None) -> str:
+        """A run id or a run key -> run id; None -> the latest run."""
+        if run is None:
+            frame = self.query("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")
+        else:
+            frame = self.query("SELECT run_id FROM runs WHERE run_id = ? OR run_key = ?", [run, run])
+        if frame.empty:
+            raise KitError(f"no run {run!r} in {self.path}" if run else f"no runs in {self.path}")
+        return str(frame.iloc[0, 0])
