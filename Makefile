@@ -30,7 +30,7 @@ insync: $(INSYNC)/.installed
 
 demo: $(VENV)/.installed
 	@mkdir -p data/runs
-	$(BIN)/papermill --log-level WARNING notebooks/momentum.ipynb data/runs/momentum-$(RUN_KEY).ipynb \
+	$(BIN)/papermill --no-progress-bar --log-level WARNING notebooks/momentum.ipynb data/runs/momentum-$(RUN_KEY).ipynb \
 		-p broker mock -p run_key $(RUN_KEY)
 	$(BIN)/kit summary --run $(RUN_KEY)
 

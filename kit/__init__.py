@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "plan": "kit.api", "execute": "kit.api", "execute_async": "kit.api", "ledger": "kit.api",
+    "tca": "kit.api",
     "Plan": "kit.planner", "Run": "kit.engine", "RunInfo": "kit.engine",
     "MockBroker": "kit.brokers.mock", "CommissionModel": "kit.brokers.mock", "Broker": "kit.brokers.base",
     "Ledger": "kit.store",
@@ -18,13 +19,13 @@ _EXPORTS = {
     "LiveAccountError": "kit.errors",
 }
 __all__ = [  # noqa: RUF022 (grouped by layer, like _EXPORTS)
-    "plan", "execute", "execute_async", "ledger", "Plan", "Run", "RunInfo", "MockBroker",
+    "plan", "execute", "execute_async", "ledger", "tca", "Plan", "Run", "RunInfo", "MockBroker",
     "CommissionModel", "Broker", "Ledger", "KitError", "ValidationError", "PayloadConflictError",
     "LiveAccountError", "__version__",
 ]
 
 if TYPE_CHECKING:
-    from kit.api import execute, execute_async, ledger, plan
+    from kit.api import execute, execute_async, ledger, plan, tca
     from kit.brokers.base import Broker
     from kit.brokers.mock import CommissionModel, MockBroker
     from kit.engine import Run, RunInfo

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -21,6 +21,9 @@ from kit.config import setting, truthy
 from kit.engine import Engine, OnTimeout, Run, RunInfo
 from kit.planner import Plan, make_plan
 from kit.store import Ledger
+
+if TYPE_CHECKING:
+    from kit.costs import TcaResult
 
 Prices = Mapping[str, float] | pd.DataFrame | pd.Series | None
 
@@ -100,6 +103,16 @@ def _run_in_thread(coroutine: Any) -> Any:
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def tca(run_id: str | None = None, db: str | Path | None = None,
+        close_prices: Mapping[str, float] | None = None) -> TcaResult:
+    """Costs of one run (a run id or run key; the latest run by default): per order and per currency."""
+    from kit.costs import tca as compute
+
+    store = Ledger(db)
+    run = store.resolve_run(run_id)
+    return compute(store.orders(run), store.fills(run), close_prices)
 
 
 def ledger(db: str | Path | None = None) -> Ledger:

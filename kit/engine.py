@@ -20,7 +20,7 @@ import pandas as pd
 from kit.brokers.base import Broker
 from kit.errors import LiveAccountError, PayloadConflictError
 from kit.ids import run_id_for
-from kit.model import PAYLOAD_FIELDS, Event, Execution, Order, Submitted
+from kit.model import PAYLOAD_FIELDS, Event, Execution, Order, Status, Submitted
 from kit.planner import Plan
 from kit.state import Effect, OrderBook, Outcome, run_status
 from kit.store import Batch, Ledger, event_row, fill_row, order_row
@@ -183,7 +183,8 @@ class Engine:
                     f"account {self.broker.account} is not a paper account; nothing was sent. "
                     "Set KIT_ALLOW_LIVE=1 to trade it.")
             if to_sync:
-                await self._resume(to_sync)
+                to_send = await self._resume(to_sync) + to_send
+            await self.broker.prepare([o.intent for o in to_send])
             await self._submit(to_send)
             loop = asyncio.get_running_loop()
             if not await self._follow(loop.time() + self.timeout):
@@ -193,19 +194,31 @@ class Engine:
             self.recorder.flush()
             await self.broker.close()
 
-    async def _resume(self, orders: list[Order]) -> None:
-        """Ask the broker what it has before sending anything: known orders are followed, never resent."""
+    async def _resume(self, orders: list[Order]) -> list[Order]:
+        """Ask the broker what it has before sending anything: known orders are followed, never resent.
+
+        An order kit handed over today that the broker, after a complete listing, does not know never
+        reached it (a crash between the ledger write and the send): it is returned to be sent now. Anything
+        else unknown is flagged and left alone.
+        """
         known = await self.broker.sync(orders)
         now = utcnow()
+        resend = []
         for order in orders:
             if order.client_order_id in known:
                 self.open.add(order.client_order_id)
+            elif (self.broker.sync_is_complete and not order.fills and order.status is Status.NEW
+                  and order.submitted_at is not None and order.submitted_at.date() == now.date()):
+                self.recorder.order(order, "resend", now, reason="the broker has no record of this order")
+                order.submitted_at = None
+                resend.append(order)
             else:
                 self.recorder.order(order, "unknown_at_broker", now)
-                self.notes.append(f"{order.client_order_id} was sent earlier but the broker does not know it;"
-                                  " it was not sent again")
+                self.notes.append(f"{order.client_order_id} was sent earlier but the broker does not list "
+                                  "it; it was not sent again")
         self._drain()
         self.recorder.flush()
+        return resend
 
     async def _submit(self, orders: list[Order]) -> None:
         if not orders:

@@ -18,6 +18,9 @@ class Broker(ABC):
     name: str = "broker"
     account: str = ""
     is_paper: bool = True
+    # After sync(): True when the broker listed everything it has, so an order it does not know was
+    # never received by it (and may be sent). False when the answer was cut short.
+    sync_is_complete: bool = True
 
     def __init__(self) -> None:
         self._sink: EventSink | None = None
@@ -35,6 +38,10 @@ class Broker(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    async def prepare(self, orders: list[OrderIntent]) -> None:
+        """Look up what the orders need (contracts, prices) in one batch before the first submit."""
+        return None
 
     @abstractmethod
     async def submit(self, order: OrderIntent) -> None:

@@ -1,0 +1,243 @@
+"""The Interactive Brokers broker, over ib_async (or the archived ib_insync, same API).
+
+Connection, contracts and order placement live here; the meaning of IB's messages lives in ib_events.
+Everything that changes an order arrives as one of IB's own messages; nothing here sleeps and checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+from kit.brokers.base import Broker
+from kit.brokers.ib_events import Translator, naive_utc
+from kit.config import IBSettings, setting
+from kit.errors import BrokerUnavailableError, KitError
+from kit.model import BrokerEvent, BrokerNotice, Order, OrderIntent, Rejected
+
+log = logging.getLogger("kit.ib")
+PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
+
+
+def ib_library(name: str | None = None) -> ModuleType:
+    """ib_async by default; ib_insync where that is what is installed (or KIT_IB_LIBRARY says so)."""
+    choice = name or setting("KIT_IB_LIBRARY")
+    for candidate in [choice] if choice else ["ib_async", "ib_insync"]:
+        try:
+            return importlib.import_module(candidate)
+        except ImportError:
+            continue
+    raise KitError("the IB broker needs ib_async (pip install ib_async) or ib_insync")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class IBBroker(Broker):
+    """Orders carry orderRef = client_order_id, so a reconnect (or a new process) finds them again."""
+
+    name = "ib"
+
+    def __init__(self, settings: IBSettings | None = None, *, library: str | None = None,
+                 ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 45):
+        super().__init__()
+        self.settings = settings or IBSettings.load()
+        self.lib = ib_library(library)
+        self.ack_timeout = ack_timeout
+        self.sync_timeout = sync_timeout
+        self.max_messages_per_second = max_messages_per_second
+        self.translator = Translator(self.settings.client_id)
+        self.ib: Any = None
+        self.contracts: dict[tuple, Any] = {}
+        self.contract_errors: dict[str, str] = {}
+        self.prices: dict[str, float] = {}
+        self._closing = False
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.sync_is_complete = True
+
+    @classmethod
+    def from_config(cls) -> IBBroker:
+        return cls(IBSettings.load())
+
+    # ---- connection ----------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        self._closing = False
+        self.ib = self.lib.IB()
+        self.ib.client.MaxRequests = self.max_messages_per_second
+        self._tap_wrapper()
+        self.ib.errorEvent += self._on_request_error
+        settings = self.settings
+        try:
+            await self.ib.connectAsync(settings.host, settings.port, clientId=settings.client_id,
+                                       timeout=settings.connect_timeout, account=settings.account)
+        except (OSError, TimeoutError) as exc:
+            raise BrokerUnavailableError(
+                f"cannot reach IB at {settings.host}:{settings.port} (clientId {settings.client_id}): "
+                f"{exc or type(exc).__name__}. Start TWS/IB Gateway or `kit gateway`; nothing was sent."
+            ) from exc
+        self.account = self._choose_account(self.ib.managedAccounts())
+        self.is_paper = self.account.startswith(PAPER_PREFIXES)
+
+    def _choose_account(self, accounts: list[str]) -> str:
+        wanted = self.settings.account
+        if wanted:
+            if wanted not in accounts:
+                raise KitError(f"KIT_IB_ACCOUNT={wanted} is not among this login's accounts {accounts}")
+            return wanted
+        if len(accounts) != 1:
+            raise KitError(f"this login manages several accounts {accounts}: set KIT_IB_ACCOUNT")
+        return accounts[0]
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.ib is not None and self.ib.isConnected():
+            self.ib.disconnect()
+
+    def _tap_wrapper(self) -> None:
+        """See IB's messages before the client library interprets them (why: kit.brokers.ib_events)."""
+        wrapper = self.ib.wrapper
+        taps: dict[str, Callable[..., list[BrokerEvent]]] = {
+            "openOrder": self._open_order, "completedOrder": self._completed_order,
+            "orderStatus": self._order_status, "execDetails": self._exec_details,
+            "commissionReport": self._commission_report, "error": self._error,
+        }
+        for method, translate in taps.items():
+            original = getattr(wrapper, method)
+            setattr(wrapper, method, self._tapped(original, translate))
+
+    def _tapped(self, original: Callable[..., Any], translate: Callable[..., list[BrokerEvent]]):
+        def tapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                for event in translate(*args):
+                    self.emit(event)
+            except Exception:  # a translation bug must never break the IB session
+                log.exception("kit could not translate an IB message %s", args)
+            return original(*args, **kwargs)
+
+        return tapped
+
+    # ---- IB messages -> kit events ---------------------------------------------------------------------
+    def _open_order(self, order_id: int, contract: Any, order: Any, state: Any) -> list[BrokerEvent]:
+        if getattr(order, "whatIf", False):
+            return []
+        return self.translator.open_order(order_id, order.clientId, order.permId, order.orderRef or "",
+                                          state.status, _now())
+
+    def _completed_order(self, contract: Any, order: Any, state: Any) -> list[BrokerEvent]:
+        return self.translator.completed_order(order.permId, order.orderRef or "", state.status,
+                                               getattr(state, "completedStatus", "") or "", _now())
+
+    def _order_status(self, order_id: int, status: str, filled: float, remaining: float, avg: float,
+                      perm_id: int, parent_id: int, last: float, client_id: int, why_held: str,
+                      *rest: Any) -> list[BrokerEvent]:
+        return self.translator.order_status(order_id, status, perm_id, client_id, why_held, _now())
+
+    def _exec_details(self, req_id: int, contract: Any, execution: Any) -> list[BrokerEvent]:
+        now = _now()
+        return self.translator.execution(
+            exec_id=execution.execId, order_id=execution.orderId, perm_id=execution.permId,
+            client_id=execution.clientId, order_ref=execution.orderRef or "", shares=execution.shares,
+            price=execution.price, time=naive_utc(execution.time, now), currency=contract.currency,
+            exchange=execution.exchange, at=now)
+
+    def _commission_report(self, report: Any) -> list[BrokerEvent]:
+        return self.translator.commission(report.execId, report.commission, report.currency, _now())
+
+    def _error(self, req_id: int, code: int, message: str, *rest: Any) -> list[BrokerEvent]:
+        return self.translator.error(req_id, code, message, _now())
+
+    def _on_request_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
+        if contract is not None and code == 200:
+            self.contract_errors[contract.symbol] = f"IB error {code}: {message}"
+
+    # ---- orders --------------------------------------------------------------------------------------
+    def _contract_key(self, intent: OrderIntent) -> tuple:
+        return (intent.symbol, intent.sec_type, intent.exchange, intent.currency, intent.primary_exchange)
+
+    async def prepare(self, orders: list[OrderIntent]) -> None:
+        """Qualify every distinct contract in one concurrent batch; the client's throttle keeps pacing."""
+        missing = {self._contract_key(o): o for o in orders if self._contract_key(o) not in self.contracts}
+        contracts = {key: self.lib.Stock(o.symbol, o.exchange, o.currency, primaryExchange=o.primary_exchange)
+                     for key, o in missing.items()}
+        details = await asyncio.gather(*(self.ib.reqContractDetailsAsync(c) for c in contracts.values()))
+        for (key, contract), found in zip(contracts.items(), details, strict=True):
+            if len(found) == 1:
+                contract.conId = found[0].contract.conId
+                self.contracts[key] = contract
+            elif len(found) > 1:
+                self.contract_errors[contract.symbol] = f"ambiguous contract: {len(found)} matches"
+
+    async def submit(self, order: OrderIntent) -> None:
+        contract = self.contracts.get(self._contract_key(order))
+        if contract is None:
+            await self.prepare([order])
+            contract = self.contracts.get(self._contract_key(order))
+        if contract is None:
+            reason = self.contract_errors.get(order.symbol, "no security definition found")
+            self.emit(Rejected(order.client_order_id, _now(), reason))
+            return
+        if order.order_type == "LMT":
+            ib_order = self.lib.LimitOrder(str(order.side), order.quantity, order.limit_price)
+        else:
+            ib_order = self.lib.MarketOrder(str(order.side), order.quantity)
+        ib_order.orderRef = order.client_order_id
+        ib_order.tif = order.tif
+        ib_order.account = self.account
+        trade = self.ib.placeOrder(contract, ib_order)
+        self.translator.placed(order.client_order_id, trade.order.orderId)
+        asyncio.get_running_loop().call_later(self.ack_timeout, self._check_ack, order.client_order_id)
+
+    def _check_ack(self, client_order_id: str) -> None:
+        """IB said nothing about an order: look it up; flag it, never assume it cancelled."""
+        if client_order_id in self.translator.acknowledged or self._closing:
+            return
+        task = asyncio.ensure_future(self._look_up(client_order_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _look_up(self, client_order_id: str) -> None:
+        await self._fetch_orders()
+        if client_order_id not in self.translator.seen:
+            self.emit(BrokerNotice(_now(), "unacknowledged",
+                                   f"IB has not acknowledged this order after {self.ack_timeout:g}s and does "
+                                   "not list it; it is not assumed cancelled", client_order_id))
+
+    async def cancel(self, client_order_id: str) -> None:
+        order_id = self.translator.order_id_of.get(client_order_id)
+        if order_id is None:
+            self.emit(BrokerNotice(_now(), "cancel_impossible",
+                                   "no IB orderId known for this client, so it cannot be cancelled from here",
+                                   client_order_id))
+            return
+        perm_id = self.translator.perm_id_of.get(client_order_id, 0)
+        ib_order = self.lib.Order(orderId=order_id, clientId=self.settings.client_id, permId=perm_id)
+        self.ib.cancelOrder(ib_order)
+
+    # ---- resume --------------------------------------------------------------------------------------
+    async def sync(self, orders: Iterable[Order]) -> set[str]:
+        coids = {o.client_order_id for o in orders}
+        self.translator.track(coids)
+        for order in orders:  # ids the ledger already knows help match IB's messages
+            if order.perm_id:
+                self.translator.by_perm_id[int(order.perm_id)] = order.client_order_id
+        await self._fetch_orders(executions=True)
+        return coids & self.translator.seen
+
+    async def _fetch_orders(self, executions: bool = False) -> None:
+        """Open and completed orders, and today's executions if asked; the replies flow through the taps."""
+        requests = [self.ib.reqAllOpenOrdersAsync(), self.ib.reqCompletedOrdersAsync(False)]
+        if executions:
+            requests.append(self.ib.reqExecutionsAsync(self.lib.ExecutionFilter()))
+        try:
+            await asyncio.wait_for(asyncio.gather(*requests), self.sync_timeout)
+            self.sync_is_complete = True
+        except TimeoutError:
+            self.sync_is_complete = False
+            self.emit(BrokerNotice(_now(), "sync_incomplete", "IB did not finish listing orders and "
+                                   f"executions within {self.sync_timeout:g}s"))

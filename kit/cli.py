@@ -1,0 +1,121 @@
+"""The `kit` command: one subcommand per job, each a thin shell over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from kit.errors import KitError
+
+if TYPE_CHECKING:
+    from kit.store import Ledger
+
+TABLE_COLUMNS = {
+    "runs": ["run_id", "run_key", "broker", "status", "started_at", "ended_at", "notebook", "error"],
+    "orders": ["client_order_id", "symbol", "side", "quantity", "order_type", "limit_price", "status",
+               "filled_quantity", "avg_fill_price", "commission", "reason"],
+    "fills": ["exec_id", "client_order_id", "symbol", "side", "quantity", "price", "commission",
+              "currency", "time"],
+}
+
+
+def _print_table(frame: pd.DataFrame, columns: list[str]) -> None:
+    if frame.empty:
+        print("(none)")
+        return
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 500):
+        print(frame.reindex(columns=[c for c in columns if c in frame.columns]).to_string(index=False))
+
+
+def _ledger(args: argparse.Namespace) -> Ledger:
+    from kit.store import Ledger
+
+    return Ledger(args.db)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    if args.command == "runs":
+        frame = ledger.runs()
+        if args.status:
+            frame = frame[frame["status"] == args.status]
+        if args.date:
+            frame = frame[frame["started_at"].dt.strftime("%Y-%m-%d") == args.date]
+    else:
+        run_id = ledger.resolve_run(args.run) if args.run else None
+        frame = ledger.orders(run_id) if args.command == "orders" else ledger.fills(run_id)
+        if args.command == "orders" and args.status:
+            frame = frame[frame["status"] == args.status.upper()]
+    _print_table(frame, TABLE_COLUMNS[args.command])
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from kit.engine import Run
+
+    ledger = _ledger(args)
+    run_id = ledger.resolve_run(args.run)
+    row = ledger.query("SELECT run_key, status FROM runs WHERE run_id = ?", [run_id]).iloc[0]
+    run = Run(run_id, row["run_key"], row["status"], ledger.orders(run_id), ledger.fills(run_id))
+    print(run.summary())
+    _print_table(run.orders, TABLE_COLUMNS["orders"])
+    return 0
+
+
+def cmd_tca(args: argparse.Namespace) -> int:
+    from kit.api import tca
+
+    print(tca(args.run, args.db))
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from kit.gateway.__main__ import main as gateway_main
+
+    return gateway_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kit", description="research targets -> orders -> ledger")
+    parser.add_argument("--db", help="ledger file (default: KIT_DB or data/kit.duckdb)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    Handler = Callable[[argparse.Namespace], int]
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    runs = add("runs", cmd_table, "runs recorded in the ledger")
+    runs.add_argument("--status", help="only runs with this status (done, partial, failed, running)")
+    runs.add_argument("--date", help="only runs started on this UTC date (YYYY-MM-DD)")
+    for name in ("orders", "fills"):
+        sub = add(name, cmd_table, f"{name} recorded in the ledger")
+        sub.add_argument("--run", help="run id or run key")
+        if name == "orders":
+            sub.add_argument("--status", help="only orders with this status")
+    summary = add("summary", cmd_summary, "one run's status, orders and fills")
+    summary.add_argument("--run", help="run id or run key (default: the latest run)")
+    costs = add("tca", cmd_tca, "transaction costs of a run: slippage, shortfall, commissions, latency")
+    costs.add_argument("--run", help="run id or run key (default: the latest run)")
+    gateway = add("gateway", cmd_gateway, "the simulated IB gateway (see kit gateway --help)")
+    gateway.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KitError as exc:
+        print(f"kit: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
