@@ -62,3 +62,18 @@ class IBSettings:
             allow_live=truthy(setting("KIT_ALLOW_LIVE", "0")),
             connect_timeout=float(setting("KIT_IB_CONNECT_TIMEOUT", cls.connect_timeout)),
         )
+
+
+def halt_file() -> Path:
+    return Path(setting("KIT_HALT_FILE", "data/HALT"))
+
+
+def halted() -> str | None:
+    """Why new submissions are stopped, or None. The file survives restarts; the variable is per process."""
+    if truthy(setting("KIT_HALT", "0")):
+        return "KIT_HALT is set"
+    path = halt_file()
+    if path.exists():
+        reason = path.read_text().strip()
+        return f"{path} exists" + (f": {reason}" if reason else "")
+    return None

@@ -18,9 +18,10 @@ from typing import Any, Literal
 import pandas as pd
 
 from kit.brokers.base import Broker
-from kit.errors import LiveAccountError, PayloadConflictError
+from kit.config import halted
+from kit.errors import HaltedError, LiveAccountError, PayloadConflictError
 from kit.ids import run_id_for
-from kit.model import PAYLOAD_FIELDS, Event, Execution, Order, Status, Submitted
+from kit.model import PAYLOAD_FIELDS, Event, Execution, Order, Rejected, Status, Submitted
 from kit.planner import Plan
 from kit.state import Effect, OrderBook, Outcome, run_status
 from kit.store import Batch, Ledger, event_row, fill_row, order_row
@@ -130,12 +131,12 @@ class Recorder:
 class Engine:
     def __init__(self, plan: Plan, broker: Broker, ledger: Ledger, *, timeout: float = 60.0,
                  on_timeout: OnTimeout = "cancel", cancel_timeout: float = 10.0, allow_live: bool = False,
-                 info: RunInfo | None = None):
+                 approve: str | None = None, dry_run: bool = False, info: RunInfo | None = None):
         if on_timeout not in ("cancel", "leave"):
             raise ValueError(f"on_timeout must be 'cancel' or 'leave', not {on_timeout!r}")
         self.plan, self.broker, self.ledger = plan, broker, ledger
         self.timeout, self.on_timeout, self.cancel_timeout = timeout, on_timeout, cancel_timeout
-        self.allow_live = allow_live
+        self.allow_live, self.approve, self.dry_run = allow_live, approve, dry_run
         self.info = info or RunInfo()
         self.run_id = run_id_for(plan.run_key)
         self.book = OrderBook()
@@ -145,22 +146,37 @@ class Engine:
 
     # ---- the run -------------------------------------------------------------------------------------
     async def run(self) -> Run:
+        """Execute the plan (or, with dry_run, record it and send nothing)."""
         previous = self.ledger.load_orders(self.run_id)
         self._check_payloads(previous)  # before anything is written
-        recorder = self.recorder = Recorder(self.ledger, self.run_id)
-        self._start_run()
+        self._open_run(previous, "run_planned" if self.dry_run else None)
+        now = utcnow()
+        for intent, breaches in zip(self.plan.orders, self.plan.breaches, strict=True):
+            if intent.client_order_id in self.book.orders:
+                continue
+            order = Order(intent=intent, run_id=self.run_id, created_at=now, updated_at=now)
+            self.book.add(order)
+            self.recorder.order(order, "planned", now)
+            if breaches:  # stopped by risk: recorded with the limit that stopped it, never sent
+                self._apply(Rejected(order.client_order_id, now, "risk: " + "; ".join(breaches)))
+        self.recorder.flush()
+        return await self._guarded(self._what_if() if self.dry_run else self._trade())
+
+    async def cancel_working(self) -> Run:
+        """The kill switch: cancel this run's working orders through the broker and wait for its word."""
+        self._open_run(self.ledger.load_orders(self.run_id), "kill_switch")
+        return await self._guarded(self._cancel_run())
+
+    def _open_run(self, previous: list[Order], kind: str | None) -> None:
+        self.recorder = Recorder(self.ledger, self.run_id)
+        self._start_run(kind, resuming=bool(previous))
         for order in previous:
             self.book.add(order)
-        now = utcnow()
-        for intent in self.plan.orders:
-            if intent.client_order_id not in self.book.orders:
-                order = Order(intent=intent, run_id=self.run_id, created_at=now, updated_at=now)
-                self.book.add(order)
-                recorder.order(order, "planned", now)
-        recorder.flush()
+
+    async def _guarded(self, work: Any) -> Run:
         error: BaseException | None = None
         try:
-            await self._trade()
+            await work
         except BaseException as exc:
             error = exc
             raise
@@ -168,31 +184,83 @@ class Engine:
             self._finish(error)
         return self._result()
 
+    async def _connected(self) -> None:
+        self.broker.bind(self.queue.put_nowait)
+        await self.broker.connect()
+        self.ledger.update_run(self.run_id, account=self.broker.account or None)
+
+    async def _disconnect(self) -> None:
+        self._drain()
+        self.recorder.flush()
+        await self.broker.close()
+
+    async def _what_if(self) -> None:
+        """Dry run: ask the broker what the orders would cost (IB: margin and commission), send nothing."""
+        orders = [o for o in self.book.orders.values() if o.submitted_at is None and o.working]
+        if not orders:
+            return
+        await self._connected()
+        try:
+            await self.broker.prepare([o.intent for o in orders])
+            for order in orders:
+                estimate = await self.broker.what_if(order.intent)
+                self.recorder.order(order, "what_if", utcnow(), **estimate)
+        finally:
+            await self._disconnect()
+
+    async def _cancel_run(self) -> None:
+        working = [o for o in self.book.orders.values() if o.submitted_at is not None and o.working]
+        if not working:
+            self.notes.append("no working orders to cancel")
+            return
+        await self._connected()
+        try:
+            known = await self.broker.sync(working)
+            self._drain()
+            for order in working:
+                if order.client_order_id not in known:
+                    self.recorder.order(order, "unknown_at_broker", utcnow())
+                    self.notes.append(f"{order.client_order_id}: the broker does not list it; not cancelled")
+            self.open.update(c for c in known if self.book.orders[c].working)
+            await self._cancel([self.book.orders[c] for c in sorted(self.open)], "kill switch")
+        finally:
+            await self._disconnect()
+
     async def _trade(self) -> None:
         orders = list(self.book.orders.values())
         to_sync = [o for o in orders if o.submitted_at is not None and _unsettled(o)]
         to_send = [o for o in orders if o.submitted_at is None and o.working]
         if not to_sync and not to_send:
             return
-        self.broker.bind(self.queue.put_nowait)
-        await self.broker.connect()
+        await self._connected()
         try:
-            self.ledger.update_run(self.run_id, account=self.broker.account)
-            if not self.broker.is_paper and not self.allow_live:
-                raise LiveAccountError(
-                    f"account {self.broker.account} is not a paper account; nothing was sent. "
-                    "Set KIT_ALLOW_LIVE=1 to trade it.")
+            self._check_account()
             if to_sync:
                 to_send = await self._resume(to_sync) + to_send
-            await self.broker.prepare([o.intent for o in to_send])
-            await self._submit(to_send)
+            if to_send:
+                halt = halted()
+                if halt:
+                    raise HaltedError(f"the halt switch is on ({halt}); {len(to_send)} order(s) not sent")
+                await self.broker.prepare([o.intent for o in to_send])
+                await self._submit(to_send)
             loop = asyncio.get_running_loop()
             if not await self._follow(loop.time() + self.timeout):
-                await self._on_timeout(loop)
+                await self._on_timeout()
         finally:
-            self._drain()
-            self.recorder.flush()
-            await self.broker.close()
+            await self._disconnect()
+
+    def _check_account(self) -> None:
+        """Nothing reaches a live account by accident: it takes KIT_ALLOW_LIVE and this plan's hash."""
+        if self.broker.is_paper:
+            return
+        account = self.broker.account
+        if not self.allow_live:
+            raise LiveAccountError(f"account {account} is not a paper account; nothing was sent. "
+                                   "Set KIT_ALLOW_LIVE=1 and pass approve=<plan hash> to trade it.")
+        if self.approve != self.plan.hash:
+            given = f"approve={self.approve!r} does not match" if self.approve else "no approve= given for"
+            raise LiveAccountError(f"live account {account}: {given} this plan (hash {self.plan.hash}); "
+                                   "review the plan and pass its hash as approve=. Nothing was sent.")
 
     async def _resume(self, orders: list[Order]) -> list[Order]:
         """Ask the broker what it has before sending anything: known orders are followed, never resent.
@@ -248,30 +316,33 @@ class Engine:
             self.recorder.flush()
         return True
 
-    async def _on_timeout(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = utcnow()
+    async def _on_timeout(self) -> None:
         working = [self.book.orders[c] for c in sorted(self.open) if self.book.orders[c].working]
         if self.on_timeout == "leave":
             for order in working:
-                self.recorder.order(order, "left_working", now, timeout=self.timeout)
+                self.recorder.order(order, "left_working", utcnow(), timeout=self.timeout)
             if working:
                 self.notes.append(f"{len(working)} order(s) left working at the broker after the "
                                   f"{self.timeout:g}s timeout (on_timeout='leave')")
             return
-        for order in working:
-            self.recorder.order(order, "cancel_requested", now, timeout=self.timeout)
+        await self._cancel(working, f"{self.timeout:g}s timeout")
+
+    async def _cancel(self, orders: list[Order], why: str) -> None:
+        """Ask for cancels and wait for the broker's confirmations; never mark one cancelled ourselves."""
+        if not orders:
+            return
+        for order in orders:
+            self.recorder.order(order, "cancel_requested", utcnow(), why=why)
             await self.broker.cancel(order.client_order_id)
         self.recorder.flush()
-        await self._follow(loop.time() + self.cancel_timeout)
-        unconfirmed = [c for c in sorted(self.open) if self.book.orders[c].working]
-        for coid in unconfirmed:
-            self.recorder.order(self.book.orders[coid], "cancel_unconfirmed", utcnow())
+        await self._follow(asyncio.get_running_loop().time() + self.cancel_timeout)
+        unconfirmed = [o for o in orders if o.working]
+        for order in unconfirmed:
+            self.recorder.order(order, "cancel_unconfirmed", utcnow())
         if unconfirmed:
-            self.notes.append(f"{len(unconfirmed)} cancel(s) not confirmed by the broker; those orders may "
-                              "still fill: check with `kit reconcile`")
-        if working:
-            self.notes.append(f"{len(working)} order(s) still working at the {self.timeout:g}s timeout were "
-                              "cancelled")
+            self.notes.append(f"{len(unconfirmed)} cancel(s) not confirmed by the broker within "
+                              f"{self.cancel_timeout:g}s; those orders may still fill: check `kit reconcile`")
+        self.notes.append(f"{len(orders) - len(unconfirmed)} working order(s) cancelled ({why})")
 
     # ---- event folding -------------------------------------------------------------------------------
     def _apply(self, event: Event) -> None:
@@ -304,9 +375,11 @@ class Engine:
                 f"run_key {self.plan.run_key!r} already has these orders with a different payload; nothing "
                 "was sent. Use a new run_key for a new plan.\n" + "\n".join(conflicts))
 
-    def _start_run(self) -> None:
+    def _start_run(self, kind: str | None, resuming: bool) -> None:
         now = utcnow()
-        if self.ledger.run_row(self.run_id) is None:
+        detail = {"plan_hash": self.plan.hash, "orders": len(self.plan.orders)}
+        row = self.ledger.run_row(self.run_id)
+        if row is None:
             self.ledger.insert_run({
                 "run_id": self.run_id, "run_key": self.plan.run_key, "notebook": self.info.notebook,
                 "notebook_hash": self.info.notebook_hash, "parameters": _json(self.info.parameters),
@@ -314,14 +387,14 @@ class Engine:
                 "started_at": now, "git_revision": self.info.git_revision, "kit_version": version("kit"),
                 "output_path": self.info.output_path,
             })
-            self.recorder.note("run_started", now, plan_hash=self.plan.hash, orders=len(self.plan.orders))
         else:
-            self.ledger.update_run(self.run_id, status="running", ended_at=None, error_name=None, error=None)
-            self.recorder.note("run_resumed", now, plan_hash=self.plan.hash, orders=len(self.plan.orders))
+            self.ledger.update_run(self.run_id, status="running", broker=self.broker.name, ended_at=None,
+                                   error_name=None, error=None)
+        self.recorder.note(kind or ("run_resumed" if resuming else "run_started"), now, **detail)
 
     def _finish(self, error: BaseException | None) -> None:
         now = utcnow()
-        status = run_status(list(self.book.orders.values()))
+        status = "planned" if self.dry_run else run_status(list(self.book.orders.values()))
         if error is not None:
             if not self._any_fill():
                 status = "failed"

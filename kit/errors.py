@@ -34,3 +34,7 @@ class LiveAccountError(KitError):
 
 class BrokerUnavailableError(KitError):
     """The broker could not be reached; nothing was sent."""
+
+
+class HaltedError(KitError):
+    """The halt switch is on: no new order is sent until it is cleared (`kit halt --clear`)."""

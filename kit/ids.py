@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from kit.errors import KitError
 
@@ -50,9 +50,14 @@ def client_order_id(run_key: str, symbol: str, side: str, n: int = 1) -> str:
     return f"{run_key[:keep]}~{_digest(run_key, 8)}{tail}"
 
 
-def client_order_ids(run_key: str, legs: Iterable[tuple[str, str]]) -> list[str]:
-    """Ids for (symbol, side) legs in frame order; repeats of a symbol and side are numbered 2, 3, ..."""
-    seen: Counter[tuple[str, str]] = Counter()
+def client_order_ids(run_key: str, legs: Iterable[tuple[str, str]],
+                     taken: Mapping[tuple[str, str], int] | None = None) -> list[str]:
+    """Ids for (symbol, side) legs in frame order; repeats of a symbol and side are numbered 2, 3, ...
+
+    `taken` counts legs the run already has, so an order added when a run is re-planned gets the next
+    number instead of colliding with an order already sent.
+    """
+    seen: Counter[tuple[str, str]] = Counter(taken or {})
     ids = []
     for symbol, side in legs:
         seen[symbol, side] += 1

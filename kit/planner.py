@@ -1,49 +1,195 @@
-"""A plan: the validated orders of one run, before anything is sent.
+"""Planning: a targets frame (orders, or positions to reach) -> the orders of one run, with risk verdicts.
 
-Pure. The plan hash covers every order's payload and the run key, so an approval given for one plan cannot
-be replayed on another.
+Pure. Positions, working orders and prices come in as arguments; the shell (kit.api) fetches them from the
+ledger or the broker. The plan hash covers every order, its verdict and the run key, so an approval given
+for one plan cannot be used for another.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
+from kit.errors import ValidationError
 from kit.ids import check_run_key
 from kit.model import PAYLOAD_FIELDS, OrderIntent
-from kit.validate import validate_orders
+from kit.risk import RiskLimits, check, order_price, signed
+from kit.validate import COLUMNS, is_missing, validate_orders
+
+TARGET_COLUMNS = ("target_quantity", "target_weight")
+POSITION_COLUMNS = ("symbol", *TARGET_COLUMNS, "tif", "exchange", "currency", "primary_exchange",
+                    "decision_price")
 
 
 @dataclass(frozen=True)
 class Plan:
     run_key: str
     orders: tuple[OrderIntent, ...]
+    breaches: tuple[tuple[str, ...], ...] = ()  # per order; () passes every limit
+    current: Mapping[str, float] = field(default_factory=dict)  # position + working, per symbol
+    targets: Mapping[str, float] = field(default_factory=dict)  # target positions, when planned from them
+    prices: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.breaches:
+            object.__setattr__(self, "breaches", tuple(() for _ in self.orders))
 
     @property
     def hash(self) -> str:
         digest = hashlib.sha256(self.run_key.encode())
-        for order in self.orders:
-            digest.update(repr((order.client_order_id, *order.payload())).encode())
+        for order, breaches in zip(self.orders, self.breaches, strict=True):
+            digest.update(repr((order.client_order_id, *order.payload(), breaches)).encode())
         return digest.hexdigest()[:16]
 
+    @property
+    def passing(self) -> tuple[OrderIntent, ...]:
+        return tuple(o for o, b in zip(self.orders, self.breaches, strict=True) if not b)
+
     def frame(self) -> pd.DataFrame:
-        columns = ["client_order_id", *PAYLOAD_FIELDS, "decision_price"]
-        return pd.DataFrame([[getattr(o, c) for c in columns] for o in self.orders], columns=columns)
+        rows = []
+        for order, breaches in zip(self.orders, self.breaches, strict=True):
+            price = order_price(order, self.prices)
+            current = self.current.get(order.symbol, 0.0)
+            rows.append({
+                "client_order_id": order.client_order_id, "symbol": order.symbol,
+                "current": current, "target": self.targets.get(order.symbol, current + signed(order)),
+                "delta": signed(order),
+                **{name: getattr(order, name) for name in PAYLOAD_FIELDS if name != "symbol"},
+                "price": price, "notional": None if price is None else price * order.quantity,
+                "risk": "; ".join(breaches) or "ok",
+            })
+        columns = ["client_order_id", "symbol", "current", "target", "delta", *PAYLOAD_FIELDS[1:],
+                   "price", "notional", "risk"]
+        return pd.DataFrame(rows, columns=columns)
 
     def __len__(self) -> int:
         return len(self.orders)
 
     def __repr__(self) -> str:
-        return f"Plan(run_key={self.run_key!r}, orders={len(self.orders)}, hash={self.hash})"
+        stopped = sum(1 for b in self.breaches if b)
+        return (f"Plan(run_key={self.run_key!r}, orders={len(self.orders)}, stopped_by_risk={stopped}, "
+                f"hash={self.hash})")
 
     def _repr_html_(self) -> str:
-        title = f"<b>Plan</b> {self.run_key} &middot; {len(self.orders)} orders &middot; hash {self.hash}"
+        stopped = sum(1 for b in self.breaches if b)
+        title = (f"<b>Plan</b> {self.run_key} &middot; {len(self.orders)} orders"
+                 f"{f' &middot; <b>{stopped} stopped by risk</b>' if stopped else ''} &middot; "
+                 f"hash <code>{self.hash}</code>")
         return f"<p>{title}</p>{self.frame().to_html(index=False, na_rep='')}"
 
 
-def make_plan(targets: pd.DataFrame, run_key: str) -> Plan:
-    """Validate a target orders frame into a plan; ValidationError names every bad row."""
+def is_positions_frame(frame: Any) -> bool:
+    return isinstance(frame, pd.DataFrame) and any(c in frame.columns for c in TARGET_COLUMNS)
+
+
+def _target_problems(frame: pd.DataFrame, capital: float | None,
+                     prices: Mapping[str, float]) -> tuple[dict[str, float], list[tuple[str | None, str]]]:
+    """Target positions in shares per symbol, or the problems that stop planning."""
+    problems: list[tuple[str | None, str]] = []
+    unknown = [c for c in frame.columns if c not in POSITION_COLUMNS]
+    if unknown:
+        problems.append((None, f"unknown column(s) {unknown} in a target positions frame; known: "
+                               f"{', '.join(POSITION_COLUMNS)}"))
+    by_weight = "target_weight" in frame.columns
+    if by_weight and "target_quantity" in frame.columns:
+        problems.append((None, "give target_quantity or target_weight, not both"))
+    if by_weight and (capital is None or not math.isfinite(capital) or capital <= 0):
+        problems.append((None, f"target_weight needs a positive capital, got {capital!r}"))
+    if "symbol" not in frame.columns:
+        problems.append((None, "required column 'symbol' is missing"))
+    if problems:
+        return {}, problems
+    targets: dict[str, float] = {}
+    column = "target_weight" if by_weight else "target_quantity"
+    for position, (label, row) in enumerate(zip(frame.index, frame.to_dict("records"), strict=True)):
+        symbol, value = row.get("symbol"), row.get(column)
+        name = f"row {position} ({symbol})" if isinstance(symbol, str) else f"row {position}"
+        if label != position:
+            name = f"row {label!r}" + (f" ({symbol})" if isinstance(symbol, str) else "")
+        if not isinstance(symbol, str) or not symbol.strip():
+            problems.append((name, "symbol is missing"))
+            continue
+        if is_missing(value) or isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
+            problems.append((name, f"{column} {value!r} is not a finite number"))
+            continue
+        if symbol in targets:
+            problems.append((name, f"{symbol} has more than one target"))
+            continue
+        if by_weight:
+            price = row.get("decision_price")
+            price = prices.get(symbol) if is_missing(price) else price
+            if price is None or not price > 0:
+                problems.append((name, f"no price for {symbol} to turn its weight into shares "
+                                       "(give decision_price or prices)"))
+                continue
+            targets[symbol] = value * capital / price
+        elif value != int(value):
+            problems.append((name, f"target_quantity {value:g} is not a whole number of shares"))
+        else:
+            targets[symbol] = float(value)
+    return targets, problems
+
+
+def _round_toward_zero(quantity: float, lot: float) -> float:
+    return math.copysign(math.floor(abs(quantity) / lot + 1e-9) * lot, quantity)
+
+
+def plan_positions(frame: pd.DataFrame, run_key: str, *, positions: Mapping[str, float],
+                   working: Mapping[str, float], prices: Mapping[str, float], capital: float | None = None,
+                   lot_size: float = 1, min_notional: float = 0.0,
+                   sells_first: bool = False) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Orders that take positions + working orders to the targets, as a target orders frame.
+
+    Symbols absent from the frame are left alone (no opinion is not a target of zero). Targets from weights
+    are rounded toward zero to whole lots; deltas under `min_notional` are dropped.
+    """
+    targets, problems = _target_problems(frame, capital, prices)
+    if problems:
+        raise ValidationError(problems)
+    options = frame.set_index("symbol").to_dict("index")
+    rows = []
+    for symbol, raw_target in targets.items():
+        target = _round_toward_zero(raw_target, lot_size)
+        targets[symbol] = target
+        delta = _round_toward_zero(target - positions.get(symbol, 0.0) - working.get(symbol, 0.0), lot_size)
+        if delta == 0:
+            continue
+        extra = {k: v for k, v in options[symbol].items() if k in COLUMNS and not is_missing(v)}
+        price = extra.get("decision_price", prices.get(symbol))
+        if min_notional and price is not None and abs(delta) * price < min_notional:
+            continue
+        side = "BUY" if delta > 0 else "SELL"
+        rows.append({"symbol": symbol, "side": side, "quantity": abs(delta), **extra})
+    if sells_first:
+        rows.sort(key=lambda row: row["side"] != "SELL")
+    orders = pd.DataFrame(rows, columns=list(dict.fromkeys(["symbol", "side", "quantity",
+                                                            *(k for r in rows for k in r)])))
+    return orders, targets
+
+
+def make_plan(targets: pd.DataFrame, run_key: str, *, positions: Mapping[str, float] | None = None,
+              working: Mapping[str, float] | None = None, prices: Mapping[str, float] | None = None,
+              limits: RiskLimits | None = None, capital: float | None = None, lot_size: float = 1,
+              min_notional: float = 0.0, sells_first: bool = False,
+              taken: Mapping[tuple[str, str], int] | None = None) -> Plan:
+    """Validate targets into a plan with a risk verdict per order; ValidationError names every bad row."""
     check_run_key(run_key)
-    return Plan(run_key=run_key, orders=tuple(validate_orders(targets, run_key)))
+    positions, working, prices = dict(positions or {}), dict(working or {}), dict(prices or {})
+    target_positions: dict[str, float] = {}
+    if is_positions_frame(targets):
+        targets, target_positions = plan_positions(
+            targets, run_key, positions=positions, working=working, prices=prices, capital=capital,
+            lot_size=lot_size, min_notional=min_notional, sells_first=sells_first)
+    orders = validate_orders(targets, run_key, taken)
+    current = Counter(positions)
+    current.update(working)
+    breaches = check(orders, limits or RiskLimits(), current, prices)
+    return Plan(run_key, tuple(orders), tuple(tuple(b) for b in breaches), dict(current),
+                target_positions, prices)

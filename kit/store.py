@@ -293,6 +293,45 @@ class Ledger:
     def events(self, run_id: str | None = None) -> pd.DataFrame:
         return self._table("order_events", "seq", run_id)
 
+    def book(self, broker: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Positions (signed fills) and working orders (signed remaining of orders handed to the broker) of
+        every run on `broker`, from the ledger: how the mock broker, whose world does not outlive a process,
+        keeps an account."""
+        if not self.path.exists() and self._con is None:
+            return {}, {}
+        sign = "CASE o.side WHEN 'BUY' THEN 1 ELSE -1 END"
+        positions = self.query(
+            f"SELECT o.symbol, sum({sign} * o.quantity) FROM fills o JOIN runs r USING (run_id) "
+            "WHERE r.broker = ? GROUP BY o.symbol", [broker])
+        working = self.query(
+            f"SELECT o.symbol, sum({sign} * o.remaining_quantity) FROM orders o JOIN runs r USING (run_id) "
+            "WHERE r.broker = ? AND o.submitted_at IS NOT NULL "
+            "AND o.status IN ('NEW', 'SUBMITTED', 'PARTIAL') GROUP BY o.symbol", [broker])
+        return ({str(k): float(v) for k, v in positions.itertuples(index=False) if v},
+                {str(k): float(v) for k, v in working.itertuples(index=False) if v})
+
+    def unsent(self, run_id: str) -> list[tuple[str, str, float]]:
+        """(symbol, side, remaining) of a run's orders that were planned but never handed to a broker."""
+        if not self.path.exists() and self._con is None:
+            return []
+        frame = self.query("SELECT symbol, side, remaining_quantity FROM orders WHERE run_id = ? AND "
+                           "submitted_at IS NULL AND status = 'NEW'", [run_id])
+        return [(str(a), str(b), float(c)) for a, b, c in frame.itertuples(index=False)]
+
+    def legs(self, run_id: str) -> dict[tuple[str, str], int]:
+        """How many orders per (symbol, side) a run has, so re-planning numbers new ones after them."""
+        if not self.path.exists() and self._con is None:
+            return {}
+        frame = self.query("SELECT symbol, side, count(*) FROM orders WHERE run_id = ? GROUP BY ALL",
+                           [run_id])
+        return {(str(a), str(b)): int(n) for a, b, n in frame.itertuples(index=False)}
+
+    def working_runs(self) -> list[str]:
+        """Runs that still have orders at a broker: the kill switch's `--all`."""
+        frame = self.query("SELECT DISTINCT run_id FROM orders WHERE submitted_at IS NOT NULL AND "
+                           "status IN ('NEW', 'SUBMITTED', 'PARTIAL') ORDER BY run_id")
+        return [str(r) for r in frame["run_id"]]
+
     def resolve_run(self, run: str | None) -> str:
         """A run id or a run key -> run id; None -> the latest run."""
         if run is None:

@@ -9,6 +9,7 @@ import difflib
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -69,7 +70,7 @@ def _text(value: Any, pattern: re.Pattern[str], name: str, problems: list[str]) 
 
 def _row_name(label: Any, position: int, symbol: Any) -> str:
     where = f"row {label!r}" if label != position else f"row {position}"
-    return f"{where} ({symbol})" if isinstance(symbol, str) and symbol else where
+    return f"{where} ({symbol})" if isinstance(symbol, str) and symbol.strip() else where
 
 
 def _check_row(row: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -147,7 +148,8 @@ def _frame_problems(frame: Any) -> list[tuple[str | None, str]]:
     return problems
 
 
-def validate_orders(frame: pd.DataFrame, run_key: str) -> list[OrderIntent]:
+def validate_orders(frame: pd.DataFrame, run_key: str,
+                    taken: Mapping[tuple[str, str], int] | None = None) -> list[OrderIntent]:
     """Target orders frame -> order intents with client_order_ids, or ValidationError naming every bad row."""
     problems = _frame_problems(frame)
     if problems:
@@ -171,7 +173,7 @@ def validate_orders(frame: pd.DataFrame, run_key: str) -> list[OrderIntent]:
         rows.append((name, values))
     if problems:
         raise ValidationError(problems)
-    ids = client_order_ids(run_key, ((v["symbol"], v["side"]) for _, v in rows))
+    ids = client_order_ids(run_key, ((v["symbol"], v["side"]) for _, v in rows), taken)
     return [
         OrderIntent(
             client_order_id=coid, symbol=v["symbol"], side=Side(v["side"]), quantity=v["quantity"],

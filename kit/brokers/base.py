@@ -62,5 +62,17 @@ class Broker(ABC):
         """The price at submission, recorded as the arrival price for TCA; None when unknown."""
         return None
 
+    async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
+        """Estimates for a dry run (margin, commission); empty when the broker cannot say."""
+        return {}
+
+    # Where planning finds current positions and working orders: a broker that keeps an account (IB)
+    # answers positions() and working(); for one that does not (the mock), kit reads its own ledger.
+    keeps_positions: bool = False
+
     async def positions(self) -> dict[str, float]:
+        return {}
+
+    async def working(self) -> dict[str, float]:
+        """Signed remaining quantity of working orders per symbol."""
         return {}

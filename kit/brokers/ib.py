@@ -43,6 +43,7 @@ class IBBroker(Broker):
     """Orders carry orderRef = client_order_id, so a reconnect (or a new process) finds them again."""
 
     name = "ib"
+    keeps_positions = True
 
     def __init__(self, settings: IBSettings | None = None, *, library: str | None = None,
                  ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 45):
@@ -182,6 +183,11 @@ class IBBroker(Broker):
             reason = self.contract_errors.get(order.symbol, "no security definition found")
             self.emit(Rejected(order.client_order_id, _now(), reason))
             return
+        trade = self.ib.placeOrder(contract, self._ib_order(order))
+        self.translator.placed(order.client_order_id, trade.order.orderId)
+        asyncio.get_running_loop().call_later(self.ack_timeout, self._check_ack, order.client_order_id)
+
+    def _ib_order(self, order: OrderIntent) -> Any:
         if order.order_type == "LMT":
             ib_order = self.lib.LimitOrder(str(order.side), order.quantity, order.limit_price)
         else:
@@ -189,9 +195,7 @@ class IBBroker(Broker):
         ib_order.orderRef = order.client_order_id
         ib_order.tif = order.tif
         ib_order.account = self.account
-        trade = self.ib.placeOrder(contract, ib_order)
-        self.translator.placed(order.client_order_id, trade.order.orderId)
-        asyncio.get_running_loop().call_later(self.ack_timeout, self._check_ack, order.client_order_id)
+        return ib_order
 
     def _check_ack(self, client_order_id: str) -> None:
         """IB said nothing about an order: look it up; flag it, never assume it cancelled."""
@@ -219,6 +223,34 @@ class IBBroker(Broker):
         ib_order = self.lib.Order(orderId=order_id, clientId=self.settings.client_id, permId=perm_id)
         self.ib.cancelOrder(ib_order)
 
+    async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
+        """IB's what-if: margin and commission estimates, with nothing sent to the market."""
+        contract = self.contracts.get(self._contract_key(order))
+        if contract is None:
+            return {"warning": self.contract_errors.get(order.symbol, "no security definition found")}
+        state = await self.ib.whatIfOrderAsync(contract, self._ib_order(order))
+        if not state:
+            return {"warning": "IB gave no what-if answer"}
+        fields = ("initMarginChange", "maintMarginChange", "equityWithLoanChange", "commission",
+                  "minCommission", "maxCommission", "commissionCurrency", "warningText")
+        return {name: _number_or_text(getattr(state, name, None)) for name in fields}
+
+    async def positions(self) -> dict[str, float]:
+        held = await self.ib.reqPositionsAsync()
+        return {p.contract.symbol: float(p.position) for p in held
+                if p.account == self.account and p.position}
+
+    async def working(self) -> dict[str, float]:
+        trades = await self.ib.reqAllOpenOrdersAsync()
+        working: dict[str, float] = {}
+        for trade in trades:
+            if trade.order.account not in ("", self.account):
+                continue
+            remaining = float(trade.order.totalQuantity) - float(trade.orderStatus.filled or 0)
+            sign = 1 if trade.order.action == "BUY" else -1
+            working[trade.contract.symbol] = working.get(trade.contract.symbol, 0.0) + sign * remaining
+        return working
+
     # ---- resume --------------------------------------------------------------------------------------
     async def sync(self, orders: Iterable[Order]) -> set[str]:
         coids = {o.client_order_id for o in orders}
@@ -241,3 +273,11 @@ class IBBroker(Broker):
             self.sync_is_complete = False
             self.emit(BrokerNotice(_now(), "sync_incomplete", "IB did not finish listing orders and "
                                    f"executions within {self.sync_timeout:g}s"))
+
+
+def _number_or_text(value: Any) -> float | str | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value or None
+    return None if number >= 1e300 else number

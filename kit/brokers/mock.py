@@ -8,6 +8,7 @@ same seed, prices and orders always give the same executions.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -114,7 +115,8 @@ class MockBroker(Broker):
 
     async def submit(self, order: OrderIntent) -> None:
         self.submitted.append(order.client_order_id)
-        number = len(self.submitted)
+        # Ids unique across runs and processes (fills are keyed by exec_id in the ledger), same every time.
+        number = int(hashlib.sha256(order.client_order_id.encode()).hexdigest()[:8], 16)
         rng = random.Random(f"{self.seed}:{order.client_order_id}")
         working = _Working(order, number, _split(order.quantity, self.partial_fills, rng))
         self.orders[order.client_order_id] = working
@@ -122,8 +124,8 @@ class MockBroker(Broker):
             self._later(0, Rejected(order.client_order_id, self._now(), "price_unavailable"))
             working.cancelled = True
             return
-        self._later(0, Accepted(order.client_order_id, self._now(), broker_order_id=str(number),
-                                perm_id=str(900_000_000 + number)))
+        self._later(0, Accepted(order.client_order_id, self._now(), broker_order_id=str(len(self.submitted)),
+                                perm_id=str(number)))
         self._maybe_fill(working)
 
     async def cancel(self, client_order_id: str) -> None:
@@ -134,6 +136,13 @@ class MockBroker(Broker):
             return
         working.cancelled = True
         self._later(0, Cancelled(client_order_id, self._now(), "cancelled by request"))
+
+    async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
+        price = self.prices.get(order.symbol)
+        if price is None:
+            return {"warning": "price_unavailable"}
+        return {"price": price, "notional": price * order.quantity,
+                "commission": self.commission(order.quantity, price)}
 
     async def sync(self, orders: Iterable[Order]) -> set[str]:
         """A mock broker's memory lives in this object: a new process knows nothing of earlier orders."""

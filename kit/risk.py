@@ -1,0 +1,124 @@
+"""Pre-trade risk checks. Pure: a plan's orders, positions and prices in; a verdict per order out.
+
+An order that breaks a limit never reaches the broker; it is recorded as REJECTED with the limit that
+stopped it. A limit that needs a price fails closed when no price is known: a check that cannot be made is
+not a check that passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from kit.config import setting
+from kit.errors import KitError
+from kit.model import OrderIntent, Side
+
+
+class RiskError(KitError):
+    """strict=True and at least one order broke a limit: the whole run stops and nothing is sent."""
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    """None disables a limit. Set in kit.toml ([risk] max_order_notional = 1e6), in the environment
+    (KIT_RISK_MAX_ORDER_NOTIONAL=1e6) or per call (kit.execute(..., risk={"max_orders": 20}))."""
+
+    max_order_notional: float | None = None
+    max_order_quantity: float | None = None
+    max_gross_notional: float | None = None  # per run, summed over the orders that pass
+    max_position: float | None = None  # |position after the order| per symbol, in shares
+    allowed_symbols: frozenset[str] | None = None
+    collar: float | None = None  # a limit price may be at most this fraction away from the reference
+    max_orders: int | None = None
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | RiskLimits | None = None) -> RiskLimits:
+        if isinstance(overrides, RiskLimits):
+            return overrides
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = setting(f"KIT_RISK_{field.name.upper()}")
+            if raw not in (None, ""):
+                values[field.name] = raw
+        unknown = set(overrides or {}) - {f.name for f in fields(cls)}
+        if unknown:
+            raise KitError(f"unknown risk limit(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        values.update(overrides or {})
+        return replace(cls(), **{name: _coerce(name, value) for name, value in values.items()})
+
+    def active(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name == "allowed_symbols":
+        items = value.split(",") if isinstance(value, str) else value
+        return frozenset(str(s).strip() for s in items if str(s).strip())
+    if name == "max_orders":
+        return int(value)
+    return float(value)
+
+
+def signed(order: OrderIntent) -> float:
+    return order.quantity if order.side is Side.BUY else -order.quantity
+
+
+def order_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
+    """The price a notional is computed at: the limit, else the decision price, else the reference."""
+    for candidate in (order.limit_price, order.decision_price, prices.get(order.symbol)):
+        if candidate is not None and math.isfinite(candidate) and candidate > 0:
+            return float(candidate)
+    return None
+
+
+def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str, float],
+          prices: Mapping[str, float]) -> list[list[str]]:
+    """One list of breaches per order ([] = passes), in order. Orders are checked in sequence, so the run's
+    gross notional and the position limit see the orders before them that passed."""
+    verdicts: list[list[str]] = []
+    gross = 0.0
+    position = dict(positions)
+    passed = 0
+    for order in orders:
+        breaches = []
+        price = order_price(order, prices)
+        notional = None if price is None else order.quantity * price
+        reference = prices.get(order.symbol) or order.decision_price
+        if limits.allowed_symbols is not None and order.symbol not in limits.allowed_symbols:
+            breaches.append(f"allowed_symbols: {order.symbol} is not allowed")
+        if limits.max_order_quantity is not None and order.quantity > limits.max_order_quantity:
+            breaches.append(f"max_order_quantity: {order.quantity:g} > {limits.max_order_quantity:g}")
+        needs_price = (limits.max_order_notional, limits.max_gross_notional)
+        if notional is None and any(limit is not None for limit in needs_price):
+            breaches.append("no price to check notional limits against (give decision_price or prices)")
+        if notional is not None and limits.max_order_notional is not None \
+                and notional > limits.max_order_notional:
+            breaches.append(f"max_order_notional: {notional:,.2f} > {limits.max_order_notional:,.2f}")
+        if notional is not None and limits.max_gross_notional is not None \
+                and gross + notional > limits.max_gross_notional:
+            breaches.append(f"max_gross_notional: run total {gross + notional:,.2f} > "
+                            f"{limits.max_gross_notional:,.2f}")
+        after = position.get(order.symbol, 0.0) + signed(order)
+        if limits.max_position is not None and abs(after) > limits.max_position:
+            breaches.append(f"max_position: {order.symbol} position would be {after:g}, limit "
+                            f"{limits.max_position:g}")
+        if limits.collar is not None and order.limit_price is not None:
+            distance = abs(order.limit_price / reference - 1) if reference else None
+            if distance is None:
+                breaches.append("collar: no reference price to check the limit price against")
+            elif distance > limits.collar:
+                breaches.append(f"collar: limit {order.limit_price:g} is {distance:.1%} from the reference "
+                                f"{reference:g} (max {limits.collar:.1%})")
+        if limits.max_orders is not None and passed >= limits.max_orders and not breaches:
+            breaches.append(f"max_orders: more than {limits.max_orders} orders in one run")
+        if not breaches:
+            passed += 1
+            gross += notional or 0.0
+            position[order.symbol] = after
+        verdicts.append(breaches)
+    return verdicts
