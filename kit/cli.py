@@ -73,6 +73,38 @@ def cmd_tca(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from kit.api import cancel
+
+    if not args.run and not args.all:
+        raise KitError("say which: --run RUN or --all")
+    runs = cancel(args.run, all_runs=args.all, db=args.db, timeout=args.timeout)
+    for run in runs:
+        print(run.summary())
+    still = sum(int((r.orders["status"].isin(["NEW", "SUBMITTED", "PARTIAL"])
+                     & r.orders["submitted_at"].notna()).sum()) for r in runs)
+    if still:
+        print(f"{still} order(s) still working: the broker has not confirmed their cancel", file=sys.stderr)
+    return 1 if still else 0
+
+
+def cmd_halt(args: argparse.Namespace) -> int:
+    from kit.config import halt_file, halted
+
+    path = halt_file()
+    if args.clear:
+        path.unlink(missing_ok=True)
+        print(f"halt switch cleared ({path} removed)" if not halted() else f"still halted: {halted()}")
+        return 0 if not halted() else 1
+    if args.status:
+        print(halted() or "not halted")
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(" ".join(args.reason) + "\n")
+    print(f"halted: no new order is sent until `kit halt --clear` ({path})")
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from kit.gateway.__main__ import main as gateway_main
 
@@ -103,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--run", help="run id or run key (default: the latest run)")
     costs = add("tca", cmd_tca, "transaction costs of a run: slippage, shortfall, commissions, latency")
     costs.add_argument("--run", help="run id or run key (default: the latest run)")
+    kill = add("cancel", cmd_cancel, "kill switch: cancel working orders and wait for the broker's word")
+    kill.add_argument("--run", help="run id or run key")
+    kill.add_argument("--all", action="store_true", help="every run with working orders")
+    kill.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for confirmations")
+    halt = add("halt", cmd_halt, "stop every new submission until cleared (a file, so it survives restarts)")
+    halt.add_argument("reason", nargs="*", help="why, recorded in the halt file")
+    halt.add_argument("--clear", action="store_true", help="allow submissions again")
+    halt.add_argument("--status", action="store_true", help="say whether submissions are halted")
     gateway = add("gateway", cmd_gateway, "the simulated IB gateway (see kit gateway --help)")
     gateway.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
