@@ -55,7 +55,7 @@ class IBBroker(Broker):
         self.max_messages_per_second = max_messages_per_second
         self.translator = Translator(self.settings.client_id)
         self.ib: Any = None
-        self.contracts: dict[tuple, Any] = {}
+        self.contracts: dict[tuple, Any] = {}  # None: IB found no (single) contract
         self.contract_errors: dict[str, str] = {}
         self.prices: dict[str, float] = {}
         self._closing = False
@@ -168,17 +168,16 @@ class IBBroker(Broker):
                      for key, o in missing.items()}
         details = await asyncio.gather(*(self.ib.reqContractDetailsAsync(c) for c in contracts.values()))
         for (key, contract), found in zip(contracts.items(), details, strict=True):
+            self.contracts[key] = contract if len(found) == 1 else None
             if len(found) == 1:
                 contract.conId = found[0].contract.conId
-                self.contracts[key] = contract
             elif len(found) > 1:
                 self.contract_errors[contract.symbol] = f"ambiguous contract: {len(found)} matches"
 
     async def submit(self, order: OrderIntent) -> None:
-        contract = self.contracts.get(self._contract_key(order))
-        if contract is None:
+        if self._contract_key(order) not in self.contracts:
             await self.prepare([order])
-            contract = self.contracts.get(self._contract_key(order))
+        contract = self.contracts[self._contract_key(order)]
         if contract is None:
             reason = self.contract_errors.get(order.symbol, "no security definition found")
             self.emit(Rejected(order.client_order_id, _now(), reason))

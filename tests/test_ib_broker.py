@@ -1,0 +1,162 @@
+"""kit's IB broker against the simulated gateway, with the real ib_async and ib_insync clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kit.gateway import Faults, GatewayConfig, run_gateway_in_thread
+from tests.ib_driver import execute
+
+ROOT = Path(__file__).resolve().parents[1]
+INSYNC_PYTHON = ROOT / ".venv-insync" / "bin" / "python"
+BASKET = {
+    "symbol": ["AAPL", "MSFT", "TTE"],
+    "side": ["BUY", "SELL", "BUY"],
+    "quantity": [300, 120, 40],
+    "currency": ["USD", "USD", "EUR"],
+    "primary_exchange": ["NASDAQ", "NASDAQ", "SBF"],
+}
+
+
+@pytest.fixture(params=["ib_async", "ib_insync"])
+def library(request: pytest.FixtureRequest) -> str:
+    if request.param == "ib_insync" and not INSYNC_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(".venv-insync is missing: `make test` builds it")
+        pytest.skip(".venv-insync is missing: run `make insync` (make test builds it)")
+    return request.param
+
+
+@pytest.fixture
+def gateway(request: pytest.FixtureRequest):
+    config = getattr(request, "param", None) or GatewayConfig()
+    with run_gateway_in_thread(config) as gw:
+        yield gw
+
+
+def drive(library: str, gw: Any, tmp_path: Path, targets: dict, **spec: Any) -> dict[str, Any]:
+    spec = {"port": gw.port, "db": str(tmp_path / "kit.duckdb"), "run_key": "ib-test", "targets": targets,
+            "library": library, **spec}
+    if library == "ib_async":
+        return execute(spec)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([str(INSYNC_PYTHON), "-m", "tests.ib_driver", json.dumps(spec)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def by_id(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    assert "error" not in result, result["error"]
+    return {o["client_order_id"]: o for o in result["orders"]}
+
+
+def gateway_executions(gw: Any) -> dict[str, float]:
+    """exec_id -> shares as the gateway has them, corrections replacing what they correct."""
+    return {e.exec_id: e.shares for e in gw.call(lambda: list(gw.state.effective_executions()))}
+
+
+def test_basket_fills_with_commissions_and_ledger_matches_gateway(library, gateway, tmp_path):
+    result = drive(library, gateway, tmp_path, BASKET)
+    assert result["library"] == library
+    orders = by_id(result)
+    assert result["status"] == "done"
+    assert {o["status"] for o in orders.values()} == {"FILLED"}
+    for order in orders.values():
+        assert order["filled_quantity"] == order["quantity"] and order["remaining_quantity"] == 0
+        assert order["perm_id"] and order["broker_order_id"]
+    assert orders["ib-test-TTE-BUY"]["currency"] == "EUR"
+    fills = result["fills"]
+    assert {f["exec_id"]: f["quantity"] for f in fills} == gateway_executions(gateway)
+    assert all(f["commission"] and f["commission"] > 0 for f in fills)
+    assert len(fills) > len(orders)  # the gateway fills in partial slices
+    # orderRef carries the client_order_id to IB, once per order
+    placed = gateway.call(lambda: [o.order_ref for o in gateway.state.orders.values()])
+    assert sorted(placed) == sorted(orders)
+
+
+def test_resumed_run_sends_nothing_twice(library, gateway, tmp_path):
+    first = by_id(drive(library, gateway, tmp_path, BASKET))
+    again = drive(library, gateway, tmp_path, BASKET, client_id=12)
+    assert by_id(again).keys() == first.keys()
+    placed = gateway.call(lambda: [o.order_ref for o in gateway.state.orders.values()])
+    assert sorted(placed) == sorted(first)
+    assert len(again["fills"]) == len(gateway_executions(gateway))
+
+
+@pytest.mark.parametrize("gateway", [GatewayConfig(max_order_size=500)], indirect=True)
+def test_rejections_carry_ibs_reason_and_the_rest_goes_on(library, gateway, tmp_path):
+    targets = {
+        "symbol": ["AAPL", "TTE", "NOPE", "MSFT"],
+        "side": ["BUY", "BUY", "BUY", "BUY"],
+        "quantity": [1000, 10, 5, 10],  # AAPL is over the gateway's max size: 201
+        "currency": ["USD", "EUR", "USD", "USD"],
+        "exchange": ["SMART", "SBF", "SMART", "SMART"],  # TTE routed directly to SBF: 10311
+    }
+    result = drive(library, gateway, tmp_path, targets)
+    orders = by_id(result)
+    for symbol, code in (("AAPL", "201"), ("TTE", "10311"), ("NOPE", "200")):
+        order = orders[f"ib-test-{symbol}-BUY"]
+        assert order["status"] == "REJECTED" and f"IB error {code}" in order["reason"]
+    assert orders["ib-test-MSFT-BUY"]["status"] == "FILLED"
+    assert result["status"] == "partial"
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [GatewayConfig(faults=Faults(commission_before_execution=True)),
+     GatewayConfig(faults=Faults(commission_delay=0.2)),
+     GatewayConfig(faults=Faults(duplicate_exec_details=True)),
+     GatewayConfig(faults=Faults(correct_executions=True))],
+    indirect=True, ids=["commission-first", "commission-late", "duplicate-exec", "corrections"])
+def test_commissions_duplicates_and_corrections_leave_one_fill_per_execution(library, gateway, tmp_path):
+    result = drive(library, gateway, tmp_path, BASKET)
+    orders = by_id(result)
+    assert {o["status"] for o in orders.values()} == {"FILLED"}
+    assert {f["exec_id"]: f["quantity"] for f in result["fills"]} == gateway_executions(gateway)
+    assert all(f["commission"] is not None and f["commission"] > 0 for f in result["fills"])
+    for order in orders.values():
+        assert order["filled_quantity"] == order["quantity"]
+
+
+def test_timeout_cancels_with_ibs_confirmation_or_leaves_working(library, gateway, tmp_path):
+    lmt = {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [10], "order_type": ["LMT"], "limit_price": [1.0]}
+    result = drive(library, gateway, tmp_path, lmt, timeout=0.5)
+    order = by_id(result)["ib-test-AAPL-BUY"]
+    assert order["status"] == "CANCELLED" and order["filled_quantity"] == 0
+    assert any(e["kind"] == "cancel_requested" for e in result["events"])
+    assert result["status"] == "failed"
+    left = drive(library, gateway, tmp_path, lmt, run_key="ib-leave", timeout=0.5, on_timeout="leave")
+    assert by_id(left)["ib-leave-AAPL-BUY"]["status"] == "SUBMITTED"
+    assert any("left working" in note for note in left["notes"])
+    assert gateway.call(lambda: gateway.state.orders_by_ref("ib-leave-AAPL-BUY")[0].is_working)
+
+
+@pytest.mark.parametrize("gateway", [GatewayConfig(accounts=("U7654321",))], indirect=True)
+def test_live_account_is_refused_before_any_order(library, gateway, tmp_path):
+    result = drive(library, gateway, tmp_path, BASKET)
+    assert result["error"].startswith("LiveAccountError")
+    assert gateway.call(lambda: len(gateway.state.orders)) == 0
+
+
+def test_kit_runs_in_a_running_event_loop_like_jupyter(gateway, tmp_path):
+    """Inside a running loop (a Jupyter cell), the blocking kit.execute must not fail."""
+    import asyncio
+
+    async def cell() -> dict[str, Any]:
+        return execute({"port": gateway.port, "db": str(tmp_path / "kit.duckdb"), "run_key": "in-loop",
+                        "targets": BASKET})
+
+    result = asyncio.run(cell())
+    assert result["status"] == "done", result
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
