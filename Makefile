@@ -29,9 +29,7 @@ $(INSYNC)/.installed: pyproject.toml
 insync: $(INSYNC)/.installed
 
 demo: $(VENV)/.installed
-	@mkdir -p data/runs
-	$(BIN)/papermill --no-progress-bar --log-level WARNING notebooks/momentum.ipynb data/runs/momentum-$(RUN_KEY).ipynb \
-		-p broker mock -p run_key $(RUN_KEY)
+	$(BIN)/kit run notebooks/momentum.ipynb --run-key $(RUN_KEY) -p broker mock
 	$(BIN)/kit summary --run $(RUN_KEY)
 
 test: $(VENV)/.installed $(INSYNC)/.installed

@@ -16,12 +16,12 @@ _EXPORTS = {
     "MockBroker": "kit.brokers.mock", "CommissionModel": "kit.brokers.mock", "Broker": "kit.brokers.base",
     "Ledger": "kit.store",
     "KitError": "kit.errors", "ValidationError": "kit.errors", "PayloadConflictError": "kit.errors",
-    "LiveAccountError": "kit.errors",
+    "LiveAccountError": "kit.errors", "Skip": "kit.runner",
 }
 __all__ = [  # noqa: RUF022 (grouped by layer, like _EXPORTS)
     "plan", "execute", "execute_async", "ledger", "tca", "Plan", "Run", "RunInfo", "MockBroker",
     "CommissionModel", "Broker", "Ledger", "KitError", "ValidationError", "PayloadConflictError",
-    "LiveAccountError", "__version__",
+    "LiveAccountError", "Skip", "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from kit.engine import Run, RunInfo
     from kit.errors import KitError, LiveAccountError, PayloadConflictError, ValidationError
     from kit.planner import Plan
+    from kit.runner import Skip
     from kit.store import Ledger
 
 

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from kit.store import Ledger
 
 TABLE_COLUMNS = {
-    "runs": ["run_id", "run_key", "broker", "status", "started_at", "ended_at", "notebook", "error"],
+    "runs": ["run_id", "run_key", "broker", "status", "started_at", "ended_at", "notebook", "error_name",
+             "error"],
     "orders": ["client_order_id", "symbol", "side", "quantity", "order_type", "limit_price", "status",
                "filled_quantity", "avg_fill_price", "commission", "reason"],
     "fills": ["exec_id", "client_order_id", "symbol", "side", "quantity", "price", "commission",
@@ -124,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     runs = add("runs", cmd_table, "runs recorded in the ledger")
-    runs.add_argument("--status", help="only runs with this status (done, partial, failed, running)")
+    runs.add_argument("--status", help="only runs with this status (done, partial, failed, planned, skipped, "
+                                       "running)")
     runs.add_argument("--date", help="only runs started on this UTC date (YYYY-MM-DD)")
     for name in ("orders", "fills"):
         sub = add(name, cmd_table, f"{name} recorded in the ledger")
@@ -143,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     halt.add_argument("reason", nargs="*", help="why, recorded in the halt file")
     halt.add_argument("--clear", action="store_true", help="allow submissions again")
     halt.add_argument("--status", action="store_true", help="say whether submissions are halted")
+    from kit import runner
+
+    runner.register(commands)
     gateway = add("gateway", cmd_gateway, "the simulated IB gateway (see kit gateway --help)")
     gateway.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
