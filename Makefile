@@ -7,7 +7,7 @@ RUN_KEY ?= demo-$(shell date -u +%Y-%m-%d)
 KIT_DB ?= data/kit.duckdb
 export KIT_DB
 
-.PHONY: demo test lint bench clean insync
+.PHONY: demo demo-ib test lint bench clean insync
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ insync: $(INSYNC)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/kit run notebooks/momentum.ipynb --run-key $(RUN_KEY) -p broker mock
 	$(BIN)/kit summary --run $(RUN_KEY)
+
+# The same notebook on the IB path: kit's simulated gateway on a free loopback port, stopped afterwards.
+demo-ib: $(VENV)/.installed
+	$(BIN)/kit gateway --port 0 --log-level WARNING -- \
+		$(BIN)/kit run notebooks/momentum.ipynb --run-key $(RUN_KEY)-ib -p broker ib
+	$(BIN)/kit summary --run $(RUN_KEY)-ib
 
 test: $(VENV)/.installed $(INSYNC)/.installed
 	$(BIN)/ruff check .

@@ -107,9 +107,27 @@ def cmd_halt(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
+    """`kit gateway [options]` serves until interrupted; `kit gateway [options] -- CMD ...` serves while CMD
+    runs (with KIT_IB_HOST/KIT_IB_PORT pointing at it) and exits with CMD's status: how `make demo-ib` and
+    scripts get a gateway that is stopped however the command ends."""
+    from kit.gateway.__main__ import build_config, parse_args
     from kit.gateway.__main__ import main as gateway_main
 
-    return gateway_main(args.rest)
+    if "--" not in args.rest:
+        return gateway_main(args.rest)
+    split = args.rest.index("--")
+    options, command = parse_args(args.rest[:split]), args.rest[split + 1:]
+    if not command:
+        raise KitError("nothing to run after --")
+    import os
+    import subprocess
+
+    from kit.gateway import run_gateway_in_thread
+
+    with run_gateway_in_thread(build_config(options), options.host, options.port) as gateway:
+        print(f"kit gateway listening on {gateway.host}:{gateway.port}", file=sys.stderr)
+        env = {**os.environ, "KIT_IB_HOST": gateway.host, "KIT_IB_PORT": str(gateway.port)}
+        return subprocess.run(command, env=env).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,13 +166,32 @@ def build_parser() -> argparse.ArgumentParser:
     from kit import runner
 
     runner.register(commands)
-    gateway = add("gateway", cmd_gateway, "the simulated IB gateway (see kit gateway --help)")
-    gateway.add_argument("rest", nargs=argparse.REMAINDER)
+    add("gateway", cmd_gateway, "the simulated IB gateway: kit gateway [--port N] [--seed N] [-- CMD ...]")
     return parser
 
 
+def _command_index(argv: list[str]) -> int | None:
+    """Where the subcommand stands, past the top-level options (--db takes a value)."""
+    at = 0
+    while at < len(argv):
+        if argv[at] == "--db":
+            at += 2
+        elif argv[at].startswith("-"):
+            at += 1
+        else:
+            return at
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    at = _command_index(argv)
+    if at is not None and argv[at] == "gateway":  # its options go to the gateway's parser, `--` to a command
+        args = parser.parse_args(argv[:at + 1])
+        args.rest = argv[at + 1:]
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except KitError as exc:
