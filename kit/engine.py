@@ -21,12 +21,15 @@ from kit.brokers.base import Broker
 from kit.config import halted
 from kit.errors import HaltedError, LiveAccountError, PayloadConflictError
 from kit.ids import run_id_for
-from kit.model import PAYLOAD_FIELDS, Event, Execution, Order, Rejected, Status, Submitted
+from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Execution, Order, Rejected, Status, Submitted
 from kit.planner import Plan
 from kit.state import Effect, OrderBook, Outcome, run_status
 from kit.store import Batch, Ledger, event_row, fill_row, order_row
 
 OnTimeout = Literal["cancel", "leave"]
+# Broker notices that say what happened to the run as a whole; they go into the run's notes.
+LOGGED_NOTICES = frozenset({"disconnected", "reconnected", "reconnect_failed", "sync_incomplete",
+                            "unacknowledged", "cancel_impossible"})
 
 
 def utcnow() -> datetime:
@@ -346,6 +349,9 @@ class Engine:
 
     # ---- event folding -------------------------------------------------------------------------------
     def _apply(self, event: Event) -> None:
+        if isinstance(event, BrokerNotice) and event.code in LOGGED_NOTICES:
+            self.notes.append(f"{event.at:%H:%M:%S} {event.code}: {event.message}"
+                              + (f" ({event.client_order_id})" if event.client_order_id else ""))
         outcome = self.book.apply(event)
         self.recorder.record(event, outcome)
         order = outcome.order

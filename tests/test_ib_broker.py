@@ -160,3 +160,42 @@ def test_kit_runs_in_a_running_event_loop_like_jupyter(gateway, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [GatewayConfig(faults=Faults(disconnect_on="execDetails")),
+     GatewayConfig(faults=Faults(disconnect_on="commissionReport"))],
+    indirect=True, ids=["on-execution", "on-commission"])
+def test_disconnect_mid_run_reconnects_and_records_every_fill_once(gateway, tmp_path):
+    result = drive("ib_async", gateway, tmp_path, BASKET)
+    orders = by_id(result)
+    assert {o["status"] for o in orders.values()} == {"FILLED"}, result["notes"]
+    assert {f["exec_id"]: f["quantity"] for f in result["fills"]} == gateway_executions(gateway)
+    assert all(f["commission"] for f in result["fills"])
+    for what in ("disconnected", "reconnected"):
+        assert any(what in note for note in result["notes"]), result["notes"]
+    placed = gateway.call(lambda: [o.order_ref for o in gateway.state.orders.values()])
+    assert sorted(placed) == sorted(orders)
+
+
+def test_gateway_restart_mid_run_keeps_state_and_the_run_finishes(gateway, tmp_path):
+    """The gateway restarts (every connection dropped, order ids rolled back) at its first execution."""
+    server = gateway.gateway
+    original_send = server.send
+
+    def send(conn: Any, msg: Any) -> None:
+        if msg.name == "execDetails" and not getattr(server, "_restarted", False):
+            server._restarted = True
+            server.restart()
+            return
+        original_send(conn, msg)
+
+    gateway.call(setattr, server, "send", send)
+    result = drive("ib_async", gateway, tmp_path, BASKET)
+    orders = by_id(result)
+    assert server._restarted
+    assert {o["status"] for o in orders.values()} == {"FILLED"}, result["notes"]
+    assert {f["exec_id"]: f["quantity"] for f in result["fills"]} == gateway_executions(gateway)
+    placed = gateway.call(lambda: [o.order_ref for o in gateway.state.orders.values()])
+    assert sorted(placed) == sorted(orders)

@@ -7,6 +7,7 @@ Everything that changes an order arrives as one of IB's own messages; nothing he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Iterable
@@ -46,13 +47,15 @@ class IBBroker(Broker):
     keeps_positions = True
 
     def __init__(self, settings: IBSettings | None = None, *, library: str | None = None,
-                 ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 45):
+                 ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 45,
+                 reconnect_for: float = 120.0):
         super().__init__()
         self.settings = settings or IBSettings.load()
         self.lib = ib_library(library)
         self.ack_timeout = ack_timeout
         self.sync_timeout = sync_timeout
         self.max_messages_per_second = max_messages_per_second
+        self.reconnect_for = reconnect_for
         self.translator = Translator(self.settings.client_id)
         self.ib: Any = None
         self.contracts: dict[tuple, Any] = {}  # None: IB found no (single) contract
@@ -60,6 +63,8 @@ class IBBroker(Broker):
         self.prices: dict[str, float] = {}
         self._closing = False
         self._tasks: set[asyncio.Future[None]] = set()
+        self._up: asyncio.Event | None = None  # set while connected; submits and cancels wait for it
+        self._stop: asyncio.Event | None = None
         self.sync_is_complete = True
 
     @classmethod
@@ -69,21 +74,74 @@ class IBBroker(Broker):
     # ---- connection ----------------------------------------------------------------------------------
     async def connect(self) -> None:
         self._closing = False
+        self._up, self._stop = asyncio.Event(), asyncio.Event()
         self.ib = self.lib.IB()
         self.ib.client.MaxRequests = self.max_messages_per_second
         self._tap_wrapper()
         self.ib.errorEvent += self._on_request_error
-        settings = self.settings
         try:
-            await self.ib.connectAsync(settings.host, settings.port, clientId=settings.client_id,
-                                       timeout=settings.connect_timeout, account=settings.account)
+            await self._connect_once()
         except (OSError, TimeoutError) as exc:
+            settings = self.settings
             raise BrokerUnavailableError(
                 f"cannot reach IB at {settings.host}:{settings.port} (clientId {settings.client_id}): "
                 f"{exc or type(exc).__name__}. Start TWS/IB Gateway or `kit gateway`; nothing was sent."
             ) from exc
         self.account = self._choose_account(self.ib.managedAccounts())
         self.is_paper = self.account.startswith(PAPER_PREFIXES)
+        self.ib.disconnectedEvent += self._on_disconnected
+        self.ib.client.apiStart += self._on_api_start
+
+    async def _connect_once(self) -> None:
+        settings = self.settings
+        await self.ib.connectAsync(settings.host, settings.port, clientId=settings.client_id,
+                                   timeout=settings.connect_timeout, account=settings.account)
+        assert self._up is not None
+        self._up.set()
+
+    def _on_api_start(self) -> None:
+        """Said as soon as a reconnect's handshake is done, before IB replays what happened meanwhile."""
+        self.emit(BrokerNotice(_now(), "reconnected", "reconnected to IB; listing orders and executions"))
+
+    def _on_disconnected(self) -> None:
+        assert self._up is not None
+        self._up.clear()
+        if self._closing:
+            return
+        self.emit(BrokerNotice(_now(), "disconnected", "the connection to IB was lost; reconnecting"))
+        self._spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Reconnect with backoff, then list IB's orders and executions again: what happened while away
+        arrives as ordinary events, and kit's core drops what it has already seen."""
+        assert self._stop is not None
+        loop = asyncio.get_running_loop()
+        give_up, delay, attempts = loop.time() + self.reconnect_for, 0.1, 0
+        while not self._closing:
+            attempts += 1
+            try:
+                await self._connect_once()
+                break
+            except (OSError, TimeoutError, ConnectionError):
+                if loop.time() + delay > give_up:
+                    self.emit(BrokerNotice(_now(), "reconnect_failed",
+                                           f"could not reconnect to IB in {attempts} attempts over "
+                                           f"{self.reconnect_for:g}s"))
+                    return
+            with contextlib.suppress(TimeoutError):  # back off, unless close() ends the wait
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+        if not self._closing:
+            await self._fetch_orders(executions=True)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ready(self) -> None:
+        assert self._up is not None
+        await self._up.wait()
 
     def _choose_account(self, accounts: list[str]) -> str:
         wanted = self.settings.account
@@ -97,6 +155,10 @@ class IBBroker(Broker):
 
     async def close(self) -> None:
         self._closing = True
+        if self._stop is not None:
+            self._stop.set()
+        for task in list(self._tasks):
+            task.cancel()
         if self.ib is not None and self.ib.isConnected():
             self.ib.disconnect()
 
@@ -164,6 +226,7 @@ class IBBroker(Broker):
     async def prepare(self, orders: list[OrderIntent]) -> None:
         """Qualify every distinct contract in one concurrent batch; the client's throttle keeps pacing."""
         missing = {self._contract_key(o): o for o in orders if self._contract_key(o) not in self.contracts}
+        await self._ready()
         contracts = {key: self.lib.Stock(o.symbol, o.exchange, o.currency, primaryExchange=o.primary_exchange)
                      for key, o in missing.items()}
         details = await asyncio.gather(*(self.ib.reqContractDetailsAsync(c) for c in contracts.values()))
@@ -182,6 +245,7 @@ class IBBroker(Broker):
             reason = self.contract_errors.get(order.symbol, "no security definition found")
             self.emit(Rejected(order.client_order_id, _now(), reason))
             return
+        await self._ready()
         trade = self.ib.placeOrder(contract, self._ib_order(order))
         self.translator.placed(order.client_order_id, trade.order.orderId)
         asyncio.get_running_loop().call_later(self.ack_timeout, self._check_ack, order.client_order_id)
@@ -200,9 +264,7 @@ class IBBroker(Broker):
         """IB said nothing about an order: look it up; flag it, never assume it cancelled."""
         if client_order_id in self.translator.acknowledged or self._closing:
             return
-        task = asyncio.ensure_future(self._look_up(client_order_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._look_up(client_order_id))
 
     async def _look_up(self, client_order_id: str) -> None:
         await self._fetch_orders()
@@ -220,6 +282,7 @@ class IBBroker(Broker):
             return
         perm_id = self.translator.perm_id_of.get(client_order_id, 0)
         ib_order = self.lib.Order(orderId=order_id, clientId=self.settings.client_id, permId=perm_id)
+        await self._ready()
         self.ib.cancelOrder(ib_order)
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
@@ -262,6 +325,7 @@ class IBBroker(Broker):
 
     async def _fetch_orders(self, executions: bool = False) -> None:
         """Open and completed orders, and today's executions if asked; the replies flow through the taps."""
+        await self._ready()
         requests = [self.ib.reqAllOpenOrdersAsync(), self.ib.reqCompletedOrdersAsync(False)]
         if executions:
             requests.append(self.ib.reqExecutionsAsync(self.lib.ExecutionFilter()))
