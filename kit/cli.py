@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -106,6 +107,14 @@ def cmd_halt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from kit.schedule import main as schedule_main
+
+    if args.db:
+        os.environ["KIT_DB"] = args.db  # the notebooks it runs write to the same ledger
+    return schedule_main(args.rest)
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     """`kit gateway [options]` serves until interrupted; `kit gateway [options] -- CMD ...` serves while CMD
     runs (with KIT_IB_HOST/KIT_IB_PORT pointing at it) and exits with CMD's status: how `make demo-ib` and
@@ -119,7 +128,6 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     options, command = parse_args(args.rest[:split]), args.rest[split + 1:]
     if not command:
         raise KitError("nothing to run after --")
-    import os
     import subprocess
 
     from kit.gateway import run_gateway_in_thread
@@ -166,8 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     from kit import runner
 
     runner.register(commands)
+    add("schedule", cmd_schedule, "run notebooks on market time: kit schedule FILE [--once] [--state PATH]")
     add("gateway", cmd_gateway, "the simulated IB gateway: kit gateway [--port N] [--seed N] [-- CMD ...]")
     return parser
+
+
+PASS_THROUGH = ("gateway", "schedule")
 
 
 def _command_index(argv: list[str]) -> int | None:
@@ -187,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     at = _command_index(argv)
-    if at is not None and argv[at] == "gateway":  # its options go to the gateway's parser, `--` to a command
+    if at is not None and argv[at] in PASS_THROUGH:  # these parse their own options
         args = parser.parse_args(argv[:at + 1])
         args.rest = argv[at + 1:]
     else:
