@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "plan": "kit.api", "execute": "kit.api", "execute_async": "kit.api", "ledger": "kit.api",
-    "tca": "kit.api",
+    "tca": "kit.api", "cancel": "kit.api", "cancel_async": "kit.api",
     "Plan": "kit.planner", "Run": "kit.engine", "RunInfo": "kit.engine",
     "MockBroker": "kit.brokers.mock", "CommissionModel": "kit.brokers.mock", "Broker": "kit.brokers.base",
     "Ledger": "kit.store",
@@ -19,13 +19,13 @@ _EXPORTS = {
     "LiveAccountError": "kit.errors", "Skip": "kit.runner",
 }
 __all__ = [  # noqa: RUF022 (grouped by layer, like _EXPORTS)
-    "plan", "execute", "execute_async", "ledger", "tca", "Plan", "Run", "RunInfo", "MockBroker",
-    "CommissionModel", "Broker", "Ledger", "KitError", "ValidationError", "PayloadConflictError",
-    "LiveAccountError", "Skip", "__version__",
+    "plan", "execute", "execute_async", "ledger", "tca", "cancel", "cancel_async",
+    "Plan", "Run", "RunInfo", "MockBroker", "CommissionModel", "Broker", "Ledger",
+    "KitError", "ValidationError", "PayloadConflictError", "LiveAccountError", "Skip", "__version__",
 ]
 
 if TYPE_CHECKING:
-    from kit.api import execute, execute_async, ledger, plan, tca
+    from kit.api import cancel, cancel_async, execute, execute_async, ledger, plan, tca
     from kit.brokers.base import Broker
     from kit.brokers.mock import CommissionModel, MockBroker
     from kit.engine import Run, RunInfo

@@ -76,16 +76,13 @@ async def _account_state(broker: Broker, db: str | Path | None, run_key: str
                          ) -> tuple[dict[str, float], dict[str, float]]:
     """Positions and working orders, from the broker when it keeps an account, else from the ledger."""
     ledger = Ledger(db)
-    positions, working = ledger.book(broker.name)
+    positions, working = ledger.book(broker.name)  # orders never handed to a broker are not working
     if broker.keeps_positions:
         await broker.connect()
         try:
             positions, working = await broker.positions(), await broker.working()
         finally:
             await broker.close()
-    # This run's orders that were planned but never sent are working too: re-planning must not add more.
-    for symbol, side, remaining in ledger.unsent(run_id_for(run_key)):
-        working[symbol] = working.get(symbol, 0.0) + (remaining if side == "BUY" else -remaining)
     return positions, working
 
 
@@ -97,12 +94,17 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
 
     run_key = run_key or new_run_key()
     limits = RiskLimits.load(risk)
+    the_broker = make_broker(broker, prices)
     reference = reference_prices(prices)
+    if isinstance(targets, pd.DataFrame) and "symbol" in targets.columns:
+        for symbol in targets["symbol"].dropna().unique():  # the broker's prices fill what prices= lacks
+            price = the_broker.reference_price(symbol) if symbol not in reference else None
+            if price is not None:
+                reference[symbol] = price
     positions: dict[str, float] = {}
     working: dict[str, float] = {}
     taken: dict[tuple[str, str], int] = {}
     if is_positions_frame(targets) or limits.max_position is not None:
-        the_broker = make_broker(broker, prices)
         positions, working = await _account_state(the_broker, db, run_key)
         if is_positions_frame(targets):
             taken = Ledger(db).legs(run_id_for(run_key))
@@ -146,6 +148,8 @@ async def execute_async(
         the_plan = targets
         if run_key is not None and run_key != the_plan.run_key:
             raise ValueError(f"run_key {run_key!r} differs from the plan's {the_plan.run_key!r}")
+        if plan_options:
+            raise ValueError(f"{sorted(plan_options)} shape planning: pass them to kit.plan, not with a Plan")
     else:
         the_plan = await plan_async(targets, broker, run_key, db=db, prices=prices, **plan_options)
     if strict and any(the_plan.breaches):

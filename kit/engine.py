@@ -149,17 +149,29 @@ class Engine:
 
     # ---- the run -------------------------------------------------------------------------------------
     async def run(self) -> Run:
-        """Execute the plan (or, with dry_run, record it and send nothing)."""
+        """Execute the plan (or, with dry_run, record it and send nothing).
+
+        Orders of this run that never reached a broker are plans, not orders: the plan executed now
+        replaces them (an unsent order it does not contain is superseded, never sent). Orders that did reach
+        a broker are followed, never changed and never sent again.
+        """
         previous = self.ledger.load_orders(self.run_id)
         self._check_payloads(previous)  # before anything is written
         self._open_run(previous, "run_planned" if self.dry_run else None)
         now = utcnow()
+        planned = {intent.client_order_id for intent in self.plan.orders}
+        for order in previous:
+            if _unsent(order) and order.status is Status.NEW and order.client_order_id not in planned:
+                self._apply(Rejected(order.client_order_id, now, "superseded: not in the plan executed "
+                                     f"(hash {self.plan.hash}); never sent"))
         for intent, breaches in zip(self.plan.orders, self.plan.breaches, strict=True):
-            if intent.client_order_id in self.book.orders:
+            existing = self.book.orders.get(intent.client_order_id)
+            if existing is not None and not (_unsent(existing) and (existing.intent != intent or
+                                                                    existing.status is not Status.NEW)):
                 continue
             order = Order(intent=intent, run_id=self.run_id, created_at=now, updated_at=now)
             self.book.add(order)
-            self.recorder.order(order, "planned", now)
+            self.recorder.order(order, "replanned" if existing else "planned", now)
             if breaches:  # stopped by risk: recorded with the limit that stopped it, never sent
                 self._apply(Rejected(order.client_order_id, now, "risk: " + "; ".join(breaches)))
         self.recorder.flush()
@@ -368,7 +380,7 @@ class Engine:
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def _check_payloads(self, previous: list[Order]) -> None:
-        known = {o.client_order_id: o.intent for o in previous}
+        known = {o.client_order_id: o.intent for o in previous if not _unsent(o)}
         conflicts = []
         for intent in self.plan.orders:
             old = known.get(intent.client_order_id)
@@ -418,6 +430,11 @@ class Engine:
     def _result(self) -> Run:
         return Run(self.run_id, self.plan.run_key, self.status, self.ledger.orders(self.run_id),
                    self.ledger.fills(self.run_id), self.notes)
+
+
+def _unsent(order: Order) -> bool:
+    """Never handed to a broker: still only a plan."""
+    return order.submitted_at is None and not order.fills
 
 
 def _unsettled(order: Order) -> bool:

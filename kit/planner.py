@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,8 +125,11 @@ def _target_problems(frame: pd.DataFrame, capital: float | None,
             continue
         if by_weight:
             price = row.get("decision_price")
-            price = prices.get(symbol) if is_missing(price) else price
-            if price is None or not price > 0:
+            if not is_missing(price) and _price(price) is None:
+                problems.append((name, f"decision_price {price!r} must be a positive number"))
+                continue
+            price = _price(prices.get(symbol) if is_missing(price) else price)
+            if price is None:
                 problems.append((name, f"no price for {symbol} to turn its weight into shares "
                                        "(give decision_price or prices)"))
                 continue
@@ -135,6 +139,14 @@ def _target_problems(frame: pd.DataFrame, capital: float | None,
         else:
             targets[symbol] = float(value)
     return targets, problems
+
+
+def _price(value: Any) -> float | None:
+    """A usable price (a finite number > 0) or None. A bad decision_price must reach validate_orders, which
+    names it, instead of raising a TypeError here or dropping its order as under min_notional."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value) if value > 0 else None
 
 
 def _round_toward_zero(quantity: float, lot: float) -> float:
@@ -150,10 +162,14 @@ def plan_positions(frame: pd.DataFrame, run_key: str, *, positions: Mapping[str,
     Symbols absent from the frame are left alone (no opinion is not a target of zero). Targets from weights
     are rounded toward zero to whole lots; deltas under `min_notional` are dropped.
     """
+    if isinstance(lot_size, bool) or not isinstance(lot_size, numbers.Real) or not 0 < lot_size < math.inf:
+        raise ValueError(f"lot_size must be a positive number of shares, not {lot_size!r}")
     targets, problems = _target_problems(frame, capital, prices)
     if problems:
         raise ValidationError(problems)
     options = frame.set_index("symbol").to_dict("index")
+    # Each order keeps its row's label, so a problem validate_orders finds names the user's row.
+    labels = dict(zip(frame["symbol"], frame.index, strict=True))
     rows = []
     for symbol, raw_target in targets.items():
         target = _round_toward_zero(raw_target, lot_size)
@@ -162,7 +178,7 @@ def plan_positions(frame: pd.DataFrame, run_key: str, *, positions: Mapping[str,
         if delta == 0:
             continue
         extra = {k: v for k, v in options[symbol].items() if k in COLUMNS and not is_missing(v)}
-        price = extra.get("decision_price", prices.get(symbol))
+        price = _price(extra.get("decision_price", prices.get(symbol)))
         if min_notional and price is not None and abs(delta) * price < min_notional:
             continue
         side = "BUY" if delta > 0 else "SELL"
@@ -170,7 +186,8 @@ def plan_positions(frame: pd.DataFrame, run_key: str, *, positions: Mapping[str,
     if sells_first:
         rows.sort(key=lambda row: row["side"] != "SELL")
     orders = pd.DataFrame(rows, columns=list(dict.fromkeys(["symbol", "side", "quantity",
-                                                            *(k for r in rows for k in r)])))
+                                                            *(k for r in rows for k in r)])),
+                          index=[labels[row["symbol"]] for row in rows])
     return orders, targets
 
 

@@ -8,11 +8,12 @@ not a check that passed.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from kit.config import setting
+from kit.config import _file_settings, setting
 from kit.errors import KitError
 from kit.model import OrderIntent, Side
 
@@ -36,6 +37,8 @@ class RiskLimits:
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | RiskLimits | None = None) -> RiskLimits:
+        """Limits from kit.toml, then the environment, then `overrides`. A name kit does not know is an error
+        wherever it is set: a misspelt limit (KIT_RISK_MAX_NOTIONAL) would otherwise be silently off."""
         if isinstance(overrides, RiskLimits):
             return overrides
         values: dict[str, Any] = {}
@@ -43,9 +46,11 @@ class RiskLimits:
             raw = setting(f"KIT_RISK_{field.name.upper()}")
             if raw not in (None, ""):
                 values[field.name] = raw
-        unknown = set(overrides or {}) - {f.name for f in fields(cls)}
+        known = {f"KIT_RISK_{f.name.upper()}" for f in fields(cls)}
+        unknown = sorted(set(overrides or {}) - {f.name for f in fields(cls)}) + sorted(
+            {name for name in (*os.environ, *_file_settings()) if name.startswith("KIT_RISK_")} - known)
         if unknown:
-            raise KitError(f"unknown risk limit(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+            raise KitError(f"unknown risk limit(s) {unknown}; known: {[f.name for f in fields(cls)]}")
         values.update(overrides or {})
         return replace(cls(), **{name: _coerce(name, value) for name, value in values.items()})
 
@@ -59,9 +64,15 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "allowed_symbols":
         items = value.split(",") if isinstance(value, str) else value
         return frozenset(str(s).strip() for s in items if str(s).strip())
-    if name == "max_orders":
-        return int(value)
-    return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise KitError(f"risk limit {name} must be a number, not {value!r}") from None
+    # NaN compares False with everything, so a NaN limit would pass every order: refuse it.
+    whole = name == "max_orders"
+    if math.isnan(number) or number < 0 or (whole and not number.is_integer()):
+        raise KitError(f"risk limit {name} must be a {'whole ' if whole else ''}number >= 0, not {value!r}")
+    return int(number) if name == "max_orders" else number
 
 
 def signed(order: OrderIntent) -> float:
@@ -88,7 +99,9 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
         breaches = []
         price = order_price(order, prices)
         notional = None if price is None else order.quantity * price
-        reference = prices.get(order.symbol) or order.decision_price
+        # A NaN reference (a prices Series with a gap) would make the collar distance NaN and pass: skip it.
+        reference = next((p for p in (prices.get(order.symbol), order.decision_price)
+                          if p is not None and math.isfinite(p) and p > 0), None)
         if limits.allowed_symbols is not None and order.symbol not in limits.allowed_symbols:
             breaches.append(f"allowed_symbols: {order.symbol} is not allowed")
         if limits.max_order_quantity is not None and order.quantity > limits.max_order_quantity:

@@ -143,7 +143,11 @@ class Ledger:
         self._con = duckdb.connect(str(self.path))
         with Ledger._writers_lock:
             Ledger._writers[self.path] = self._con
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()  # a refused or failed ledger must not stay locked by this process
+            raise
         return self
 
     def close(self) -> None:
@@ -169,15 +173,19 @@ class Ledger:
         con = self.con
         con.execute("CREATE TABLE IF NOT EXISTS kit_schema (version INTEGER, applied_at TIMESTAMP)")
         current = con.execute("SELECT coalesce(max(version), 0) FROM kit_schema").fetchone()[0]
-        if current > SCHEMA_VERSION:
-            raise KitError(f"{self.path} has ledger schema {current}; this kit knows {SCHEMA_VERSION}: "
-                           "upgrade kit")
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        latest = len(MIGRATIONS)  # read now, not at import, so the list stays the one source of truth
+        if current > latest:
+            raise KitError(f"{self.path} has ledger schema {current}; this kit knows {latest}: upgrade kit")
+        for version in range(current + 1, latest + 1):
             con.execute("BEGIN")
-            for statement in MIGRATIONS[version - 1]:
-                con.execute(statement)
-            con.execute("INSERT INTO kit_schema VALUES (?, now()::TIMESTAMP)", [version])
-            con.execute("COMMIT")
+            try:
+                for statement in MIGRATIONS[version - 1]:
+                    con.execute(statement)
+                con.execute("INSERT INTO kit_schema VALUES (?, now()::TIMESTAMP)", [version])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")  # a migration lands whole or not at all
+                raise
 
     def schema_version(self) -> int:
         return self.con.execute("SELECT max(version) FROM kit_schema").fetchone()[0]
@@ -310,20 +318,13 @@ class Ledger:
         return ({str(k): float(v) for k, v in positions.itertuples(index=False) if v},
                 {str(k): float(v) for k, v in working.itertuples(index=False) if v})
 
-    def unsent(self, run_id: str) -> list[tuple[str, str, float]]:
-        """(symbol, side, remaining) of a run's orders that were planned but never handed to a broker."""
-        if not self.path.exists() and self._con is None:
-            return []
-        frame = self.query("SELECT symbol, side, remaining_quantity FROM orders WHERE run_id = ? AND "
-                           "submitted_at IS NULL AND status = 'NEW'", [run_id])
-        return [(str(a), str(b), float(c)) for a, b, c in frame.itertuples(index=False)]
-
     def legs(self, run_id: str) -> dict[tuple[str, str], int]:
-        """How many orders per (symbol, side) a run has, so re-planning numbers new ones after them."""
+        """How many orders per (symbol, side) a run has sent, so re-planning numbers new ones after them
+        (orders never sent are plans that re-planning replaces)."""
         if not self.path.exists() and self._con is None:
             return {}
-        frame = self.query("SELECT symbol, side, count(*) FROM orders WHERE run_id = ? GROUP BY ALL",
-                           [run_id])
+        frame = self.query("SELECT symbol, side, count(*) FROM orders WHERE run_id = ? AND (submitted_at "
+                           "IS NOT NULL OR filled_quantity > 0) GROUP BY ALL", [run_id])
         return {(str(a), str(b)): int(n) for a, b, n in frame.itertuples(index=False)}
 
     def working_runs(self) -> list[str]:
