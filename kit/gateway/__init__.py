@@ -1,0 +1,18 @@
+"""kit's simulated IB Gateway: speaks the TWS socket protocol (server version 176) to the real ib_async and
+ib_insync clients over loopback, so kit's IB path is tested without TWS or IB Gateway. See docs/gateway.md.
+"""
+
+from kit.gateway.config import GatewayConfig
+from kit.gateway.faults import Faults
+from kit.gateway.instruments import DEFAULT_INSTRUMENTS, Instrument
+from kit.gateway.server import Gateway, GatewayThread, run_gateway_in_thread
+
+__all__ = [
+    "DEFAULT_INSTRUMENTS",
+    "Faults",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayThread",
+    "Instrument",
+    "run_gateway_in_thread",
+]

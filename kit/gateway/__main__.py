@@ -1,0 +1,70 @@
+"""``python -m kit.gateway`` / ``kit gateway``: serve a simulated IB Gateway until interrupted.
+
+Prints ``kit gateway listening on HOST:PORT`` once it accepts connections, so a parent process can wait for
+that line (``--port 0`` picks a free port and the line says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+
+from kit.gateway.config import GatewayConfig
+from kit.gateway.server import Gateway
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kit gateway", description="Run kit's simulated IB Gateway.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4002, help="0 picks a free port (default 4002)")
+    parser.add_argument("--seed", type=int, help="seed of the fill model (default 0, or the config's)")
+    parser.add_argument("--accounts", help="comma-separated managed accounts, e.g. DU1234567,DU7654321")
+    parser.add_argument("--config", help="TOML file of gateway settings (see docs/gateway.md)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> GatewayConfig:
+    config = GatewayConfig.from_file(args.config) if args.config else GatewayConfig()
+    changes: dict[str, object] = {}
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.accounts is not None:
+        changes["accounts"] = tuple(a.strip() for a in args.accounts.split(",") if a.strip())
+    return dataclasses.replace(config, **changes)
+
+
+async def serve(config: GatewayConfig, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then close every connection and return."""
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    gateway = Gateway(config)
+    async with gateway.serving(host, port):
+        print(f"kit gateway listening on {gateway.host}:{gateway.port}", flush=True)
+        await stopped.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = build_config(args)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"kit gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"kit gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

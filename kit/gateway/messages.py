@@ -1,0 +1,266 @@
+"""Builders of the messages the gateway sends, in their server-version-176 layouts.
+
+Field counts matter: ib_insync silently drops an execDetails, commissionReport, position or updatePortfolio
+whose count is off, and both clients fail on a short openOrder, completedOrder or contractDetails. Each
+builder spells its layout out field by field, grouped as in the wire-protocol reference, section 3.
+
+A ``Message`` carries its name and a tag (an order status, an error code), which is what the
+``disconnect_on`` fault matches: 'orderStatus', 'orderStatus:Filled', 'error:201'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from kit.gateway.instruments import Instrument
+from kit.gateway.protocol import encode, format_time
+from kit.gateway.state import Execution, Order, Position
+
+UNSET_DOUBLE = 1.7976931348623157e308
+#: An unset value of each kind, for readability of the long layouts below.
+UNSET = None
+NO = False
+NONE = 0  # an empty count
+
+
+@dataclass(frozen=True)
+class Message:
+    name: str
+    fields: tuple[str, ...]
+    tag: str = ""
+
+
+def _msg(name: str, *values: object, tag: str = "") -> Message:
+    return Message(name, tuple(encode(v) for v in values), tag)
+
+
+def _contract(inst: Instrument, exchange: str) -> tuple[object, ...]:
+    """The 11 contract fields of openOrder, completedOrder and execDetails (no primaryExchange)."""
+    return (inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "", exchange, inst.currency, inst.symbol,
+            inst.trading_class)  # fmt: skip
+
+
+# session
+
+
+def next_valid_id(order_id: int) -> Message:
+    return _msg("nextValidId", 9, 1, order_id)
+
+
+def managed_accounts(accounts: tuple[str, ...]) -> Message:
+    return _msg("managedAccounts", 15, 1, ",".join(accounts))
+
+
+def error(req_id: int, code: int, text: str) -> Message:
+    """reqId is the order id or request id the error is about, -1 for notices; no advancedOrderRejectJson."""
+    return _msg("error", 4, 2, req_id, code, text, "", tag=str(code))
+
+
+def current_time(t: datetime) -> Message:
+    return _msg("currentTime", 49, 1, int(t.timestamp()))
+
+
+# contracts and market data
+
+
+def contract_details(req_id: int, inst: Instrument, exchange: str) -> Message:
+    exchanges = inst.exchanges
+    return _msg(
+        "contractDetails", 10, req_id,
+        inst.symbol, inst.sec_type, "", 0.0, "", exchange, inst.currency, inst.symbol,
+        inst.trading_class,  # marketName
+        inst.trading_class, inst.con_id, inst.min_tick, "",  # multiplier
+        "DAY,GTC,IOC,LMT,MKT",  # orderTypes
+        ",".join(exchanges), 1, 0,  # validExchanges, priceMagnifier, underConId
+        inst.long_name, inst.primary_exchange, "",  # contractMonth
+        "", "", "",  # industry, category, subcategory
+        inst.time_zone, "", "",  # tradingHours, liquidHours
+        "", UNSET,  # evRule, evMultiplier
+        NONE,  # secIdList
+        1, "", "",  # aggGroup, underSymbol, underSecType
+        ",".join("26" for _ in exchanges),  # marketRuleIds
+        "", "COMMON", 0.0001, 0.0001, 100,  # realExpirationDate, stockType, min/increment/suggested size
+    )  # fmt: skip
+
+
+def contract_details_end(req_id: int) -> Message:
+    return _msg("contractDetailsEnd", 52, 1, req_id)
+
+
+def market_data_type(req_id: int) -> Message:
+    return _msg("marketDataType", 58, 1, req_id, 1)  # 1: live
+
+
+def tick_price(req_id: int, tick_type: int, price: float, size: float) -> Message:
+    return _msg("tickPrice", 1, 6, req_id, tick_type, price, size, 0)
+
+
+def tick_snapshot_end(req_id: int) -> Message:
+    return _msg("tickSnapshotEnd", 57, 1, req_id)
+
+
+# orders
+
+
+def open_order(order: Order) -> Message:
+    """openOrder: 128 fields for a plain non-combo order."""
+    return _msg(
+        "openOrder", 5, order.order_id, *_contract(order.instrument, order.exchange),
+        order.action, order.quantity, order.order_type, order.limit_price, UNSET,  # auxPrice
+        order.tif, "", order.account, "", 0,  # ocaGroup, account, openClose, origin
+        order.order_ref, order.client_id, order.perm_id,
+        NO, NO, 0.0, "", "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime, sharesAllocation
+        "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile
+        "", "", "", UNSET, "",  # modelCode, goodTillDate, rule80A, percentOffset, settlingFirm
+        0, "", "", 0,  # shortSaleSlot, designatedLocation, exemptCode, auctionStrategy
+        UNSET, UNSET, UNSET, UNSET, UNSET,  # startingPrice, stockRefPrice, delta, stockRangeLower/Upper
+        UNSET, NO, NO, NO, UNSET, 3,  # displaySize, blockOrder, sweepToFill, allOrNone, minQty, ocaType
+        NO, NO, UNSET, 0, 0,  # eTradeOnly, firmQuoteOnly, nbboPriceCap, parentId, triggerMethod
+        UNSET, UNSET, "", UNSET,  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
+        NO, UNSET, UNSET, UNSET, UNSET, UNSET,  # continuousUpdate ... basisPointsType
+        "", NONE, NONE, NONE,  # comboLegsDescrip, comboLegs, orderComboLegs, smartComboRoutingParams
+        UNSET, UNSET, UNSET,  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
+        "",  # hedgeType
+        NO, "", "", NO, NO,  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld, deltaNeutral
+        "",  # algoStrategy
+        NO, NO, order.status,  # solicited, whatIf, status
+        *[""] * 9,  # margins before, change, after
+        UNSET, UNSET, UNSET, "", "",  # commission, min, max, commissionCurrency, warningText
+        NO, NO,  # randomizeSize, randomizePrice
+        NONE,  # conditions
+        "", UNSET, UNSET, UNSET, UNSET, UNSET, UNSET, 0,  # adjusted order fields
+        "", "", "",  # softDollarTier
+        UNSET, NO, NO, NO, NO,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer, discretionaryUpTo, PMA
+        UNSET, NO, NO,  # duration, postToAts, autoCancelParent
+        UNSET, UNSET, UNSET, UNSET, UNSET,  # minTradeQty ... midOffsetAtHalf
+        tag=order.status,
+    )  # fmt: skip
+
+
+def order_status(order: Order) -> Message:
+    """orderStatus (no version field); clientId is the placing client's."""
+    return _msg(
+        "orderStatus", 3, order.order_id, order.status, order.filled, order.remaining,
+        order.avg_fill_price, order.perm_id, 0, order.last_fill_price, order.client_id, "", 0.0,
+        tag=order.status,
+    )  # fmt: skip
+
+
+def open_order_end() -> Message:
+    return _msg("openOrderEnd", 53, 1)
+
+
+def completed_order(order: Order) -> Message:
+    """completedOrder: 97 fields, no orderId and no clientId (clients key it by permId)."""
+    return _msg(
+        "completedOrder", 101, *_contract(order.instrument, order.exchange),
+        order.action, order.quantity, order.order_type, order.limit_price, UNSET,  # auxPrice
+        order.tif, "", order.account, "", 0,  # ocaGroup, account, openClose, origin
+        order.order_ref, order.perm_id,
+        NO, NO, 0.0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
+        "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile
+        "", "", "", UNSET, "",  # modelCode, goodTillDate, rule80A, percentOffset, settlingFirm
+        0, "", "",  # shortSaleSlot, designatedLocation, exemptCode
+        UNSET, UNSET, UNSET, UNSET, UNSET,  # startingPrice, stockRefPrice, delta, stockRangeLower/Upper
+        UNSET, NO, NO, UNSET, 3, 0,  # displaySize, sweepToFill, allOrNone, minQty, ocaType, triggerMethod
+        UNSET, UNSET, "", UNSET,  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
+        NO, UNSET, UNSET, UNSET,  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent
+        "", NONE, NONE, NONE,  # comboLegsDescrip, comboLegs, orderComboLegs, smartComboRoutingParams
+        UNSET, UNSET, UNSET,  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
+        "", "", "", NO, NO,  # hedgeType, clearingAccount, clearingIntent, notHeld, deltaNeutral
+        "", NO, order.status,  # algoStrategy, solicited, status
+        NO, NO, NONE,  # randomizeSize, randomizePrice, conditions
+        UNSET, UNSET, UNSET, NO, NO,  # trailStopPrice, lmtPriceOffset, cashQty, dontUseAutoPrice.., isOms..
+        "", order.filled, 0, NO, "",  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent..
+        NO, NO, UNSET,  # imbalanceOnly, routeMarketableToBbo, parentPermId
+        format_time(order.completed_time) if order.completed_time else "", order.reason,
+        UNSET, UNSET, UNSET, UNSET, UNSET,  # minTradeQty ... midOffsetAtHalf
+        tag=order.status,
+    )  # fmt: skip
+
+
+def completed_orders_end() -> Message:
+    return _msg("completedOrdersEnd", 102)
+
+
+# executions
+
+
+def exec_details(req_id: int, e: Execution) -> Message:
+    """execDetails: exactly 31 fields, no version field; reqId -1 for live fills."""
+    o = e.order
+    return _msg(
+        "execDetails", 11, req_id, o.order_id, *_contract(o.instrument, e.exchange),
+        e.exec_id, format_time(e.time), o.account, e.exchange, e.side, e.shares, e.price, o.perm_id,
+        o.client_id, 0, e.cum_qty, e.avg_price, o.order_ref, "", UNSET, "",  # evRule, evMultiplier, model
+        2 if o.order_type == "MKT" else 1,  # lastLiquidity: removed / added
+    )  # fmt: skip
+
+
+def exec_details_end(req_id: int) -> Message:
+    return _msg("execDetailsEnd", 55, 1, req_id)
+
+
+def commission_report(e: Execution) -> Message:
+    """commissionReport: exactly 8 fields; realizedPNL unset (max double) for opening executions."""
+    pnl = UNSET_DOUBLE if e.realized_pnl is None else e.realized_pnl
+    return _msg(
+        "commissionReport", 59, 1, e.exec_id, e.commission, e.order.instrument.currency, pnl, UNSET_DOUBLE, ""
+    )
+
+
+# positions and account
+
+
+def position(p: Position) -> Message:
+    """position: exactly 16 fields."""
+    inst = p.instrument
+    return _msg(
+        "position", 61, 3, p.account, inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "",
+        inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity, p.avg_cost,
+    )  # fmt: skip
+
+
+def position_end() -> Message:
+    return _msg("positionEnd", 62, 1)
+
+
+def portfolio(p: Position, market_price: float) -> Message:
+    """updatePortfolio: exactly 20 fields."""
+    inst = p.instrument
+    value = p.quantity * market_price
+    return _msg(
+        "updatePortfolio", 7, 8, inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "",
+        inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity, market_price,
+        round(value, 2), p.avg_cost, round(value - p.quantity * p.avg_cost, 2), round(p.realized_pnl, 2),
+        p.account,
+    )  # fmt: skip
+
+
+def account_value(tag: str, value: str, currency: str, account: str) -> Message:
+    return _msg("updateAccountValue", 6, 2, tag, value, currency, account)
+
+
+def account_time(t: datetime) -> Message:
+    return _msg("updateAccountTime", 8, 1, t.strftime("%H:%M"))
+
+
+def account_download_end(account: str) -> Message:
+    return _msg("accountDownloadEnd", 54, 1, account)
+
+
+def account_update_multi(req_id: int, account: str, tag: str, value: str, currency: str) -> Message:
+    return _msg("accountUpdateMulti", 73, 1, req_id, account, "", tag, value, currency)
+
+
+def account_update_multi_end(req_id: int) -> Message:
+    return _msg("accountUpdateMultiEnd", 74, 1, req_id)
+
+
+def account_summary(req_id: int, account: str, tag: str, value: str, currency: str) -> Message:
+    return _msg("accountSummary", 63, 1, req_id, account, tag, value, currency)
+
+
+def account_summary_end(req_id: int) -> Message:
+    return _msg("accountSummaryEnd", 64, 1, req_id)

@@ -1,0 +1,187 @@
+"""The TWS socket protocol at server version 176: framing, field encoding, and parsing of requests.
+
+Both directions carry messages as a 4-byte big-endian length followed by NUL-terminated ASCII fields. The
+client opens with ``API\\0`` and its supported version range; the gateway answers with the version it will
+speak and its time. Only version 176 layouts are implemented (both ib_insync 0.9.86, max 176, and ib_async
+2.1, max 178, accept it), so a client that cannot speak 176 is turned away.
+
+Requests are parsed positionally with ``Fields``, a cursor over the field list; see the wire-protocol
+reference, section 4, for the layouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import struct
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from kit.gateway.instruments import ContractSpec
+from kit.gateway.state import ExecFilter, OrderRequest
+
+SERVER_VERSION = 176
+#: Frames longer than this are treated as a broken stream (IB's own limit is 16 MB).
+MAX_FRAME = 1 << 24
+
+
+class ProtocolError(Exception):
+    """The peer does not speak the protocol; the connection is closed."""
+
+
+class RequestError(Exception):
+    """A request the gateway answers with an IB error message (e.g. 200 for an unknown contract)."""
+
+    def __init__(self, req_id: int, code: int, text: str):
+        super().__init__(f"{code}: {text}")
+        self.req_id = req_id
+        self.code = code
+        self.text = text
+
+
+def frame(fields: Iterable[str]) -> bytes:
+    payload = "".join(f"{f}\0" for f in fields).encode()
+    return struct.pack(">I", len(payload)) + payload
+
+
+def encode(value: object) -> str:
+    """One field: None is unset (''), booleans are 1/0, integral floats lose their '.0'."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
+
+
+async def _read_payload(reader: asyncio.StreamReader) -> bytes:
+    (size,) = struct.unpack(">I", await reader.readexactly(4))
+    if size > MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes")
+    return await reader.readexactly(size)
+
+
+async def read_handshake(reader: asyncio.StreamReader) -> int:
+    """Read ``API\\0`` and the client's version range; return the server version to announce."""
+    if await reader.readexactly(4) != b"API\0":
+        raise ProtocolError("not a TWS API client (no API\\0 prefix)")
+    text = (await _read_payload(reader)).decode(errors="replace")
+    match = re.match(r"v(\d+)(?:\.\.(\d+))?", text)
+    if match is None:
+        raise ProtocolError(f"bad version range {text!r}")
+    low = int(match[1])
+    high = int(match[2] or low)
+    version = min(high, SERVER_VERSION)
+    if version < SERVER_VERSION or version < low:
+        raise ProtocolError(f"client speaks v{low}..{high}; the simulated gateway speaks v{SERVER_VERSION}")
+    return version
+
+
+async def read_message(reader: asyncio.StreamReader) -> list[str]:
+    fields = (await _read_payload(reader)).decode(errors="backslashreplace").split("\0")
+    if fields[-1] == "":
+        fields.pop()
+    return fields
+
+
+def format_time(t: datetime) -> str:
+    """IB's "YYYYMMDD HH:MM:SS zone" format, in UTC."""
+    return t.astimezone(UTC).strftime("%Y%m%d %H:%M:%S UTC")
+
+
+def parse_time(text: str) -> datetime:
+    """``YYYYMMDD HH:MM:SS [zone]`` or ``YYYYMMDD-HH:MM:SS`` (UTC), as clients send in filters."""
+    date, _, rest = text.strip().replace("-", " ", 1).partition(" ")
+    clock, _, zone = rest.strip().partition(" ")
+    t = datetime.strptime(date + clock, "%Y%m%d%H:%M:%S")
+    return t.replace(tzinfo=ZoneInfo(zone) if zone else UTC)
+
+
+class Fields:
+    """A cursor over a request's fields; empty numeric fields read as unset (0 or None)."""
+
+    def __init__(self, fields: list[str], start: int = 1):
+        self._fields = fields
+        self._pos = start
+
+    def text(self) -> str:
+        if self._pos >= len(self._fields):
+            raise ProtocolError(f"message {self._fields[0]} has only {len(self._fields)} fields")
+        value = self._fields[self._pos]
+        self._pos += 1
+        return value
+
+    def integer(self) -> int:
+        value = self.text()
+        return int(value) if value else 0
+
+    def number(self) -> float | None:
+        value = self.text()
+        return float(value) if value else None
+
+    def flag(self) -> bool:
+        return self.text() not in ("", "0")
+
+    def skip(self, count: int = 1) -> Fields:
+        for _ in range(count):
+            self.text()
+        return self
+
+    def contract(self) -> ContractSpec:
+        """The 12 contract fields every request carries (conId ... tradingClass)."""
+        con_id, symbol, sec_type = self.integer(), self.text(), self.text()
+        self.skip(4)  # lastTradeDateOrContractMonth, strike, right, multiplier
+        exchange, primary_exchange, currency = self.text(), self.text(), self.text()
+        self.skip(2)  # localSymbol, tradingClass
+        return ContractSpec(con_id, symbol, sec_type, exchange, primary_exchange, currency)
+
+
+def parse_place_order(fields: list[str]) -> OrderRequest:
+    """placeOrder (id 3, no version field); fields 0-34 are the same for every non-combo order."""
+    r = Fields(fields)
+    order_id = r.integer()
+    contract = r.contract()
+    r.skip(2)  # secIdType, secId
+    action, quantity, order_type, limit_price = r.text(), r.number() or 0.0, r.text(), r.number()
+    tif = r.skip().text()  # after auxPrice
+    account = r.skip().text()  # after ocaGroup
+    order_ref = r.skip(2).text()  # after openClose, origin
+    transmit = r.flag()
+    return OrderRequest(
+        order_id=order_id,
+        contract=contract,
+        action=action,
+        quantity=quantity,
+        order_type=order_type,
+        limit_price=limit_price if order_type == "LMT" else None,
+        tif=tif,
+        account=account,
+        order_ref=order_ref,
+        transmit=transmit,
+    )
+
+
+def parse_exec_filter(fields: list[str]) -> tuple[int, ExecFilter]:
+    """reqExecutions ``[7, 3, reqId, clientId, acctCode, time, symbol, secType, exchange, side]``."""
+    r = Fields(fields, start=2)
+    req_id, client_id, account, since = r.integer(), r.integer(), r.text(), r.text()
+    symbol, sec_type, exchange, side = r.text(), r.text(), r.text(), r.text()
+    try:
+        time = parse_time(since) if since else None
+    except (ValueError, KeyError) as exc:  # KeyError: ZoneInfo's unknown zone
+        raise RequestError(req_id, 321, f"Error validating request: invalid time {since!r} ({exc})") from exc
+    return req_id, ExecFilter(client_id, account, time, symbol, sec_type, exchange, side)
+
+
+def parse_mkt_data(fields: list[str]) -> tuple[int, ContractSpec, bool]:
+    """reqMktData ``[1, 11, reqId, contract, (legs), dnc, (dnc fields), genericTicks, snapshot, ...]``."""
+    r = Fields(fields, start=2)
+    req_id, contract = r.integer(), r.contract()
+    if contract.sec_type == "BAG":
+        r.skip(4 * r.integer())
+    if r.flag():
+        r.skip(3)  # delta-neutral contract
+    snapshot = r.skip().flag()  # after genericTickList
+    return req_id, contract, snapshot

@@ -1,0 +1,491 @@
+"""The gateway's book: orders, executions, positions and the fill model.
+
+Pure and deterministic: no sockets, no timers, no wall clock of its own (the caller passes a clock),
+randomness only from ``random.Random`` seeded by the config seed. The server decides *when* things happen
+(timers, faults, who is connected); the book decides *what* happens. Because each order draws from its own
+generator, seeded by the gateway seed and its permId, the same seed and the same orders give the same
+executions whatever the interleaving of timers.
+
+The book is shared by every connection, as a real gateway's is: orders, executions and positions outlive the
+connection that created them, and survive ``Gateway.restart()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from kit.gateway.config import GatewayConfig
+from kit.gateway.instruments import UNKNOWN_CONTRACT, ContractSpec, Instrument, Market, round_price
+
+WORKING = frozenset({"PreSubmitted", "Submitted"})
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """What a placeOrder message asks for (the fields the simulation acts on)."""
+
+    order_id: int
+    contract: ContractSpec
+    action: str
+    quantity: float
+    order_type: str
+    limit_price: float | None = None
+    tif: str = "DAY"
+    account: str = ""
+    order_ref: str = ""
+    transmit: bool = True
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An IB error answering an order request; ``order`` is set when IB keeps a record of the order."""
+
+    code: int
+    message: str
+    order: Order | None = None
+
+
+@dataclass(eq=False)
+class Order:
+    perm_id: int
+    client_id: int
+    order_id: int
+    instrument: Instrument
+    exchange: str
+    action: str
+    quantity: float
+    order_type: str
+    limit_price: float | None
+    tif: str
+    account: str
+    order_ref: str
+    transmit: bool
+    status: str
+    created: datetime
+    #: This order's own generator (slice sizes, slippage), seeded by the gateway seed and the permId.
+    rng: random.Random = field(repr=False)
+    #: Why the order is done ("Filled", "Cancelled by Trader", "Rejected: ...") and when.
+    reason: str = ""
+    completed_time: datetime | None = None
+    #: Effective executions: a correction replaces the execution it corrects.
+    fills: list[Execution] = field(default_factory=list, repr=False)
+    #: Sizes of the slices still to fill.
+    slices: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def filled(self) -> float:
+        return sum(e.shares for e in self.fills)
+
+    @property
+    def remaining(self) -> float:
+        return self.quantity - self.filled
+
+    @property
+    def avg_fill_price(self) -> float:
+        filled = self.filled
+        return sum(e.shares * e.price for e in self.fills) / filled if filled else 0.0
+
+    @property
+    def last_fill_price(self) -> float:
+        return self.fills[-1].price if self.fills else 0.0
+
+    @property
+    def is_working(self) -> bool:
+        return self.status in WORKING
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.action == "BUY" else -1
+
+
+@dataclass(eq=False)
+class Execution:
+    exec_id: str
+    order: Order = field(repr=False)
+    shares: float
+    price: float
+    time: datetime
+    exchange: str
+    cum_qty: float
+    avg_price: float
+    commission: float
+    #: P&L this execution realises (net of commission); None when it only opens or adds to a position.
+    realized_pnl: float | None
+    #: The exec id this execution corrects (``...01`` for a ``...02``).
+    corrects: str | None = None
+
+    @property
+    def side(self) -> str:
+        return "BOT" if self.order.action == "BUY" else "SLD"
+
+
+@dataclass(frozen=True)
+class ExecFilter:
+    """reqExecutions' filter; empty fields (and client_id 0) match everything."""
+
+    client_id: int = 0
+    account: str = ""
+    since: datetime | None = None
+    symbol: str = ""
+    sec_type: str = ""
+    exchange: str = ""
+    side: str = ""
+
+    def matches(self, e: Execution) -> bool:
+        o = e.order
+        return (
+            self.client_id in (0, o.client_id)
+            and self.account in ("", o.account)
+            and (self.since is None or e.time >= self.since)
+            and self.symbol in ("", o.instrument.symbol)
+            and self.sec_type in ("", o.instrument.sec_type)
+            and self.exchange in ("", e.exchange)
+            and self.side in ("", o.action, e.side)
+        )
+
+
+@dataclass
+class Position:
+    account: str
+    instrument: Instrument
+    quantity: float = 0.0
+    avg_cost: float = 0.0
+    realized_pnl: float = 0.0
+
+    def apply(self, signed_qty: float, price: float) -> float | None:
+        """Book a trade; return the P&L it realises, or None if it only opens or adds to the position."""
+        before = self.quantity
+        self.quantity = before + signed_qty
+        if before == 0 or (before > 0) == (signed_qty > 0):
+            self.avg_cost = (before * self.avg_cost + signed_qty * price) / self.quantity
+            return None
+        closed = min(abs(signed_qty), abs(before))
+        pnl = closed * (price - self.avg_cost) * (1 if before > 0 else -1)
+        self.realized_pnl += pnl
+        if self.quantity == 0:
+            self.avg_cost = 0.0
+        elif (self.quantity > 0) != (before > 0):  # flipped through zero: the rest opens at this price
+            self.avg_cost = price
+        return pnl
+
+
+@dataclass
+class RateMeter:
+    """Inbound messages of one client: the total, and the most seen within any window (IB allows 50/s)."""
+
+    window: float = 1.0
+    count: int = 0
+    max_per_window: int = 0
+    _times: deque[float] = field(default_factory=deque, repr=False)
+
+    def record(self, t: float) -> None:
+        self.count += 1
+        self._times.append(t)
+        while t - self._times[0] >= self.window:
+            self._times.popleft()
+        self.max_per_window = max(self.max_per_window, len(self._times))
+
+
+def split(quantity: float, parts: int, rng: random.Random) -> list[float]:
+    """Split a quantity into at most ``parts`` whole-share slices of seeded random size."""
+    whole = int(quantity)
+    if whole != quantity or whole < 2 or parts < 2:
+        return [quantity]
+    cuts = sorted(rng.sample(range(1, whole), min(parts, whole) - 1))
+    bounds = [0, *cuts, whole]
+    return [float(b - a) for a, b in itertools.pairwise(bounds)]
+
+
+class Book:
+    def __init__(self, config: GatewayConfig, market: Market, clock: Callable[[], datetime]):
+        self.config = config
+        self.market = market
+        self.clock = clock
+        #: Every order the gateway accepted or rejected with a record, by permId, in placement order.
+        self.orders: dict[int, Order] = {}
+        #: Every execution reported, corrections included, in order.
+        self.executions: list[Execution] = []
+        #: New-order requests received per orderRef (modifications excluded, rejected and dropped included).
+        self.placements: Counter[str] = Counter()
+        #: Requests swallowed by the drop_orders fault, with the placing clientId.
+        self.dropped: list[tuple[int, OrderRequest]] = []
+        #: Inbound message rates per clientId.
+        self.inbound: dict[int, RateMeter] = {}
+        self._superseded: set[str] = set()
+        self._by_client_id: dict[tuple[int, int], Order] = {}
+        self._max_ids: dict[int, int] = {}
+        self._next_ids: dict[int, int] = {}
+        rng = random.Random(config.seed)
+        self._perm_ids = itertools.count(rng.randrange(1_000_000_000, 1_500_000_000))
+        self._exec_prefix = f"{rng.getrandbits(16):08x}"
+        self._exec_seq = itertools.count(rng.randrange(0x60000000, 0x70000000))
+
+    # ids
+
+    def next_valid_id(self, client_id: int) -> int:
+        return self._next_ids.get(client_id, 1)
+
+    def roll_back_ids(self) -> None:
+        """Forget the nextValidId of every client, as a restarted gateway may (order ids used stay used)."""
+        self._next_ids.clear()
+
+    # inspection
+
+    def find(self, client_id: int, order_id: int) -> Order | None:
+        return self._by_client_id.get((client_id, order_id))
+
+    def orders_by_ref(self, order_ref: str) -> list[Order]:
+        return [o for o in self.orders.values() if o.order_ref == order_ref]
+
+    def open_orders(self, client_id: int | None = None) -> list[Order]:
+        return [o for o in self.orders.values() if o.is_working and client_id in (None, o.client_id)]
+
+    def completed_orders(self) -> list[Order]:
+        return [o for o in self.orders.values() if not o.is_working]
+
+    def working_orders(self, symbol: str) -> list[Order]:
+        return [o for o in self.orders.values() if o.is_working and o.instrument.symbol == symbol]
+
+    def effective_executions(self) -> list[Execution]:
+        return [e for e in self.executions if e.exec_id not in self._superseded]
+
+    def max_inbound_rate(self) -> int:
+        """The most inbound messages any one client sent within one second."""
+        return max((m.max_per_window for m in self.inbound.values()), default=0)
+
+    def record_inbound(self, client_id: int, t: float) -> None:
+        self.inbound.setdefault(client_id, RateMeter()).record(t)
+
+    def positions(self) -> list[Position]:
+        """Positions per (account, instrument) folded from the effective executions; closed ones have 0."""
+        return list(self._fold().values())
+
+    def account_values(self, account: str) -> list[tuple[str, str, str]]:
+        """(tag, value, currency) rows for reqAccountUpdates and account summaries; totals in USD."""
+        cash = {"USD": self.config.cash}
+        for e in self.effective_executions():
+            if e.order.account == account:
+                cur = e.order.instrument.currency
+                cash[cur] = cash.get(cur, 0.0) - e.order.sign * e.shares * e.price - e.commission
+        fx = self.config.fx
+        values = [
+            p.quantity * self.market.price(p.instrument) * fx[p.instrument.currency]
+            for p in self.positions()
+            if p.account == account
+        ]
+        gross, net = sum(map(abs, values)), sum(values)
+        total_cash = sum(v * fx[cur] for cur, v in cash.items())
+        rows = [("CashBalance", f"{v:.2f}", cur) for cur, v in sorted(cash.items())]
+        rows += [
+            ("AccountType", "INDIVIDUAL", ""),
+            ("TotalCashValue", f"{total_cash:.2f}", "USD"),
+            ("GrossPositionValue", f"{gross:.2f}", "USD"),
+            ("NetLiquidation", f"{total_cash + net:.2f}", "USD"),
+            ("AvailableFunds", f"{total_cash + net:.2f}", "USD"),
+            ("BuyingPower", f"{4 * (total_cash + net):.2f}", "USD"),
+        ]
+        return rows
+
+    # orders
+
+    def place(self, client_id: int, req: OrderRequest, reject_status: str = "Cancelled") -> Order | Rejection:
+        """Accept, modify or reject an order request. Rejected orders IB keeps a record of get
+        ``reject_status`` ("Cancelled", or "Inactive" as IB sometimes reports them)."""
+        existing = self.find(client_id, req.order_id)
+        if existing is not None and existing.is_working:
+            return self._modify(existing, req)
+        self.placements[req.order_ref] += 1
+        if existing is not None or req.order_id <= self._max_ids.get(client_id, 0):
+            return Rejection(103, "Duplicate order id")
+        self._max_ids[client_id] = req.order_id
+        self._next_ids[client_id] = max(self._next_ids.get(client_id, 1), req.order_id + 1)
+        inst = self.market.resolve(req.contract)
+        if inst is None:
+            return Rejection(200, UNKNOWN_CONTRACT)
+        perm_id = next(self._perm_ids)
+        order = Order(
+            perm_id=perm_id,
+            client_id=client_id,
+            order_id=req.order_id,
+            instrument=inst,
+            exchange=req.contract.exchange or "SMART",
+            action=req.action,
+            quantity=req.quantity,
+            order_type=req.order_type,
+            limit_price=req.limit_price,
+            tif=req.tif or "DAY",
+            account=req.account or self.config.accounts[0],
+            order_ref=req.order_ref,
+            transmit=req.transmit,
+            status="Submitted" if req.transmit else "PreSubmitted",
+            created=self.clock(),
+            rng=random.Random(self.config.seed * 1_000_003 + perm_id),
+        )
+        self.orders[perm_id] = order
+        self._by_client_id[client_id, req.order_id] = order
+        problem = self._check(order)
+        if problem is not None:
+            code, message = problem
+            self._finish(order, reject_status, f"Rejected: {message}")
+            return Rejection(code, message, order)
+        order.slices = split(order.quantity, self.config.partial_fills, order.rng)
+        if order.tif == "IOC" and order.transmit and not self.marketable(order):
+            self._finish(order, "Cancelled", "Cancelled: IOC order not marketable on arrival")
+        return order
+
+    def drop(self, client_id: int, req: OrderRequest) -> None:
+        """Swallow a request (the drop_orders fault): counted as placed, but nothing else happens."""
+        self.placements[req.order_ref] += 1
+        self.dropped.append((client_id, req))
+
+    def _check(self, order: Order) -> tuple[int, str] | None:
+        """IB's precautionary checks: an (error code, message) when the order must be rejected."""
+        reason = None
+        if order.action not in ("BUY", "SELL"):
+            reason = f"Invalid action {order.action!r}"
+        elif order.order_type not in ("MKT", "LMT"):
+            reason = f"Order type {order.order_type!r} is not supported by the simulated gateway"
+        elif order.quantity <= 0:
+            reason = "The order quantity must be positive"
+        elif order.order_type == "LMT" and not order.limit_price:
+            reason = "A limit order needs a limit price"
+        elif order.account not in self.config.accounts:
+            reason = f"Account {order.account} is not managed by this gateway"
+        elif order.quantity > self.config.max_order_size:
+            reason = (
+                f"The order size {order.quantity:.12g} exceeds the size limit "
+                f"{self.config.max_order_size:.12g} set in Precautionary Settings"
+            )
+        if reason is not None:
+            return 201, f"Order rejected - reason:{reason}"
+        if order.exchange != "SMART" and order.exchange in self.config.restricted_exchanges:
+            return 10311, (
+                f"This order will be directly routed to {order.exchange}. Direct routed orders may result in "
+                "higher trade fees. Restriction is specified in Precautionary Settings of Global "
+                "Configuration/API."
+            )
+        return None
+
+    def _modify(self, order: Order, req: OrderRequest) -> Order | Rejection:
+        """Change a working order's quantity, limit, tif or transmit flag; the same checks apply."""
+        inst = self.market.resolve(req.contract)
+        if inst != order.instrument or req.action != order.action or req.order_type != order.order_type:
+            return Rejection(105, "Order being modified does not match original order")
+        changes = {"quantity": req.quantity, "limit_price": req.limit_price, "tif": req.tif or order.tif}
+        problem = self._check(dataclasses.replace(order, **changes))
+        if problem is None and req.quantity < order.filled:
+            problem = 201, f"Order rejected - reason:{order.filled:.12g} are already filled"
+        if problem is not None:
+            return Rejection(*problem)
+        for name, value in changes.items():
+            setattr(order, name, value)
+        order.transmit = req.transmit
+        order.status = "Submitted" if req.transmit else "PreSubmitted"
+        order.slices = split(order.remaining, max(1, len(order.slices)), order.rng)
+        return order
+
+    def marketable(self, order: Order) -> bool:
+        """Can the order fill now? MKT always; LMT once the simulated price reaches its limit."""
+        if order.order_type == "MKT":
+            return True
+        price = self.market.price(order.instrument)
+        assert order.limit_price is not None
+        return price <= order.limit_price if order.action == "BUY" else price >= order.limit_price
+
+    def fill_next(self, perm_id: int, late: bool = False) -> Execution | None:
+        """Fill the order's next slice, if it can fill now; ``late`` fills a cancelled order's next slice
+        (a fill that raced the cancel)."""
+        order = self.orders[perm_id]
+        if order.remaining <= 0 or not order.slices:
+            return None
+        if late:
+            if order.status != "Cancelled":
+                return None
+        elif order.status != "Submitted" or not self.marketable(order):
+            return None
+        shares = min(order.slices.pop(0), order.remaining)
+        return self._execute(order, shares, self._fill_price(order))
+
+    def _fill_price(self, order: Order) -> float:
+        """The far side of the quote, up to two ticks worse (seeded), capped by a limit price."""
+        inst = order.instrument
+        bid, ask = self.market.quote(inst)
+        slip = order.rng.randint(0, 2) * inst.min_tick
+        price = ask + slip if order.action == "BUY" else bid - slip
+        if order.order_type == "LMT" and order.limit_price is not None:
+            price = min(price, order.limit_price) if order.action == "BUY" else max(price, order.limit_price)
+        return round_price(price, inst)
+
+    def _execute(
+        self, order: Order, shares: float, price: float, corrects: Execution | None = None
+    ) -> Execution:
+        if corrects is None:
+            exec_id = f"{self._exec_prefix}.{next(self._exec_seq):08x}.01.01"
+        else:
+            exec_id = corrects.exec_id[:-2] + "02"
+            self._superseded.add(corrects.exec_id)
+        commission = round(max(self.config.min_commission, self.config.commission_per_share * shares), 2)
+        pnl = self._position(self._fold(), order).apply(order.sign * shares, price)
+        fills = [f for f in order.fills if f is not corrects]
+        cum_qty = sum(f.shares for f in fills) + shares
+        avg_price = (sum(f.shares * f.price for f in fills) + shares * price) / cum_qty
+        execution = Execution(
+            exec_id=exec_id,
+            order=order,
+            shares=shares,
+            price=price,
+            time=self.clock(),
+            exchange=order.instrument.primary_exchange if order.exchange == "SMART" else order.exchange,
+            cum_qty=cum_qty,
+            avg_price=round(avg_price, 8),
+            commission=commission,
+            realized_pnl=None if pnl is None else round(pnl - commission, 2),
+            corrects=None if corrects is None else corrects.exec_id,
+        )
+        self.executions.append(execution)
+        if corrects is None:
+            order.fills.append(execution)
+        else:
+            order.fills[order.fills.index(corrects)] = execution
+        if order.remaining <= 0 and order.is_working:
+            self._finish(order, "Filled", "Filled")
+        return execution
+
+    def correct(self, execution: Execution) -> Execution:
+        """Issue the ``.02`` correction of an execution: same shares, one tick better for the client."""
+        order = execution.order
+        better = round_price(execution.price - order.sign * order.instrument.min_tick, order.instrument)
+        return self._execute(order, execution.shares, better, corrects=execution)
+
+    def cancel(self, client_id: int, order_id: int) -> Order | Rejection:
+        order = self.find(client_id, order_id)
+        prefix = f"OrderId {order_id} that needs to be cancelled"
+        if order is None:
+            return Rejection(10147, f"{prefix} is not found.")
+        if not order.is_working:
+            return Rejection(10148, f"{prefix} cannot be cancelled, state: {order.status}.")
+        self._finish(order, "Cancelled", "Cancelled by Trader")
+        return order
+
+    def _finish(self, order: Order, status: str, reason: str) -> None:
+        order.status = status
+        order.reason = reason
+        order.completed_time = self.clock()
+
+    def _fold(self) -> dict[tuple[str, int], Position]:
+        book: dict[tuple[str, int], Position] = {}
+        for e in self.effective_executions():
+            self._position(book, e.order).apply(e.order.sign * e.shares, e.price)
+        return book
+
+    def _position(self, book: dict[tuple[str, int], Position], order: Order) -> Position:
+        key = (order.account, order.instrument.con_id)
+        if key not in book:
+            book[key] = Position(order.account, order.instrument)
+        return book[key]
