@@ -158,7 +158,9 @@ async def execute_async(
         raise RiskError("strict=True and orders break risk limits; nothing was sent:\n" + "\n".join(stopped))
     if dry_run is None:
         dry_run = truthy(setting("KIT_DRY_RUN", "0"))
-    with Ledger(db) as ledger:
+    ledger = Ledger(db)
+    await asyncio.to_thread(ledger.open)  # may wait for another process to let go of the file
+    with ledger:
         engine = Engine(the_plan, make_broker(broker, prices), ledger, timeout=timeout, on_timeout=on_timeout,
                         allow_live=truthy(setting("KIT_ALLOW_LIVE", "0")), approve=approve, dry_run=dry_run,
                         info=info)
@@ -174,7 +176,9 @@ def execute(targets: pd.DataFrame | Plan, broker: str | Broker = "mock", run_key
 async def cancel_async(run: str | None = None, *, all_runs: bool = False, broker: str | Broker | None = None,
                        db: str | Path | None = None, timeout: float = 30.0) -> list[Run]:
     """The kill switch: cancel working orders of one run (or every run) and wait for the broker's word."""
-    with Ledger(db) as ledger:
+    ledger = Ledger(db)
+    await asyncio.to_thread(ledger.open)
+    with ledger:
         run_ids = ledger.working_runs() if all_runs else [ledger.resolve_run(run)]
         results = []
         for run_id in run_ids:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,9 +25,12 @@ from kit.ids import run_id_for
 from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Execution, Order, Rejected, Status, Submitted
 from kit.planner import Plan
 from kit.state import Effect, OrderBook, Outcome, run_status
-from kit.store import Batch, Ledger, event_row, fill_row, order_row
+from kit.store import FILL_COLUMNS, ORDER_COLUMNS, Batch, Ledger, event_row, fill_row, frame, order_row
 
+log = logging.getLogger("kit.engine")
 OnTimeout = Literal["cancel", "leave"]
+# Seconds without broker events after which a run lets go of the ledger file (DuckDB admits one process).
+IDLE_RELEASE = 0.25
 # Broker notices that say what happened to the run as a whole; they go into the run's notes.
 LOGGED_NOTICES = frozenset({"disconnected", "reconnected", "reconnect_failed", "sync_incomplete",
                             "unacknowledged", "cancel_impossible"})
@@ -99,6 +103,8 @@ class Recorder:
         self.run_id = run_id
         self.seq = ledger.next_seq(run_id)
         self.batch = Batch()
+        self.journaled = False
+        self.notes: list[str] = []
 
     def _event(self, client_order_id: str | None, at: datetime, kind: str, status: str | None,
                detail: dict[str, Any]) -> None:
@@ -125,10 +131,19 @@ class Recorder:
     def note(self, kind: str, at: datetime, client_order_id: str | None = None, **detail: Any) -> None:
         self._event(client_order_id, at, kind, None, detail)
 
+    def run(self, **values: Any) -> None:
+        self.batch.runs.setdefault(self.run_id, {}).update(values)
+
     def flush(self) -> None:
-        if self.batch:
-            self.ledger.write(self.batch)
-            self.batch = Batch()
+        if not self.batch:
+            return
+        if not self.ledger.write(self.batch) and not self.journaled:
+            self.journaled = True
+            message = (f"the ledger {self.ledger.path} is held by another process ({self.ledger.holder}); "
+                       f"events are kept in {self.ledger.journal.path} and written when it is free")
+            log.warning(message)
+            self.notes.append(message)
+        self.batch = Batch()
 
 
 class Engine:
@@ -184,6 +199,7 @@ class Engine:
 
     def _open_run(self, previous: list[Order], kind: str | None) -> None:
         self.recorder = Recorder(self.ledger, self.run_id)
+        self.notes = self.recorder.notes
         self._start_run(kind, resuming=bool(previous))
         for order in previous:
             self.book.add(order)
@@ -202,7 +218,7 @@ class Engine:
     async def _connected(self) -> None:
         self.broker.bind(self.queue.put_nowait)
         await self.broker.connect()
-        self.ledger.update_run(self.run_id, account=self.broker.account or None)
+        self.recorder.run(account=self.broker.account or None)
 
     async def _disconnect(self) -> None:
         self._drain()
@@ -322,9 +338,13 @@ class Engine:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
+            idle = self.ledger.connected and remaining > IDLE_RELEASE
             try:
-                event = await asyncio.wait_for(self.queue.get(), remaining)
+                event = await asyncio.wait_for(self.queue.get(), IDLE_RELEASE if idle else remaining)
             except TimeoutError:
+                if idle:  # quiet for a while: let a notebook or another run at the ledger meanwhile
+                    self.ledger.release()
+                    continue
                 return False
             self._apply(event)
             self._drain()
@@ -418,18 +438,20 @@ class Engine:
                 status = "failed"
             self.recorder.note("run_error", now, error=type(error).__name__, message=str(error))
         self.recorder.note("run_finished", now, status=status, notes=self.notes)
+        self.recorder.run(status=status, ended_at=now, error_name=type(error).__name__ if error else None,
+                          error=str(error) if error else None)
         self.recorder.flush()
-        self.ledger.update_run(
-            self.run_id, status=status, ended_at=now,
-            error_name=type(error).__name__ if error else None, error=str(error) if error else None)
         self.status = status
 
     def _any_fill(self) -> bool:
         return any(o.fills for o in self.book.orders.values())
 
     def _result(self) -> Run:
-        return Run(self.run_id, self.plan.run_key, self.status, self.ledger.orders(self.run_id),
-                   self.ledger.fills(self.run_id), self.notes)
+        """From memory, not from the file: the ledger may be held by another process right now."""
+        orders = list(self.book.orders.values())
+        fills = [fill_row(o, f) for o in orders for f in sorted(o.fills.values(), key=lambda f: f.time)]
+        return Run(self.run_id, self.plan.run_key, self.status, frame([order_row(o) for o in orders],
+                   ORDER_COLUMNS), frame(fills, FILL_COLUMNS), self.notes)
 
 
 def _unsent(order: Order) -> bool:

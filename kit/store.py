@@ -7,8 +7,11 @@ review notebook does not lock out the next run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,10 +22,18 @@ from typing import Any, ClassVar
 import duckdb
 import pandas as pd
 
-from kit.config import db_path
+from kit.config import db_path, setting
 from kit.errors import KitError
+from kit.journal import Journal
 from kit.model import Fill, Order, OrderIntent, Side, Status
 from kit.state import split_exec_id
+
+log = logging.getLogger("kit.ledger")
+
+
+class LedgerBusyError(KitError):
+    """Another process held the ledger for longer than kit was willing to wait."""
+
 
 # Each migration moves the schema one version forward; a ledger is never migrated backwards.
 MIGRATIONS: list[list[str]] = [
@@ -65,6 +76,18 @@ RUN_COLUMNS = (
     "run_id", "run_key", "notebook", "notebook_hash", "parameters", "broker", "account", "status",
     "started_at", "ended_at", "error_name", "error", "git_revision", "kit_version", "output_path",
 )
+
+
+_TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "ended_at"}
+_NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", "avg_fill_price",
+            "commission", "decision_price", "arrival_price", "price"}
+
+
+def frame(rows: list[tuple], columns: tuple[str, ...]) -> pd.DataFrame:
+    """Rows as a DataFrame with the dtypes a ledger read gives, so a run's tables look the same either way."""
+    result = pd.DataFrame.from_records(rows, columns=list(columns))
+    dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else "str" for c in columns}
+    return result.astype(dtypes)
 
 
 def order_row(order: Order) -> tuple:
@@ -113,9 +136,22 @@ class Batch:
     orders: dict[str, tuple] = field(default_factory=dict)  # latest row per order
     fills: dict[str, tuple] = field(default_factory=dict)
     replaced_fills: set[str] = field(default_factory=set)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> columns to update
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.orders or self.fills or self.replaced_fills)
+        return bool(self.events or self.orders or self.fills or self.replaced_fills or self.runs)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"events": self.events, "orders": list(self.orders.values()),
+                "fills": list(self.fills.values()), "replaced_fills": sorted(self.replaced_fills),
+                "runs": self.runs}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Batch:
+        return cls(events=[tuple(e) for e in record["events"]],
+                   orders={o[0]: tuple(o) for o in record["orders"]},
+                   fills={f[0]: tuple(f) for f in record["fills"]},
+                   replaced_fills=set(record["replaced_fills"]), runs=record["runs"])
 
     def __len__(self) -> int:
         return len(self.events)
@@ -135,20 +171,55 @@ class Ledger:
 
     def __init__(self, db: str | Path | None = None):
         self.path = db_path(db).resolve()
+        self.journal = Journal(self.path.with_name(self.path.name + ".journal"))
+        self.holder = ""
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._next_attempt = 0.0
 
     # ---- writer side -------------------------------------------------------------------------------
-    def open(self) -> Ledger:
+    def open(self, wait: float | None = None) -> Ledger:
+        """Connect for writing, waiting up to `wait` seconds (KIT_LEDGER_WAIT, default 120) while another
+        process holds the file, then replay anything a locked-out run left in the journal."""
+        wait = float(setting("KIT_LEDGER_WAIT", 120)) if wait is None else wait
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(self.path))
+        deadline, delay = time.monotonic() + wait, 0.05
+        while not self._connect():
+            if time.monotonic() + delay > deadline:
+                raise LedgerBusyError(f"{self.path} is held by another process ({self.holder}) and stayed "
+                                      f"so for {wait:g}s; close it there (con.close()) and run again")
+            log.warning("waiting for the ledger: %s is held by %s", self.path, self.holder)
+            # DuckDB gives no notice when a lock is released: retrying with backoff is the only way to wait.
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        return self
+
+    def _connect(self) -> bool:
+        """Try once; False while another process holds the file. Replays the journal on success."""
+        try:
+            con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            self.holder = str(exc).split("held in", 1)[-1].split(". See", 1)[0].strip()
+            return False
+        self._con = con
         with Ledger._writers_lock:
-            Ledger._writers[self.path] = self._con
+            Ledger._writers[self.path] = con
         try:
             self._migrate()
+            with self.journal.draining() as records:
+                for record in records:
+                    self._apply(Batch.from_record(record))
+                if records:
+                    log.warning("wrote %d batch(es) that waited in %s", len(records), self.journal.path)
         except BaseException:
             self.close()  # a refused or failed ledger must not stay locked by this process
             raise
-        return self
+        return True
+
+    def release(self) -> None:
+        """Let other processes in while this run is idle; the next write connects again."""
+        self.close()
 
     def close(self) -> None:
         if self._con is not None:
@@ -158,15 +229,21 @@ class Ledger:
             self._con = None
 
     def __enter__(self) -> Ledger:
-        return self.open()
+        return self if self.connected else self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
+    def connected(self) -> bool:
+        return self._con is not None
+
+    @property
     def con(self) -> duckdb.DuckDBPyConnection:
+        """The writer's connection, connecting again (and waiting if need be) after a release."""
         if self._con is None:
-            raise KitError("ledger is not open")
+            self.open()
+        assert self._con is not None
         return self._con
 
     def _migrate(self) -> None:
@@ -230,8 +307,20 @@ class Ledger:
         for row in cursor.fetchall():
             yield dict(zip(names, row, strict=True))
 
-    def write(self, batch: Batch) -> None:
-        """One transaction for the whole batch: all of it lands, or none of it."""
+    def write(self, batch: Batch) -> bool:
+        """One transaction for the whole batch: all of it lands, or none of it. If another process holds
+        the file, the batch goes to the journal instead (durably) and False says so."""
+        if self._con is None:
+            now = time.monotonic()
+            connected = now >= self._next_attempt and self._connect()
+            if not connected:
+                self._next_attempt = now + 0.5  # an attempt on a locked file is cheap, but not free
+                self.journal.append(batch.to_record())
+                return False
+        self._apply(batch)
+        return True
+
+    def _apply(self, batch: Batch) -> None:
         con = self.con
         con.execute("BEGIN")
         try:
@@ -244,6 +333,9 @@ class Ledger:
                 self._insert(con, "fills", FILL_COLUMNS, list(batch.fills.values()), "INSERT OR REPLACE")
             if batch.orders:
                 self._insert(con, "orders", ORDER_COLUMNS, list(batch.orders.values()), "INSERT OR REPLACE")
+            for run_id, values in batch.runs.items():
+                assignments = ", ".join(f"{name} = ?" for name in values)
+                con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values.values(), run_id])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -275,11 +367,29 @@ class Ledger:
             return
         if not self.path.exists():
             raise KitError(f"no ledger at {self.path}: run something first, or set KIT_DB")
-        con = duckdb.connect(str(self.path), read_only=True)
+        if self.journal.pending():  # a locked-out run left batches: write them first, if the file is free
+            with contextlib.suppress(LedgerBusyError):
+                Ledger(self.path).open(wait=0).close()
+        con = self._read_only()
         try:
             yield con
         finally:
             con.close()
+
+    def _read_only(self, wait: float = 10.0) -> duckdb.DuckDBPyConnection:
+        deadline, delay = time.monotonic() + wait, 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=True)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise LedgerBusyError(
+                        f"the ledger {self.path} is in use by another process (a run in progress?); try "
+                        f"again when it ends, or use another KIT_DB. DuckDB says: {exc}") from exc
+            time.sleep(delay)  # no notice comes when DuckDB's lock is released; see Ledger.open
+            delay = min(delay * 2, 1.0)
 
     def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
         with self.reading() as con:
