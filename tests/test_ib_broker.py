@@ -72,6 +72,8 @@ def test_basket_fills_with_commissions_and_ledger_matches_gateway(library, gatew
     for order in orders.values():
         assert order["filled_quantity"] == order["quantity"] and order["remaining_quantity"] == 0
         assert order["perm_id"] and order["broker_order_id"]
+        # the arrival price is IB's bid/ask mid at submission, near what the order paid
+        assert abs(order["avg_fill_price"] / order["arrival_price"] - 1) < 0.01
     assert orders["ib-test-TTE-BUY"]["currency"] == "EUR"
     fills = result["fills"]
     assert {f["exec_id"]: f["quantity"] for f in fills} == gateway_executions(gateway)

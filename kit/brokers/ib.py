@@ -236,6 +236,26 @@ class IBBroker(Broker):
                 contract.conId = found[0].contract.conId
             elif len(found) > 1:
                 self.contract_errors[contract.symbol] = f"ambiguous contract: {len(found)} matches"
+        await self._snapshot([c for key, c in contracts.items() if self.contracts[key] is not None])
+
+    async def _snapshot(self, contracts: list[Any]) -> None:
+        """Arrival prices for TCA: one bid/ask snapshot per contract, the mid (else the last trade)."""
+        if not contracts:
+            return
+        try:
+            tickers = await asyncio.wait_for(self.ib.reqTickersAsync(*contracts), self.sync_timeout)
+        except (TimeoutError, ConnectionError):
+            log.warning("no market data snapshot within %gs: orders go without an arrival price",
+                        self.sync_timeout)
+            return
+        for ticker in tickers:
+            bid, ask, last = (_price(getattr(ticker, name, None)) for name in ("bid", "ask", "last"))
+            price = (bid + ask) / 2 if bid and ask else last
+            if price:
+                self.prices[ticker.contract.symbol] = price
+
+    def reference_price(self, symbol: str) -> float | None:
+        return self.prices.get(symbol)
 
     async def submit(self, order: OrderIntent) -> None:
         if self._contract_key(order) not in self.contracts:
@@ -336,6 +356,15 @@ class IBBroker(Broker):
             self.sync_is_complete = False
             self.emit(BrokerNotice(_now(), "sync_incomplete", "IB did not finish listing orders and "
                                    f"executions within {self.sync_timeout:g}s"))
+
+
+def _price(value: Any) -> float | None:
+    """IB marks a missing price with nan or -1."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 and number == number else None
 
 
 def _number_or_text(value: Any) -> float | str | None:
