@@ -7,7 +7,7 @@ RUN_KEY ?= demo-$(shell date -u +%Y-%m-%d)
 KIT_DB ?= data/kit.duckdb
 export KIT_DB
 
-.PHONY: demo demo-ib test lint bench clean insync
+.PHONY: demo demo-ib test crash-soak lint bench clean insync
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(VENV)/.installed $(INSYNC)/.installed
 	$(BIN)/ruff check .
 	KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q tests
 	KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q --nbval-lax notebooks
+
+# The long randomized crash matrix (random kill points, fill models and seeds); not part of make test.
+CRASH_ROUNDS ?= 40
+crash-soak: $(VENV)/.installed
+	KIT_CRASH_SOAK=$(CRASH_ROUNDS) $(BIN)/pytest -q tests/test_crash_matrix.py -k soak
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -20,6 +20,7 @@ import pandas as pd
 
 from kit.brokers.base import Broker
 from kit.config import halted
+from kit.crashpoints import crash_point
 from kit.errors import HaltedError, LiveAccountError, PayloadConflictError
 from kit.ids import run_id_for
 from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Execution, Order, Rejected, Status, Submitted
@@ -326,8 +327,10 @@ class Engine:
         for order in orders:  # write-ahead: the ledger knows an order was handed over before the broker does
             arrival = self.broker.reference_price(order.intent.symbol)
             self._apply(Submitted(order.client_order_id, now, arrival))
+        crash_point("engine.before_submitted_write")
         self.recorder.flush()
         for order in orders:
+            crash_point("engine.before_submit")
             self.open.add(order.client_order_id)
             await self.broker.submit(order.intent)
 
@@ -348,6 +351,7 @@ class Engine:
                 return False
             self._apply(event)
             self._drain()
+            crash_point("engine.applied_not_written")
             self.recorder.flush()
         return True
 

@@ -23,6 +23,7 @@ import duckdb
 import pandas as pd
 
 from kit.config import db_path, setting
+from kit.crashpoints import crash_point
 from kit.errors import KitError
 from kit.journal import Journal
 from kit.model import Fill, Order, OrderIntent, Side, Status
@@ -326,6 +327,7 @@ class Ledger:
         try:
             if batch.events:
                 self._insert(con, "order_events", EVENT_COLUMNS, batch.events, "INSERT OR IGNORE")
+            crash_point("ledger.mid_write")
             if batch.replaced_fills:
                 con.execute("DELETE FROM fills WHERE exec_id IN (SELECT unnest(?))",
                             [sorted(batch.replaced_fills)])
@@ -340,6 +342,7 @@ class Ledger:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        crash_point("ledger.committed")
 
     @staticmethod
     def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple],

@@ -76,3 +76,14 @@ def test_commission_may_arrive_first_and_unset_means_zero():
     early = t.commission("e.01.01", 1.25, "USD", AT)
     assert kinds(early) == [Commission] and early[0].commission == 1.25
     assert t.commission("e.01.02", UNSET_DOUBLE, "USD", AT)[0].commission == 0.0
+
+
+def test_an_execution_replayed_before_its_order_was_tracked_still_gets_its_commission():
+    """On reconnect IB lists executions before kit says which orders it follows; the relisting must count."""
+    t = Translator(client_id=7)
+    replay = {"exec_id": "e.01.01", "order_id": 0, "perm_id": 555, "client_id": 7, "order_ref": "k-AAPL-BUY",
+              "shares": 10, "price": 190.0, "time": AT, "currency": "USD", "exchange": "", "at": AT}
+    assert t.execution(**replay) == [] and t.commission("e.01.01", 1.0, "USD", AT) == []
+    t.track(["k-AAPL-BUY"])
+    assert kinds(t.execution(**replay)) == [Execution]
+    assert kinds(t.commission("e.01.01", 1.0, "USD", AT)) == [Commission]

@@ -120,6 +120,7 @@ class Translator:
             self.foreign_execs.add(exec_id)
             return []
         self.seen.add(coid)
+        self.foreign_execs.discard(exec_id)  # seen before this run tracked its order (IB's startup replay)
         self._learn(coid, order_id, perm_id, client_id)
         fill = Fill(exec_id, coid, float(shares), float(price), time, currency=currency, exchange=exchange)
         return [Execution(fill, at)]
