@@ -32,6 +32,8 @@ log = logging.getLogger("kit.engine")
 OnTimeout = Literal["cancel", "leave"]
 # Seconds without broker events after which a run lets go of the ledger file (DuckDB admits one process).
 IDLE_RELEASE = 0.25
+# Seconds a run keeps listening after its cancels are confirmed, for fills that raced the cancel.
+LATE_FILL_GRACE = 0.5
 # Broker notices that say what happened to the run as a whole; they go into the run's notes.
 LOGGED_NOTICES = frozenset({"disconnected", "reconnected", "reconnect_failed", "sync_incomplete",
                             "unacknowledged", "cancel_impossible"})
@@ -260,7 +262,9 @@ class Engine:
 
     async def _trade(self) -> None:
         orders = list(self.book.orders.values())
-        to_sync = [o for o in orders if o.submitted_at is not None and _unsettled(o)]
+        # A cancelled order is asked about again too: IB can fill it after confirming the cancel.
+        to_sync = [o for o in orders if o.submitted_at is not None
+                   and (_unsettled(o) or o.status is Status.CANCELLED)]
         to_send = [o for o in orders if o.submitted_at is None and o.working]
         if not to_sync and not to_send:
             return
@@ -366,6 +370,18 @@ class Engine:
             return
         await self._cancel(working, f"{self.timeout:g}s timeout")
 
+    async def _linger(self, seconds: float) -> None:
+        """Keep taking events for a while although no order is open: a fill racing a cancel can arrive
+        after the confirmation, and a run that stopped listening would leave it to a later reconcile."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                self._apply(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+            self._drain()
+            self.recorder.flush()
+
     async def _cancel(self, orders: list[Order], why: str) -> None:
         """Ask for cancels and wait for the broker's confirmations; never mark one cancelled ourselves."""
         if not orders:
@@ -375,6 +391,8 @@ class Engine:
             await self.broker.cancel(order.client_order_id)
         self.recorder.flush()
         await self._follow(asyncio.get_running_loop().time() + self.cancel_timeout)
+        if any(not o.working for o in orders):
+            await self._linger(LATE_FILL_GRACE)
         unconfirmed = [o for o in orders if o.working]
         for order in unconfirmed:
             self.recorder.order(order, "cancel_unconfirmed", utcnow())

@@ -201,3 +201,55 @@ def test_gateway_restart_mid_run_keeps_state_and_the_run_finishes(gateway, tmp_p
     assert {f["exec_id"]: f["quantity"] for f in result["fills"]} == gateway_executions(gateway)
     placed = gateway.call(lambda: [o.order_ref for o in gateway.state.orders.values()])
     assert sorted(placed) == sorted(orders)
+
+
+@pytest.mark.parametrize(
+    "gateway", [GatewayConfig(max_order_size=50, faults=Faults(inactive_after_reject=True))], indirect=True)
+def test_inactive_after_a_rejection_changes_nothing(gateway, tmp_path):
+    result = drive("ib_async", gateway, tmp_path, {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [100]})
+    order = by_id(result)["ib-test-AAPL-BUY"]
+    assert order["status"] == "REJECTED" and "201" in order["reason"]
+    assert any(e["kind"] == "status" and "Inactive" in e["detail"] for e in result["events"])
+
+
+@pytest.mark.parametrize(
+    "gateway", [GatewayConfig(partial_fills=3, fill_latency=0.3, faults=Faults(fill_after_cancel=True))],
+    indirect=True)
+def test_a_fill_after_the_cancel_is_recorded(gateway, tmp_path):
+    result = drive("ib_async", gateway, tmp_path, {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [300]},
+                   timeout=0.45)
+    order = by_id(result)["ib-test-AAPL-BUY"]
+    at_gateway = gateway.call(lambda: gateway.state.orders_by_ref("ib-test-AAPL-BUY")[0].filled)
+    assert order["filled_quantity"] == at_gateway > 0
+    assert {f["exec_id"]: f["quantity"] for f in result["fills"]} == gateway_executions(gateway)
+    kinds = [e["kind"] for e in result["events"] if e["client_order_id"] == "ib-test-AAPL-BUY"]
+    assert "fill" in kinds[kinds.index("cancelled"):]  # the late fill came after IB's cancel confirmation
+    assert order["status"] in ("CANCELLED", "FILLED")
+
+
+@pytest.mark.parametrize("gateway", [GatewayConfig(faults=Faults(drop_orders={"ib-test-MSFT-BUY"}))],
+                         indirect=True)
+def test_an_order_ib_drops_silently_is_flagged_never_assumed_cancelled(gateway, tmp_path):
+    targets = {"symbol": ["AAPL", "MSFT"], "side": ["BUY", "BUY"], "quantity": [10, 10]}
+    result = drive("ib_async", gateway, tmp_path, targets, timeout=1.0, ack_timeout=0.3)
+    orders = by_id(result)
+    assert orders["ib-test-AAPL-BUY"]["status"] == "FILLED"
+    dropped = orders["ib-test-MSFT-BUY"]
+    assert dropped["status"] in ("NEW", "SUBMITTED") and dropped["status"] != "CANCELLED"
+    notes = " ".join(result["notes"])
+    assert "unacknowledged" in notes and "not confirmed" in notes
+    assert result["status"] == "partial"
+
+
+@pytest.mark.parametrize("gateway", [GatewayConfig(faults=Faults(withhold_exec_details_end=True))],
+                         indirect=True)
+def test_a_withheld_exec_details_end_does_not_stop_a_resume_and_nothing_is_resent(gateway, tmp_path):
+    lmt = {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [10], "order_type": ["LMT"], "limit_price": [1.0]}
+    first = drive("ib_async", gateway, tmp_path, lmt, timeout=0.3, on_timeout="leave", sync_timeout=1.0,
+                  connect_timeout=1.0)
+    assert by_id(first)["ib-test-AAPL-BUY"]["status"] == "SUBMITTED"
+    again = drive("ib_async", gateway, tmp_path, lmt, timeout=0.3, sync_timeout=1.0, connect_timeout=1.0)
+    assert any("sync_incomplete" in note for note in again["notes"]), again["notes"]
+    assert by_id(again)["ib-test-AAPL-BUY"]["status"] == "CANCELLED"  # found, followed, cancelled at IB
+    placed = gateway.call(lambda: dict(gateway.state.placements))
+    assert all(n == 1 for n in placed.values())
