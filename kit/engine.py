@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -88,12 +89,24 @@ class Run:
                 + self.orders.reindex(columns=columns).to_html(index=False, na_rep=""))
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # dataclasses.fields() per event is slow; names per class
+_UPDATED_AT = ORDER_COLUMNS.index("updated_at")
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _detail(event: Event, effect: Effect) -> dict[str, Any]:
-    detail = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)
-              if f.name not in ("at", "client_order_id")}
     if isinstance(event, Execution):
-        detail = {f.name: getattr(event.fill, f.name) for f in dataclasses.fields(event.fill)
-                  if f.name != "client_order_id"}
+        fill = event.fill
+        detail = {name: getattr(fill, name) for name in _field_names(type(fill)) if name != "client_order_id"}
+    else:
+        detail = {name: getattr(event, name) for name in _field_names(type(event))
+                  if name not in ("at", "client_order_id")}
     detail["effect"] = str(effect)
     return detail
 
@@ -106,6 +119,9 @@ class Recorder:
         self.run_id = run_id
         self.seq = ledger.next_seq(run_id)
         self.batch = Batch()
+        # Orders changed by events since the last flush, with their updated_at then: their rows are built once
+        # per flush instead of once per event (see record).
+        self._changed: dict[str, tuple[Order, datetime]] = {}
         self.journaled = False
         self.notes: list[str] = []
 
@@ -120,7 +136,9 @@ class Recorder:
         self._event(getattr(event, "client_order_id", None) or (order and order.client_order_id), event.at,
                     event.kind, str(order.status) if order else None, _detail(event, outcome.effect))
         if order is not None and outcome.effect in (Effect.APPLIED, Effect.CORRECTION):
-            self.batch.orders[order.client_order_id] = order_row(order)
+            # The row is built at flush from the order as it is then: only an event that is not written (a
+            # status that changes nothing) can change it meanwhile, and then only updated_at, kept from now.
+            self._changed[order.client_order_id] = (order, order.updated_at)
         if outcome.fill is not None and order is not None:
             self.batch.fills[outcome.fill.exec_id] = fill_row(order, outcome.fill)
         if outcome.replaced_exec_id:
@@ -129,6 +147,7 @@ class Recorder:
 
     def order(self, order: Order, kind: str, at: datetime, **detail: Any) -> None:
         self._event(order.client_order_id, at, kind, str(order.status), detail)
+        self._changed.pop(order.client_order_id, None)
         self.batch.orders[order.client_order_id] = order_row(order)
 
     def note(self, kind: str, at: datetime, client_order_id: str | None = None, **detail: Any) -> None:
@@ -138,6 +157,10 @@ class Recorder:
         self.batch.runs.setdefault(self.run_id, {}).update(values)
 
     def flush(self) -> None:
+        for client_order_id, (order, updated_at) in self._changed.items():
+            row = order_row(order)
+            self.batch.orders[client_order_id] = (*row[:_UPDATED_AT], updated_at, *row[_UPDATED_AT + 1:])
+        self._changed.clear()
         if not self.batch:
             return
         if not self.ledger.write(self.batch) and not self.journaled:
@@ -338,10 +361,12 @@ class Engine:
             self.open.add(order.client_order_id)
             await self.broker.submit(order.intent)
 
-    async def _follow(self, deadline: float) -> bool:
-        """Apply events until no order can change any more; False if the deadline came first."""
+    async def _follow(self, deadline: float, done: Callable[[], bool] | None = None) -> bool:
+        """Apply events until `done` (by default: no order can change any more); False if the deadline came
+        first."""
         loop = asyncio.get_running_loop()
-        while self.open:
+        done = done or (lambda: not self.open)
+        while not done():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
@@ -370,18 +395,6 @@ class Engine:
             return
         await self._cancel(working, f"{self.timeout:g}s timeout")
 
-    async def _linger(self, seconds: float) -> None:
-        """Keep taking events for a while although no order is open: a fill racing a cancel can arrive
-        after the confirmation, and a run that stopped listening would leave it to a later reconcile."""
-        deadline = asyncio.get_running_loop().time() + seconds
-        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
-            try:
-                self._apply(await asyncio.wait_for(self.queue.get(), remaining))
-            except TimeoutError:
-                break
-            self._drain()
-            self.recorder.flush()
-
     async def _cancel(self, orders: list[Order], why: str) -> None:
         """Ask for cancels and wait for the broker's confirmations; never mark one cancelled ourselves."""
         if not orders:
@@ -390,9 +403,12 @@ class Engine:
             self.recorder.order(order, "cancel_requested", utcnow(), why=why)
             await self.broker.cancel(order.client_order_id)
         self.recorder.flush()
-        await self._follow(asyncio.get_running_loop().time() + self.cancel_timeout)
+        now = asyncio.get_running_loop().time()
+        await self._follow(now + self.cancel_timeout, done=lambda: not any(o.working for o in orders))
         if any(not o.working for o in orders):
-            await self._linger(LATE_FILL_GRACE)
+            # A fill racing a cancel can come after the confirmation: listen a moment longer, or it is left
+            # to a later reconcile.
+            await self._follow(asyncio.get_running_loop().time() + LATE_FILL_GRACE, done=lambda: False)
         unconfirmed = [o for o in orders if o.working]
         for order in unconfirmed:
             self.recorder.order(order, "cancel_unconfirmed", utcnow())
