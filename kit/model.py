@@ -6,6 +6,7 @@ knows which broker produced them. Everything here is plain data: no I/O, no cloc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -186,9 +187,10 @@ class Order:
     def client_order_id(self) -> str:
         return self.intent.client_order_id
 
+    # Sums use math.fsum (exact, then rounded once) so the totals do not depend on the order fills arrived in.
     @property
     def filled_quantity(self) -> float:
-        return sum(f.quantity for f in self.fills.values())
+        return math.fsum(f.quantity for f in self.fills.values())
 
     @property
     def remaining_quantity(self) -> float:
@@ -202,11 +204,14 @@ class Order:
         filled = self.filled_quantity
         if filled <= 0:
             return None
-        return sum(f.quantity * f.price for f in self.fills.values()) / filled
+        prices = [f.price for f in self.fills.values()]
+        vwap = math.fsum(f.quantity * f.price for f in self.fills.values()) / filled
+        # Rounding must not put the mean outside the fill prices: one fill of 5 at 0.91 averages 0.91.
+        return min(max(vwap, min(prices)), max(prices))
 
     @property
     def commission(self) -> float:
-        return sum(f.commission or 0.0 for f in self.fills.values())
+        return math.fsum(f.commission or 0.0 for f in self.fills.values())
 
     @property
     def working(self) -> bool:

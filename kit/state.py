@@ -45,6 +45,9 @@ TRANSITIONS: dict[tuple[Status, Signal], Status] = {
     (N, Signal.REJECT): R, (S, Signal.REJECT): R, (P, Signal.REJECT): R,
     # A fill after a cancel confirmation is real: record it, and if it completes the order, it filled.
     (C, Signal.FILL_ALL): F,
+    # Only a correction (.02 replacing .01) can lower the filled quantity of a FILLED order; the status
+    # follows the quantity, as if the corrected execution had arrived first.
+    (F, Signal.FILL_PART): P,
 }  # fmt: skip
 del N, S, P, F, C, R
 

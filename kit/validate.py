@@ -83,6 +83,9 @@ def _check_row(row: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         problems.append("symbol is missing")
     elif not isinstance(symbol, str):
         problems.append(f"symbol {symbol!r} is not text")
+    elif symbol != symbol.strip():
+        # "AAPL " from a padded CSV would be a second, unknown symbol next to "AAPL"
+        problems.append(f"symbol {symbol!r} has spaces around it")
     elif not _SYMBOL.match(symbol):
         problems.append(f"symbol {symbol!r} is not an upper-case ticker (letters, digits, space . - /)")
     values["symbol"] = symbol

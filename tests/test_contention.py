@@ -23,13 +23,15 @@ TARGETS = {"symbol": ["AAPL", "MSFT", "IBM"], "side": ["BUY", "SELL", "BUY"], "q
 HOLDER = textwrap.dedent("""
     import sys, time, duckdb
     path, hold = sys.argv[1], float(sys.argv[2])
-    delay = 0.01
+    give_up = time.monotonic() + 60  # a hang becomes a failure
     while True:
         try:
             con = duckdb.connect(path)
             break
         except duckdb.IOException:
-            time.sleep(delay)  # this process plays the user's notebook, which retries by hand
+            if time.monotonic() > give_up:
+                sys.exit(3)
+            time.sleep(0.01)  # this process plays the user's notebook, which retries by hand
     print("holding", flush=True)
     con.execute("SELECT count(*) FROM orders").fetchone()
     time.sleep(hold)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import numbers
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -20,6 +21,7 @@ import pandas as pd
 from kit.brokers.base import Broker
 from kit.model import (
     Accepted,
+    BrokerEvent,
     BrokerNotice,
     Cancelled,
     Commission,
@@ -53,8 +55,9 @@ def reference_prices(prices: Mapping[str, float] | pd.DataFrame | pd.Series | No
     if isinstance(prices, pd.DataFrame):
         if {"symbol", "price"} <= set(prices.columns):
             return {str(s): float(p) for s, p in prices.groupby("symbol")["price"].last().items()}
+        # numbers.Real, not int | float: a row mixing a text column with integer prices holds numpy ints
         return {str(s): float(p) for s, p in prices.ffill().iloc[-1].dropna().items()
-                if isinstance(p, int | float)}
+                if isinstance(p, numbers.Real) and not isinstance(p, bool)}
     return {str(symbol): float(price) for symbol, price in dict(prices).items()}
 
 
@@ -64,7 +67,16 @@ class _Working:
     number: int
     chunks: list[float]
     fills_sent: int = 0
-    cancelled: bool = False
+    cancelled: bool = False  # cancelled or rejected: it fills no more
+    # The fills scheduled on the loop belong to one generation; a new schedule (the market came back,
+    # a new session) retires the old one, so a chunk is never scheduled twice.
+    generation: int = 0
+    scheduled: bool = False
+    sent: list[BrokerEvent] = field(default_factory=list)  # everything told about it, replayed by sync
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or self.fills_sent == len(self.chunks)
 
 
 class MockBroker(Broker):
@@ -99,6 +111,11 @@ class MockBroker(Broker):
 
     async def connect(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Resting orders live on across sessions: fills scheduled on an earlier, closed loop never ran,
+        # and the market may have moved in between (set_price while disconnected).
+        for working in self.orders.values():
+            working.scheduled = False
+            self._maybe_fill(working)
 
     async def close(self) -> None:
         self._loop = None
@@ -107,10 +124,13 @@ class MockBroker(Broker):
         return self.prices.get(symbol)
 
     def set_price(self, symbol: str, price: float) -> None:
-        """Move the market: resting LMT orders that the new price reaches start filling."""
+        """Move the market: resting LMT orders that the new price reaches start filling. While no session
+        is connected the price just moves; the orders it reaches fill when the next session connects."""
         self.prices[symbol] = float(price)
+        if self._loop is None:
+            return
         for working in self.orders.values():
-            if working.intent.symbol == symbol and not working.cancelled and working.fills_sent == 0:
+            if working.intent.symbol == symbol:
                 self._maybe_fill(working)
 
     async def submit(self, order: OrderIntent) -> None:
@@ -121,21 +141,22 @@ class MockBroker(Broker):
         working = _Working(order, number, _split(order.quantity, self.partial_fills, rng))
         self.orders[order.client_order_id] = working
         if order.symbol not in self.prices:
-            self._later(0, Rejected(order.client_order_id, self._now(), "price_unavailable"))
+            self._tell(working, Rejected(order.client_order_id, self._now(), "price_unavailable"))
             working.cancelled = True
             return
-        self._later(0, Accepted(order.client_order_id, self._now(), broker_order_id=str(len(self.submitted)),
-                                perm_id=str(number)))
+        self._tell(working, Accepted(order.client_order_id, self._now(),
+                                     broker_order_id=str(len(self.submitted)), perm_id=str(number)))
         self._maybe_fill(working)
 
     async def cancel(self, client_order_id: str) -> None:
         working = self.orders.get(client_order_id)
-        if working is None or working.cancelled or working.fills_sent == len(working.chunks):
-            self._later(0, BrokerNotice(self._now(), "not_working", "cancel of an order that is not working",
-                                        client_order_id))
+        if working is None or working.done:
+            notice = BrokerNotice(self._now(), "not_working", "cancel of an order that is not working",
+                                  client_order_id)
+            self._call(0, self.emit, notice)
             return
         working.cancelled = True
-        self._later(0, Cancelled(client_order_id, self._now(), "cancelled by request"))
+        self._tell(working, Cancelled(client_order_id, self._now(), "cancelled by request"))
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         price = self.prices.get(order.symbol)
@@ -145,12 +166,17 @@ class MockBroker(Broker):
                 "commission": self.commission(order.quantity, price)}
 
     async def sync(self, orders: Iterable[Order]) -> set[str]:
-        """A mock broker's memory lives in this object: a new process knows nothing of earlier orders."""
+        """Replay everything this broker told about these orders (acks, fills, commissions, cancels), as
+        Broker.sync promises: events the last session never received are delivered now, and the rest are
+        recognised as duplicates. A mock broker's memory lives in this object: a new process knows nothing
+        of earlier orders."""
         known = set()
         for order in orders:
             working = self.orders.get(order.client_order_id)
             if working is not None:
                 known.add(order.client_order_id)
+                for event in list(working.sent):
+                    self.emit(event)
         return known
 
     def _marketable(self, intent: OrderIntent) -> bool:
@@ -160,22 +186,33 @@ class MockBroker(Broker):
         return price <= intent.limit_price if intent.side is Side.BUY else price >= intent.limit_price
 
     def _maybe_fill(self, working: _Working) -> None:
-        if not self._marketable(working.intent):
+        """Schedule the chunks still to fill, once: a second price move while they wait adds nothing."""
+        if working.done or working.scheduled or not self._marketable(working.intent):
             return
-        for index in range(len(working.chunks)):
-            self._later(self.latency * (index + 1), working, index)
+        working.scheduled = True
+        working.generation += 1
+        for step, index in enumerate(range(working.fills_sent, len(working.chunks)), start=1):
+            self._call(self.latency * step, self._fill, working, index, working.generation)
 
-    def _later(self, delay: float, what: object, index: int | None = None) -> None:
+    def _tell(self, working: _Working, event: BrokerEvent) -> None:
+        working.sent.append(event)
+        self._call(0, self.emit, event)
+
+    def _call(self, delay: float, callback: Callable[..., None], *args: object) -> None:
         assert self._loop is not None, "MockBroker used before connect()"
-        callback = self._fill if isinstance(what, _Working) else self.emit
-        args = (what, index) if isinstance(what, _Working) else (what,)
         if delay > 0:
             self._loop.call_later(delay, callback, *args)
         else:
             self._loop.call_soon(callback, *args)
 
-    def _fill(self, working: _Working, index: int) -> None:
-        if working.cancelled:
+    def _fill(self, working: _Working, index: int, generation: int) -> None:
+        if generation != working.generation or working.done or index != working.fills_sent:
+            return
+        if not self._marketable(working.intent):
+            # The market moved away from the limit before this fill: a limit order never fills through
+            # its limit. It rests until set_price reaches the limit again.
+            working.scheduled = False
+            working.generation += 1
             return
         intent = working.intent
         price = self.prices[intent.symbol]
@@ -183,10 +220,14 @@ class MockBroker(Broker):
         exec_id = f"mock.{working.number:08x}.{index + 1:02d}.01"
         at = self._now()
         working.fills_sent += 1
-        self.emit(Execution(Fill(exec_id, intent.client_order_id, quantity, price, at,
-                                 currency=intent.currency, exchange="MOCK"), at))
-        self.emit(Commission(exec_id, self.commission(quantity, price), intent.currency, at,
-                             intent.client_order_id))
+        if working.done:
+            working.scheduled = False
+        for event in (Execution(Fill(exec_id, intent.client_order_id, quantity, price, at,
+                                     currency=intent.currency, exchange="MOCK"), at),
+                      Commission(exec_id, self.commission(quantity, price), intent.currency, at,
+                                 intent.client_order_id)):
+            working.sent.append(event)
+            self.emit(event)
 
     @staticmethod
     def _now() -> datetime:
