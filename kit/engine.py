@@ -450,6 +450,11 @@ class Engine:
             raise PayloadConflictError(
                 f"run_key {self.plan.run_key!r} already has these orders with a different payload; nothing "
                 "was sent. Use a new run_key for a new plan.\n" + "\n".join(conflicts))
+        taken = self.ledger.owners([i.client_order_id for i in self.plan.orders], self.run_id)
+        if taken:  # e.g. run key "x" with symbol "A-B" and run key "x-A" with symbol "B"
+            raise PayloadConflictError(
+                "these client_order_ids already belong to other runs; nothing was sent. Use another "
+                "run_key.\n" + "\n".join(f"  {coid}: run {run}" for coid, run in sorted(taken.items())))
 
     def _start_run(self, kind: str | None, resuming: bool) -> None:
         now = utcnow()

@@ -352,3 +352,14 @@ def test_a_cancel_the_broker_never_confirms_is_reported(db):
     assert any("not confirmed" in note for note in run.notes)
     assert "cancel_unconfirmed" in kit.ledger(db).events(run.run_id)["kind"].tolist()
     assert run.status == "failed"
+
+
+def test_an_id_another_run_holds_is_refused_not_overwritten(db):
+    """Run key "x" with symbol "A-B" and run key "x-A" with symbol "B" both make "x-A-B-BUY"."""
+    first = kit.execute(pd.DataFrame({"symbol": ["A-B"], "side": ["BUY"], "quantity": [1]}), run_key="x",
+                        db=db, prices={"A-B": 10.0})
+    with pytest.raises(PayloadConflictError, match="belong to other runs"):
+        kit.execute(pd.DataFrame({"symbol": ["B"], "side": ["BUY"], "quantity": [1]}), run_key="x-A", db=db,
+                    prices={"B": 10.0})
+    orders = kit.ledger(db).orders()
+    assert list(orders["run_id"]) == [first.run_id] and list(orders["symbol"]) == ["A-B"]
