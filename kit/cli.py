@@ -69,9 +69,16 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_tca(args: argparse.Namespace) -> int:
+    """`kit tca`: which run first (without --run it is the latest, so say which), then its costs."""
     from kit.api import tca
 
-    print(tca(args.run, args.db))
+    ledger = _ledger(args)
+    run_id = ledger.resolve_run(args.run)
+    row = ledger.query("SELECT run_key, broker, status, started_at FROM runs WHERE run_id = ?",
+                       [run_id]).iloc[0]
+    print(f"run {row['run_key']} ({run_id}) on {row['broker'] or 'no broker'}: {row['status']}, "
+          f"started {str(row['started_at'])[:19]} UTC\n")
+    print(tca(run_id, args.db))
     return 0
 
 
@@ -171,9 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     halt.add_argument("reason", nargs="*", help="why, recorded in the halt file")
     halt.add_argument("--clear", action="store_true", help="allow submissions again")
     halt.add_argument("--status", action="store_true", help="say whether submissions are halted")
-    from kit import runner
+    from kit import reconcile, runner
 
     runner.register(commands)
+    reconcile.register(commands)
     add("schedule", cmd_schedule, "run notebooks on market time: kit schedule FILE [--once] [--state PATH]")
     add("gateway", cmd_gateway, "the simulated IB gateway: kit gateway [--port N] [--seed N] [-- CMD ...]")
     return parser

@@ -122,9 +122,53 @@ class TcaResult:
         )
 
     def __str__(self) -> str:
+        """Plain text for ``kit tca`` and ``print``. Sixteen metrics side by side overflow a terminal, so the
+        summary is transposed (one row per metric, one column per currency), and the per-order table keeps
+        the columns a reviewer reads first under short headers; ``.summary`` and ``.orders`` keep everything.
+        Each number is formatted for its unit, and an unknown one reads ``n/a`` rather than a bare NaN."""
+
+        def text(column: str, value: float | str) -> str:
+            if isinstance(value, str):
+                return value
+            if pd.isna(value):
+                return "n/a"
+            number = float(value) + 0.0  # + 0.0 turns -0.0 into 0.0: no "-0.00"
+            if column == "fill_ratio":
+                return f"{number:.1%}"
+            if column.endswith("_bps"):
+                return f"{number:,.2f}"
+            if column.endswith("_s"):  # latencies: milliseconds are the resolution that matters
+                return f"{number:,.3f}"
+            if column in ("orders", "filled_orders", "fills") or "quantity" in column:
+                return f"{number:,.10g}"  # whole shares stay whole, fractional ones keep their digits
+            if "price" in column:
+                return f"{number:,.4f}"
+            return f"{number:,.2f}"  # money, in the currency of its column or row
+
+        if self.orders.empty:
+            return "TCA: no orders in this run"
+        summary = pd.DataFrame(
+            {currency: [text(metric, row[metric]) for metric in self.summary.columns]
+             for currency, row in self.summary.iterrows()},
+            index=self.summary.columns,
+        )  # fmt: skip
+        shown = {
+            "symbol": "symbol", "side": "side", "status": "status", "currency": "ccy", "quantity": "qty",
+            "filled_quantity": "filled", "avg_fill_price": "avg_price", "decision_price": "decision",
+            "arrival_price": "arrival", "slippage_decision_bps": "slip_dec_bps",
+            "slippage_arrival_bps": "slip_arr_bps", "shortfall": "shortfall", "commission": "commission",
+        }  # fmt: skip
+        orders = pd.DataFrame(
+            {short: [text(column, value) for value in self.orders[column]]
+             for column, short in shown.items()},
+            index=self.orders.index.rename(None),  # a name would cost the table an empty header line
+        )  # fmt: skip
         return (
-            f"TCA summary (per currency)\n{self.summary.to_string()}\n\n"
-            f"TCA per order\n{self.orders.to_string()}"
+            "TCA summary, one column per currency (slippage and costs are positive when they cost)\n"
+            f"{summary.to_string()}\n\n"
+            "TCA per order (slip_dec/arr_bps: slippage versus the decision/arrival price; "
+            "shortfall = execution cost + commission)\n"
+            f"{orders.to_string()}"
         )
 
 
