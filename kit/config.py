@@ -1,7 +1,11 @@
-"""Configuration from the environment, optionally from a `kit.toml` in the working directory.
+"""Configuration from the environment, optionally from a `kit.toml` at the project's root.
 
 The environment wins over the file, so a scheduled job can override a team-wide file. Secrets never live
 here: IB credentials stay in TWS / IB Gateway, never in kit, a notebook or the ledger.
+
+Relative paths (the default ledger `data/kit.duckdb`, the halt file, kit.toml) are taken from the project
+root: the nearest directory at or above the working directory that holds a kit.toml or pyproject.toml. A
+notebook that JupyterLab runs from `notebooks/` must write to the same ledger as `make demo` at the root.
 """
 
 from __future__ import annotations
@@ -15,8 +19,16 @@ from typing import Any
 DEFAULT_DB = "data/kit.duckdb"
 
 
+def project_root() -> Path:
+    here = Path.cwd()
+    for directory in (here, *here.parents):
+        if (directory / "kit.toml").is_file() or (directory / "pyproject.toml").is_file():
+            return directory
+    return here
+
+
 def _file_settings() -> dict[str, Any]:
-    path = Path(os.environ.get("KIT_CONFIG", "kit.toml"))
+    path = Path(os.environ.get("KIT_CONFIG", project_root() / "kit.toml"))
     if not path.is_file():
         return {}
     with path.open("rb") as handle:
@@ -40,7 +52,8 @@ def truthy(value: Any) -> bool:
 
 
 def db_path(db: str | os.PathLike[str] | None = None) -> Path:
-    return Path(db if db is not None else setting("KIT_DB", DEFAULT_DB))
+    path = Path(db if db is not None else setting("KIT_DB", DEFAULT_DB))
+    return path if db is not None or path.is_absolute() else project_root() / path
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,8 @@ class IBSettings:
 
 
 def halt_file() -> Path:
-    return Path(setting("KIT_HALT_FILE", "data/HALT"))
+    path = Path(setting("KIT_HALT_FILE", "data/HALT"))
+    return path if path.is_absolute() else project_root() / path
 
 
 def halted() -> str | None:
