@@ -158,6 +158,37 @@ class Batch:
         return len(self.events)
 
 
+# A batch of up to this many rows per table goes in as one list per column (unnest) instead of a DataFrame:
+# registering a DataFrame costs milliseconds however few its rows, which is most of a small batch's latency.
+SMALL_BATCH = 256
+
+
+def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple],
+                  replace: bool) -> None:
+    """INSERT OR REPLACE / OR IGNORE of a few rows, keyed by the first column, with the same result as the
+    DataFrame path: NaN is stored as NULL, a row replaces its key's row whole, a known key is skipped.
+    DuckDB's ON CONFLICT costs more per statement than finding the keys first, so the keys are looked up
+    (or deleted) and the rest is a plain INSERT."""
+    key = columns[0]
+    keys = [row[0] for row in rows]
+    if replace:
+        con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT unnest(?))", [keys])
+    else:
+        taken = {k for (k,) in con.execute(f"SELECT {key} FROM {table} WHERE {key} IN (SELECT unnest(?))",
+                                           [keys]).fetchall()}
+        fresh = []
+        for row in rows:  # like OR IGNORE: the first of a repeated key wins
+            if row[0] not in taken:
+                taken.add(row[0])
+                fresh.append(row)
+        rows = fresh
+        if not rows:
+            return
+    values = [[None if v != v else v for v in column] for column in zip(*rows, strict=True)]  # NaN -> NULL
+    unnests = ", ".join(f"unnest(${i})" for i in range(1, len(columns) + 1))
+    con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {unnests}", values)
+
+
 def event_row(event_id: str, run_id: str, client_order_id: str | None, seq: int, at: datetime,
               kind: str, status: str | None, detail: dict[str, Any]) -> tuple:
     return (event_id, run_id, client_order_id, seq, at, kind, status, json.dumps(detail, default=str))
@@ -298,6 +329,12 @@ class Ledger:
                                      "client_order_id", [run_id])
         ]
 
+    def owners(self, client_order_ids: list[str], run_id: str) -> dict[str, str]:
+        """The ids among these that another run already holds: ids are keys across the whole ledger."""
+        rows = self.con.execute("SELECT client_order_id, run_id FROM orders WHERE client_order_id IN "
+                                "(SELECT unnest(?)) AND run_id <> ?", [client_order_ids, run_id]).fetchall()
+        return dict(rows)
+
     def next_seq(self, run_id: str) -> int:
         return self.con.execute("SELECT coalesce(max(seq), 0) + 1 FROM order_events WHERE run_id = ?",
                                 [run_id]).fetchone()[0]
@@ -347,6 +384,9 @@ class Ledger:
     @staticmethod
     def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple],
                 verb: str) -> None:
+        if len(rows) <= SMALL_BATCH and verb in ("INSERT OR IGNORE", "INSERT OR REPLACE"):
+            _insert_small(con, table, columns, rows, verb == "INSERT OR REPLACE")
+            return
         frame = pd.DataFrame.from_records(rows, columns=list(columns))
         con.register("_kit_batch", frame)
         try:
@@ -379,7 +419,8 @@ class Ledger:
         finally:
             con.close()
 
-    def _read_only(self, wait: float = 10.0) -> duckdb.DuckDBPyConnection:
+    def _read_only(self) -> duckdb.DuckDBPyConnection:
+        wait = float(setting("KIT_LEDGER_READ_WAIT", 10))
         deadline, delay = time.monotonic() + wait, 0.05
         while True:
             try:
