@@ -79,6 +79,8 @@ def test_basket_fills_with_commissions_and_ledger_matches_gateway(library, gatew
     assert {f["exec_id"]: f["quantity"] for f in fills} == gateway_executions(gateway)
     assert all(f["commission"] and f["commission"] > 0 for f in fills)
     assert len(fills) > len(orders)  # the gateway fills in partial slices
+    submitted = {o["client_order_id"]: o["submitted_at"] for o in orders.values()}
+    assert all(f["time"] >= submitted[f["client_order_id"]] for f in fills)  # latencies are never negative
     # orderRef carries the client_order_id to IB, once per order
     placed = gateway.call(lambda: [o.order_ref for o in gateway.state.orders.values()])
     assert sorted(placed) == sorted(orders)

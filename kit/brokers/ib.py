@@ -11,7 +11,7 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
@@ -203,11 +203,15 @@ class IBBroker(Broker):
 
     def _exec_details(self, req_id: int, contract: Any, execution: Any) -> list[BrokerEvent]:
         now = _now()
+        stamped = naive_utc(execution.time, now)
+        # IB stamps executions to the second. A live fill received within that second happened between the
+        # stamp and its receipt: the receipt time is the closer estimate, and fill latencies stay honest.
+        time = now if timedelta(0) <= now - stamped < timedelta(seconds=1) else stamped
         return self.translator.execution(
             exec_id=execution.execId, order_id=execution.orderId, perm_id=execution.permId,
             client_id=execution.clientId, order_ref=execution.orderRef or "", shares=execution.shares,
-            price=execution.price, time=naive_utc(execution.time, now), currency=contract.currency,
-            exchange=execution.exchange, at=now)
+            price=execution.price, time=time, currency=contract.currency, exchange=execution.exchange,
+            at=now)
 
     def _commission_report(self, report: Any) -> list[BrokerEvent]:
         return self.translator.commission(report.execId, report.commission, report.currency, _now())
