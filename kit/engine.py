@@ -334,6 +334,8 @@ class Engine:
         for order in orders:
             if order.client_order_id in known:
                 self.open.add(order.client_order_id)
+            elif order.status is Status.CANCELLED:
+                continue  # asked about only for late fills; a broker that forgot it has none to give
             elif (self.broker.sync_is_complete and not order.fills and order.status is Status.NEW
                   and order.submitted_at is not None and order.submitted_at.date() == now.date()):
                 self.recorder.order(order, "resend", now, reason="the broker has no record of this order")
@@ -344,6 +346,7 @@ class Engine:
                 self.notes.append(f"{order.client_order_id} was sent earlier but the broker does not list "
                                   "it; it was not sent again")
         self._drain()
+        self.open = {c for c in self.open if _unsettled(self.book.orders[c])}  # a cancelled one may be done
         self.recorder.flush()
         return resend
 

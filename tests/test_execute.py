@@ -363,3 +363,14 @@ def test_an_id_another_run_holds_is_refused_not_overwritten(db):
                     prices={"B": 10.0})
     orders = kit.ledger(db).orders()
     assert list(orders["run_id"]) == [first.run_id] and list(orders["symbol"]) == ["A-B"]
+
+
+def test_rerunning_a_run_with_a_cancelled_order_flags_nothing_and_sends_nothing(db):
+    lmt = pd.DataFrame({"symbol": ["AAPL"], "side": ["BUY"], "quantity": [10], "order_type": ["LMT"],
+                        "limit_price": [1.0]})
+    first = kit.execute(lmt, broker=MockBroker(prices={"AAPL": 190.0}), run_key="cx", db=db, timeout=0.1)
+    assert list(first.orders["status"]) == ["CANCELLED"]
+    fresh = MockBroker(prices={"AAPL": 190.0})  # a new process: the mock has forgotten the order
+    again = kit.execute(lmt, broker=fresh, run_key="cx", db=db, timeout=0.1)
+    assert fresh.submitted == [] and list(again.orders["status"]) == ["CANCELLED"]
+    assert not any("does not list" in note for note in again.notes)
