@@ -255,3 +255,26 @@ def test_a_withheld_exec_details_end_does_not_stop_a_resume_and_nothing_is_resen
     assert by_id(again)["ib-test-AAPL-BUY"]["status"] == "CANCELLED"  # found, followed, cancelled at IB
     placed = gateway.call(lambda: dict(gateway.state.placements))
     assert all(n == 1 for n in placed.values())
+
+
+def test_a_large_basket_never_sends_ib_more_than_50_messages_a_second(gateway, tmp_path):
+    symbols = [i.symbol for i in gateway.gateway.config.instruments if i.currency == "USD"]
+    count = 120
+    targets = {"symbol": [symbols[n % len(symbols)] for n in range(count)], "side": ["BUY"] * count,
+               "quantity": list(range(1, count + 1))}
+    result = drive("ib_async", gateway, tmp_path, targets, timeout=30)
+    assert result["status"] == "done" and len(result["orders"]) == count
+    assert gateway.call(gateway.state.max_inbound_rate) <= 50
+
+
+def test_the_sample_notebook_runs_on_ib_under_papermill(gateway, tmp_path, monkeypatch):
+    from kit.runner import execute_notebook
+
+    monkeypatch.setenv("KIT_IB_PORT", str(gateway.port))
+    monkeypatch.setenv("KIT_IB_CLIENT_ID", "41")
+    result = execute_notebook(ROOT / "notebooks" / "momentum.ipynb", {"broker": "ib"}, run_key="nb-ib",
+                              db=tmp_path / "kit.duckdb", execution_timeout=120, dry_run=False,
+                              runs_dir=tmp_path / "runs")
+    assert result.status == "done", (result.error_name, result.error)
+    placed = gateway.call(lambda: dict(gateway.state.placements))
+    assert placed and all(ref.startswith("nb-ib-") and n == 1 for ref, n in placed.items())
