@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import numbers
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +31,7 @@ from kit.model import (
     Rejected,
     Side,
 )
+from kit.slicing import split
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class MockBroker(Broker):
         # Ids unique across runs and processes (fills are keyed by exec_id in the ledger), same every time.
         number = int(hashlib.sha256(order.client_order_id.encode()).hexdigest()[:8], 16)
         rng = random.Random(f"{self.seed}:{order.client_order_id}")
-        working = _Working(order, number, _split(order.quantity, self.partial_fills, rng))
+        working = _Working(order, number, split(order.quantity, _pieces(self.partial_fills, rng), rng))
         self.orders[order.client_order_id] = working
         if order.symbol not in self.prices:
             self._tell(working, Rejected(order.client_order_id, self._now(), "price_unavailable"))
@@ -234,11 +234,6 @@ class MockBroker(Broker):
         return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _split(quantity: float, pieces: int | tuple[int, int], rng: random.Random) -> list[float]:
-    """Split a whole quantity into 1..n whole pieces, deterministically from rng."""
-    count = rng.randint(*pieces) if isinstance(pieces, tuple) else pieces
-    count = max(1, min(int(count), int(quantity)))
-    cuts = sorted(rng.sample(range(1, int(quantity)), count - 1)) if count > 1 else []
-    bounds = [0, *cuts, int(quantity)]
-    return [float(b - a) for a, b in itertools.pairwise(bounds)]
-
+def _pieces(pieces: int | tuple[int, int], rng: random.Random) -> int:
+    """partial_fills as a count, or a (min, max) range drawn from the order's own rng."""
+    return rng.randint(*pieces) if isinstance(pieces, tuple) else pieces

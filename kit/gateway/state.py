@@ -22,6 +22,7 @@ from datetime import datetime
 
 from kit.gateway.config import GatewayConfig
 from kit.gateway.instruments import UNKNOWN_CONTRACT, ContractSpec, Instrument, Market, round_price
+from kit.slicing import split
 
 WORKING = frozenset({"PreSubmitted", "Submitted"})
 
@@ -40,6 +41,8 @@ class OrderRequest:
     account: str = ""
     order_ref: str = ""
     transmit: bool = True
+    #: IB's what-if: check the order and estimate its margin and commission; no order is created.
+    what_if: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,19 @@ class Execution:
 
 
 @dataclass(frozen=True)
+class WhatIf:
+    """A what-if order's estimate, what IB's OrderState carries: margins and equity with loan of the account
+    before and after the order, in its base currency (USD, other currencies at ``fx``), and the commission
+    in the instrument's currency. ``order`` is the order as it would be placed; it is never booked."""
+
+    order: Order
+    init_margin: tuple[float, float]  # (before, after)
+    maint_margin: tuple[float, float]
+    equity_with_loan: tuple[float, float]
+    commission: float
+
+
+@dataclass(frozen=True)
 class ExecFilter:
     """reqExecutions' filter; empty fields (and client_id 0) match everything."""
 
@@ -190,16 +206,6 @@ class RateMeter:
         while t - self._times[0] >= self.window:
             self._times.popleft()
         self.max_per_window = max(self.max_per_window, len(self._times))
-
-
-def split(quantity: float, parts: int, rng: random.Random) -> list[float]:
-    """Split a quantity into at most ``parts`` whole-share slices of seeded random size."""
-    whole = int(quantity)
-    if whole != quantity or whole < 2 or parts < 2:
-        return [quantity]
-    cuts = sorted(rng.sample(range(1, whole), min(parts, whole) - 1))
-    bounds = [0, *cuts, whole]
-    return [float(b - a) for a, b in itertools.pairwise(bounds)]
 
 
 class Book:
@@ -268,17 +274,9 @@ class Book:
 
     def account_values(self, account: str) -> list[tuple[str, str, str]]:
         """(tag, value, currency) rows for reqAccountUpdates and account summaries; totals in USD."""
-        cash = {"USD": self.config.cash}
-        for e in self.effective_executions():
-            if e.order.account == account:
-                cur = e.order.instrument.currency
-                cash[cur] = cash.get(cur, 0.0) - e.order.sign * e.shares * e.price - e.commission
+        cash, held = self._holdings(account)
         fx = self.config.fx
-        values = [
-            p.quantity * self.market.price(p.instrument) * fx[p.instrument.currency]
-            for p in self.positions()
-            if p.account == account
-        ]
+        values = held.values()
         gross, net = sum(map(abs, values)), sum(values)
         total_cash = sum(v * fx[cur] for cur, v in cash.items())
         rows = [("CashBalance", f"{v:.2f}", cur) for cur, v in sorted(cash.items())]
@@ -291,6 +289,21 @@ class Book:
             ("BuyingPower", f"{4 * (total_cash + net):.2f}", "USD"),
         ]
         return rows
+
+    def _holdings(self, account: str) -> tuple[dict[str, float], dict[int, float]]:
+        """An account's cash per currency, and the USD market value of each of its positions by conId."""
+        cash = {"USD": self.config.cash}
+        for e in self.effective_executions():
+            if e.order.account == account:
+                cur = e.order.instrument.currency
+                cash[cur] = cash.get(cur, 0.0) - e.order.sign * e.shares * e.price - e.commission
+        fx = self.config.fx
+        held = {
+            p.instrument.con_id: p.quantity * self.market.price(p.instrument) * fx[p.instrument.currency]
+            for p in self.positions()
+            if p.account == account
+        }
+        return cash, held
 
     # orders
 
@@ -309,7 +322,21 @@ class Book:
         if inst is None:
             return Rejection(200, UNKNOWN_CONTRACT)
         perm_id = next(self._perm_ids)
-        order = Order(
+        order = self._new_order(client_id, req, inst, perm_id)
+        self.orders[perm_id] = order
+        self._by_client_id[client_id, req.order_id] = order
+        problem = self._check(order)
+        if problem is not None:
+            code, message = problem
+            self._finish(order, reject_status, f"Rejected: {message}")
+            return Rejection(code, message, order)
+        order.slices = split(order.quantity, self.config.partial_fills, order.rng)
+        if order.tif == "IOC" and order.transmit and not self.marketable(order):
+            self._finish(order, "Cancelled", "Cancelled: IOC order not marketable on arrival")
+        return order
+
+    def _new_order(self, client_id: int, req: OrderRequest, inst: Instrument, perm_id: int) -> Order:
+        return Order(
             perm_id=perm_id,
             client_id=client_id,
             order_id=req.order_id,
@@ -327,17 +354,44 @@ class Book:
             created=self.clock(),
             rng=random.Random(self.config.seed * 1_000_003 + perm_id),
         )
-        self.orders[perm_id] = order
-        self._by_client_id[client_id, req.order_id] = order
+
+    def what_if(self, client_id: int, req: OrderRequest) -> WhatIf | Rejection:
+        """IB's what-if: the checks of a placement (200, 201, 10311), then an estimate. The book is left as
+        it was: no order, no permId, no order id used, no placement counted, nothing fills.
+
+        Margin is ``init_margin_rate``/``maint_margin_rate`` of the account's gross position value at the
+        simulated prices, before and with the order (so an order that reduces a position frees margin);
+        equity with loan is cash plus positions, and the order changes it only by its commission."""
+        inst = self.market.resolve(req.contract)
+        if inst is None:
+            return Rejection(200, UNKNOWN_CONTRACT)
+        order = self._new_order(client_id, req, inst, perm_id=0)
+        order.status = "PreSubmitted"  # what IB reports for a what-if
         problem = self._check(order)
         if problem is not None:
-            code, message = problem
-            self._finish(order, reject_status, f"Rejected: {message}")
-            return Rejection(code, message, order)
-        order.slices = split(order.quantity, self.config.partial_fills, order.rng)
-        if order.tif == "IOC" and order.transmit and not self.marketable(order):
-            self._finish(order, "Cancelled", "Cancelled: IOC order not marketable on arrival")
-        return order
+            return Rejection(*problem)
+        cash, held = self._holdings(order.account)
+        fx = self.config.fx
+        delta = order.sign * order.quantity * self.market.price(inst) * fx[inst.currency]
+        after = {**held, inst.con_id: held.get(inst.con_id, 0.0) + delta}
+        gross = (sum(map(abs, held.values())), sum(map(abs, after.values())))
+        equity = sum(v * fx[cur] for cur, v in cash.items()) + sum(held.values())
+        commission = self.commission(order.quantity)
+
+        def margin(rate: float) -> tuple[float, float]:
+            return round(rate * gross[0], 2), round(rate * gross[1], 2)
+
+        return WhatIf(
+            order=order,
+            init_margin=margin(self.config.init_margin_rate),
+            maint_margin=margin(self.config.maint_margin_rate),
+            equity_with_loan=(round(equity, 2), round(equity - commission * fx[inst.currency], 2)),
+            commission=commission,
+        )
+
+    def commission(self, shares: float) -> float:
+        """The commission of one execution (or of a whole what-if order): per share, with a minimum."""
+        return round(max(self.config.min_commission, self.config.commission_per_share * shares), 2)
 
     def drop(self, client_id: int, req: OrderRequest) -> None:
         """Swallow a request (the drop_orders fault): counted as placed, but nothing else happens."""
@@ -430,7 +484,7 @@ class Book:
         else:
             exec_id = corrects.exec_id[:-2] + "02"
             self._superseded.add(corrects.exec_id)
-        commission = round(max(self.config.min_commission, self.config.commission_per_share * shares), 2)
+        commission = self.commission(shares)
         pnl = self._position(self._fold(), order).apply(order.sign * shares, price)
         fills = [f for f in order.fills if f is not corrects]
         cum_qty = sum(f.shares for f in fills) + shares
