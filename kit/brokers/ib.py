@@ -314,7 +314,11 @@ class IBBroker(Broker):
         contract = self.contracts.get(self._contract_key(order))
         if contract is None:
             return {"warning": self.contract_errors.get(order.symbol, "no security definition found")}
-        state = await self.ib.whatIfOrderAsync(contract, self._ib_order(order))
+        try:  # an unanswered what-if must not hang the dry run
+            state = await asyncio.wait_for(self.ib.whatIfOrderAsync(contract, self._ib_order(order)),
+                                           self.ack_timeout)
+        except TimeoutError:
+            return {"warning": f"IB gave no what-if answer within {self.ack_timeout:g}s"}
         if not state:
             return {"warning": "IB gave no what-if answer"}
         fields = ("initMarginChange", "maintMarginChange", "equityWithLoanChange", "commission",

@@ -46,6 +46,9 @@ class GatewayConfig:
     fill_latency: float = 0.01
     commission_per_share: float = 0.005
     min_commission: float = 1.0
+    #: What-if margin: these fractions of the account's gross position value (initial, maintenance).
+    init_margin_rate: float = 0.25
+    maint_margin_rate: float = 0.20
     #: Starting cash of each account, in USD.
     cash: float = 1_000_000.0
     #: Value of one unit of each currency in USD, for account totals.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from kit.gateway import messages as m
 from kit.gateway.instruments import UNKNOWN_CONTRACT, ContractSpec, Instrument
 from kit.gateway.protocol import Fields, RequestError, parse_exec_filter, parse_mkt_data, parse_place_order
-from kit.gateway.state import Execution, Order, Rejection
+from kit.gateway.state import Execution, Order, OrderRequest, Rejection
 
 if TYPE_CHECKING:
     from kit.gateway.server import Connection, Gateway
@@ -152,6 +152,9 @@ class Handlers:
     def placeOrder(self, conn: Connection, fields: list[str]) -> None:
         assert conn.client_id is not None
         req = parse_place_order(fields)
+        if req.what_if:
+            self._what_if(conn, req)
+            return
         faults = self.gw.faults
         if faults.drops(req.order_ref, self._rng):
             log.info("fault drop_orders: dropping order %s (%s)", req.order_id, req.order_ref)
@@ -166,6 +169,16 @@ class Handlers:
             return
         self._send_order(result)
         self._schedule(result)
+
+    def _what_if(self, conn: Connection, req: OrderRequest) -> None:
+        """A what-if is a question, not an order: checked like one, answered to the asking connection with one
+        what-if openOrder (or the error a placement would get), and nothing is booked, filled or counted.
+        Order faults (drop_orders, inactive_after_reject) do not apply to it."""
+        assert conn.client_id is not None
+        result = self.book.what_if(conn.client_id, req)
+        if isinstance(result, Rejection):
+            raise RequestError(req.order_id, result.code, result.message)
+        self.gw.send(conn, m.open_order(result.order, result))
 
     def _send_order(self, order: Order) -> None:
         self.gw.send_to_client(order.client_id, m.open_order(order))

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from kit.gateway.instruments import Instrument
-from kit.gateway.protocol import encode, format_time
-from kit.gateway.state import Execution, Order, Position
+from kit.gateway.protocol import UNSET_DOUBLE, encode, format_time
+from kit.gateway.state import Execution, Order, Position, WhatIf
 
-UNSET_DOUBLE = 1.7976931348623157e308
 #: An unset value of each kind, for readability of the long layouts below.
 UNSET = None
 NO = False
@@ -103,8 +102,10 @@ def tick_snapshot_end(req_id: int) -> Message:
 # orders
 
 
-def open_order(order: Order) -> Message:
-    """openOrder: 128 fields for a plain non-combo order."""
+def open_order(order: Order, estimate: WhatIf | None = None) -> Message:
+    """openOrder: 128 fields for a plain non-combo order. With an ``estimate`` it is the answer to a what-if:
+    whatIf 1 and numeric margin and commission fields (ib_async float()s initMarginChange and completes the
+    what-if request only when it is set)."""
     return _msg(
         "openOrder", 5, order.order_id, *_contract(order.instrument, order.exchange),
         order.action, order.quantity, order.order_type, order.limit_price, UNSET,  # auxPrice
@@ -124,9 +125,8 @@ def open_order(order: Order) -> Message:
         "",  # hedgeType
         NO, "", "", NO, NO,  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld, deltaNeutral
         "",  # algoStrategy
-        NO, NO, order.status,  # solicited, whatIf, status
-        *[""] * 9,  # margins before, change, after
-        UNSET, UNSET, UNSET, "", "",  # commission, min, max, commissionCurrency, warningText
+        NO, estimate is not None, order.status,  # solicited, whatIf, status
+        *_estimate(order, estimate),  # margins before, change, after; commission ... warningText
         NO, NO,  # randomizeSize, randomizePrice
         NONE,  # conditions
         "", UNSET, UNSET, UNSET, UNSET, UNSET, UNSET, 0,  # adjusted order fields
@@ -136,6 +136,18 @@ def open_order(order: Order) -> Message:
         UNSET, UNSET, UNSET, UNSET, UNSET,  # minTradeQty ... midOffsetAtHalf
         tag=order.status,
     )  # fmt: skip
+
+
+def _estimate(order: Order, estimate: WhatIf | None) -> tuple[object, ...]:
+    """openOrder's 14 what-if fields: unset for an order, IB's OrderState values for a what-if."""
+    if estimate is None:
+        return (*[""] * 9, UNSET, UNSET, UNSET, "", "")
+    margins = (estimate.init_margin, estimate.maint_margin, estimate.equity_with_loan)
+    before = [m[0] for m in margins]
+    after = [m[1] for m in margins]
+    change = [round(a - b, 2) for b, a in zip(before, after, strict=True)]
+    fee = estimate.commission
+    return (*before, *change, *after, fee, fee, fee, order.instrument.currency, "")  # warningText
 
 
 def order_status(order: Order) -> Message:

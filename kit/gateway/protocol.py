@@ -22,6 +22,7 @@ from kit.gateway.instruments import ContractSpec
 from kit.gateway.state import ExecFilter, OrderRequest
 
 SERVER_VERSION = 176
+UNSET_DOUBLE = 1.7976931348623157e308
 #: Frames longer than this are treated as a broken stream (IB's own limit is 16 MB).
 MAX_FRAME = 1 << 24
 
@@ -149,6 +150,7 @@ def parse_place_order(fields: list[str]) -> OrderRequest:
     account = r.skip().text()  # after ocaGroup
     order_ref = r.skip(2).text()  # after openClose, origin
     transmit = r.flag()
+    what_if = _read_what_if(r.skip(7), contract.sec_type)  # after parentId ... hidden
     return OrderRequest(
         order_id=order_id,
         contract=contract,
@@ -160,7 +162,38 @@ def parse_place_order(fields: list[str]) -> OrderRequest:
         account=account,
         order_ref=order_ref,
         transmit=transmit,
+        what_if=what_if,
     )
+
+
+def _read_what_if(r: Fields, sec_type: str) -> bool:
+    """Walk placeOrder from field 35 to whatIf, as ``Client.placeOrder`` of both libraries lays it out at
+    176: its position moves with the optional groups (combo legs, delta-neutral order, scale, hedge,
+    delta-neutral contract, algo parameters), so it is found by reading them, not by a fixed index
+    (85 for a plain order). Reading whatIf wrong would make a what-if a real order."""
+    if sec_type == "BAG":
+        r.skip(8 * r.integer())  # combo legs
+        r.skip(r.integer())  # order combo leg prices
+        r.skip(2 * r.integer())  # smart combo routing params
+    r.skip(8)  # sharesAllocation, discretionaryAmt, goodAfterTime, goodTillDate, the 4 fa fields
+    r.skip(22)  # modelCode ... volatilityType
+    if r.text():  # deltaNeutralOrderType
+        r.skip(9)  # deltaNeutralAuxPrice and the 8 delta-neutral order fields
+    else:
+        r.skip()  # deltaNeutralAuxPrice
+    r.skip(6)  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent, scale sizes
+    increment = r.number()  # scalePriceIncrement
+    if increment is not None and 0 < increment < UNSET_DOUBLE:
+        r.skip(7)  # scalePriceAdjustValue ... scaleRandomPercent
+    r.skip(3)  # scaleTable, activeStartTime, activeStopTime
+    if r.text():  # hedgeType
+        r.skip()  # hedgeParam
+    r.skip(4)  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
+    if r.flag():  # deltaNeutralContract present
+        r.skip(3)
+    if r.text():  # algoStrategy
+        r.skip(2 * r.integer())  # algoParams
+    return r.skip().flag()  # after algoId
 
 
 def parse_exec_filter(fields: list[str]) -> tuple[int, ExecFilter]:
