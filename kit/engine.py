@@ -37,7 +37,7 @@ IDLE_RELEASE = 0.25
 LATE_FILL_GRACE = 0.5
 # Broker notices that say what happened to the run as a whole; they go into the run's notes.
 LOGGED_NOTICES = frozenset({"disconnected", "reconnected", "reconnect_failed", "sync_incomplete",
-                            "unacknowledged", "cancel_impossible"})
+                            "unacknowledged", "cancel_impossible", "resent"})
 
 
 def utcnow() -> datetime:

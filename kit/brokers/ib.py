@@ -65,6 +65,8 @@ class IBBroker(Broker):
         self.prices: dict[str, float] = {}
         self._closing = False
         self._tasks: set[asyncio.Future[None]] = set()
+        self._session = 0  # connections made so far; the one an order was placed on is kept with it
+        self._placed: dict[str, tuple[OrderIntent, Any, int]] = {}
         self._up: asyncio.Event | None = None  # set while connected; submits and cancels wait for it
         self._stop: asyncio.Event | None = None
         self.sync_is_complete = True
@@ -107,6 +109,7 @@ class IBBroker(Broker):
         settings = self.settings
         await self.ib.connectAsync(settings.host, settings.port, clientId=settings.client_id,
                                    timeout=settings.connect_timeout, account=settings.account)
+        self._session += 1
         assert self._up is not None
         self._up.set()
 
@@ -144,6 +147,20 @@ class IBBroker(Broker):
             delay = min(delay * 2, 5.0)
         if not self._closing:
             await self._fetch_orders(executions=True)
+            self._replace_lost()
+
+    def _replace_lost(self) -> None:
+        """Orders handed to the client library before the connection dropped may never have left its
+        throttle queue. One that IB, after a complete listing on the new connection, does not know never
+        reached it (IB lists whatever the old connection delivered): it is placed again, once. Orders
+        placed on this connection are not candidates: they may simply be queued still."""
+        if not self.sync_is_complete:
+            return
+        for coid, (order, contract, session) in list(self._placed.items()):
+            if session < self._session and coid not in self.translator.seen:
+                self.emit(BrokerNotice(_now(), "resent", "IB never received this order before the "
+                                       "connection dropped; placed again", coid))
+                self._place(order, contract)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -281,8 +298,12 @@ class IBBroker(Broker):
             self.emit(Rejected(order.client_order_id, _now(), reason))
             return
         await self._ready()
+        self._place(order, contract)
+
+    def _place(self, order: OrderIntent, contract: Any) -> None:
         trade = self.ib.placeOrder(contract, self._ib_order(order))
         self.translator.placed(order.client_order_id, trade.order.orderId)
+        self._placed[order.client_order_id] = (order, contract, self._session)
         asyncio.get_running_loop().call_later(self.ack_timeout, self._check_ack, order.client_order_id)
 
     def _ib_order(self, order: OrderIntent) -> Any:
