@@ -67,6 +67,7 @@ class IBBroker(Broker):
         self._tasks: set[asyncio.Future[None]] = set()
         self._session = 0  # connections made so far; the one an order was placed on is kept with it
         self._placed: dict[str, tuple[OrderIntent, Any, int]] = {}
+        self._listing: asyncio.Future[None] | None = None
         self._up: asyncio.Event | None = None  # set while connected; submits and cancels wait for it
         self._stop: asyncio.Event | None = None
         self.sync_is_complete = True
@@ -304,7 +305,10 @@ class IBBroker(Broker):
         trade = self.ib.placeOrder(contract, self._ib_order(order))
         self.translator.placed(order.client_order_id, trade.order.orderId)
         self._placed[order.client_order_id] = (order, contract, self._session)
-        asyncio.get_running_loop().call_later(self.ack_timeout, self._check_ack, order.client_order_id)
+        # The order leaves the client only when pacing lets it: count its wait in the queue ahead of it.
+        waiting = len(self._placed) - len(self.translator.acknowledged & self._placed.keys())
+        delay = self.ack_timeout + waiting / self.max_messages_per_second
+        asyncio.get_running_loop().call_later(delay, self._check_ack, order.client_order_id)
 
     def _ib_order(self, order: OrderIntent) -> Any:
         if order.order_type == "LMT":
@@ -384,7 +388,18 @@ class IBBroker(Broker):
         return coids & self.translator.seen
 
     async def _fetch_orders(self, executions: bool = False) -> None:
-        """Open and completed orders, and today's executions if asked; the replies flow through the taps."""
+        """Open and completed orders, and today's executions if asked; the replies flow through the taps.
+
+        One listing at a time: IB answers one open-orders and one completed-orders request at once, and
+        lookups of several unacknowledged orders share the listing under way."""
+        if self._listing is not None and not self._listing.done():
+            await asyncio.shield(self._listing)
+            if not executions:
+                return
+        self._listing = asyncio.ensure_future(self._list(executions))
+        await asyncio.shield(self._listing)
+
+    async def _list(self, executions: bool) -> None:
         await self._ready()
         requests = [self.ib.reqAllOpenOrdersAsync(), self.ib.reqCompletedOrdersAsync(False)]
         if executions:
