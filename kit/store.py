@@ -171,11 +171,11 @@ def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str
     (or deleted) and the rest is a plain INSERT."""
     key = columns[0]
     keys = [row[0] for row in rows]
+    where = f"{key} IN ({', '.join('?' * len(keys))})"  # a list of values: looked up in the key's index
     if replace:
-        con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT unnest(?))", [keys])
+        con.execute(f"DELETE FROM {table} WHERE {where}", keys)
     else:
-        taken = {k for (k,) in con.execute(f"SELECT {key} FROM {table} WHERE {key} IN (SELECT unnest(?))",
-                                           [keys]).fetchall()}
+        taken = {k for (k,) in con.execute(f"SELECT {key} FROM {table} WHERE {where}", keys).fetchall()}
         fresh = []
         for row in rows:  # like OR IGNORE: the first of a repeated key wins
             if row[0] not in taken:
@@ -189,9 +189,13 @@ def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str
     con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {unnests}", values)
 
 
+# json.dumps(detail, default=str) builds this encoder on every call, and every event makes a row.
+_detail_json = json.JSONEncoder(default=str).encode
+
+
 def event_row(event_id: str, run_id: str, client_order_id: str | None, seq: int, at: datetime,
               kind: str, status: str | None, detail: dict[str, Any]) -> tuple:
-    return (event_id, run_id, client_order_id, seq, at, kind, status, json.dumps(detail, default=str))
+    return (event_id, run_id, client_order_id, seq, at, kind, status, _detail_json(detail))
 
 
 class Ledger:

@@ -1,0 +1,207 @@
+"""IB pacing: a 500-order basket over 20 symbols through kit's simulated IB gateway, with the real ib_async
+client's throttle on, measured against IB's limit of 50 messages per second.
+
+kit.execute runs the basket on an IBBroker whose `max_messages_per_second` sets ib_async's client throttle
+(`client.MaxRequests` per `client.RequestsInterval` = 1 s). The gateway, in a thread of this process,
+timestamps each message it receives (once it has handled it):
+
+- `orders_per_s`: 500 / (arrival of the 500th placeOrder - the moment kit began submitting, i.e. called
+  `prepare`, which first qualifies the 20 contracts and takes their market-data snapshots: 40 messages);
+- `sustained_orders_per_s`: the least-squares slope of order number against arrival time over orders
+  50..450, once only orders are in flight;
+- `max_inbound_rate`: the gateway's own count of the most messages from this client in any one-second
+  window, handshake and requests included. Above 50 is a pacing violation.
+
+Three configurations, interleaved: kit's default (45 per 1-s window, ib_async's default too) as the
+baseline; `CHOSEN`, the highest max_messages_per_second that a sweep never saw above 50; and a smoothed
+throttle kit does not have yet (3 messages per 3/47 s). The theoretical reference is 50 orders per second,
+a client sending nothing but orders exactly at IB's limit. `python -m bench.ib_pacing sweep 45 40 35 47/3`
+runs the basket 3 times per setting (`throttle/burst` for a smoothed one).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+NAME = "ib_pacing"
+ORDERS = 500
+SYMBOLS = 20
+IB_LIMIT = 50
+DEFAULT_THROTTLE = 45  # ib_async's client.MaxRequests, and IBBroker's default
+# The highest max_messages_per_second the sweep never saw above IB's limit (docs/benchmarks.md): ib_async
+# sends a window's messages at once, so two bursts a hair under one second apart can land in one window.
+CHOSEN = 35
+SMOOTHED = (47, 3)  # 3 messages per 3/47 s: at most 47 + 3 in any window, however the bursts shift
+GOAL_SHARE = 0.90
+_client_ids = itertools.count(101)
+
+
+def _instruments() -> tuple[Any, ...]:
+    from kit.gateway import Instrument
+
+    return tuple(Instrument(f"P{i:02d}", 7_000_000 + i, "NASDAQ", "USD", 20.0 + i, f"PACING {i}")
+                 for i in range(SYMBOLS))
+
+
+def _targets() -> pd.DataFrame:
+    return pd.DataFrame({"symbol": [f"P{i % SYMBOLS:02d}" for i in range(ORDERS)], "side": "BUY",
+                         "quantity": [1 + i // SYMBOLS for i in range(ORDERS)],
+                         "primary_exchange": "NASDAQ"})
+
+
+def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float = 30.0) -> dict[str, Any]:
+    """One 500-order run at `throttle` messages per second, on a fresh gateway.
+
+    burst=None is kit as it is: ib_async lets `throttle` messages go per one-second window, at once. burst=k
+    demonstrates a smoother throttle kit does not have yet: k messages per k/throttle seconds.
+    """
+    import kit
+    from kit.brokers.ib import IBBroker
+    from kit.config import IBSettings
+    from kit.gateway import GatewayConfig, run_gateway_in_thread
+
+    class TimedIB(IBBroker):
+        prepare_started: float | None = None
+
+        def _tap_wrapper(self) -> None:  # called by connect() right after the client's throttle is set
+            if burst is not None:
+                self.ib.client.MaxRequests = burst
+                self.ib.client.RequestsInterval = burst / throttle
+            super()._tap_wrapper()
+
+        async def prepare(self, orders: list[Any]) -> None:
+            if self.prepare_started is None:
+                self.prepare_started = time.monotonic()
+            await super().prepare(orders)
+
+    config = GatewayConfig(instruments=_instruments(), partial_fills=1)
+    with run_gateway_in_thread(config) as gw:
+        book = gw.state
+        placed: list[float] = []
+        inbound: list[float] = []
+        place, record_inbound = book.place, book.record_inbound
+
+        def timed_place(*args: Any, **kwargs: Any) -> Any:
+            placed.append(time.monotonic())  # the gateway's loop clock is time.monotonic() too
+            return place(*args, **kwargs)
+
+        def timed_inbound(client_id: int, t: float) -> None:
+            inbound.append(t)
+            record_inbound(client_id, t)
+
+        book.place, book.record_inbound = timed_place, timed_inbound  # type: ignore[method-assign]
+        client_id = next(_client_ids)
+        broker = TimedIB(IBSettings(port=gw.port, client_id=client_id, connect_timeout=10),
+                         max_messages_per_second=throttle, ack_timeout=ack_timeout)
+        run = kit.execute(_targets(), broker=broker, run_key=f"bench-pacing-{client_id}", db=db, timeout=120)
+        max_rate = gw.call(book.max_inbound_rate)
+        total = gw.call(lambda: book.inbound[client_id].count)
+    if run.status != "done" or len(placed) != ORDERS or broker.prepare_started is None:
+        raise AssertionError(f"pacing run at {throttle}: {run.status}, {len(placed)} orders placed, "
+                             f"notes {run.notes}")
+    placed.sort()
+    start = broker.prepare_started
+    return {
+        "orders_per_s": ORDERS / (placed[-1] - start),
+        "sustained_orders_per_s": _slope(placed[50:450]),
+        "max_inbound_rate": max_rate,
+        "inbound_messages": total,
+        "messages_before_first_order": sum(1 for t in inbound if start <= t < placed[0]),
+        "unacknowledged_notes": sum("unacknowledged" in note for note in run.notes),
+    }
+
+
+def _slope(times: list[float]) -> float:
+    """Orders per second as the least-squares slope of order number against arrival time: bursts and gaps
+    average out, where a count between two chosen orders would depend on where they fall in a burst."""
+    mean_t = statistics.fmean(times)
+    mean_n = (len(times) - 1) / 2
+    covariance = sum((t - mean_t) * (n - mean_n) for n, t in enumerate(times))
+    return covariance / sum((t - mean_t) ** 2 for t in times)
+
+
+def _fold(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    from bench._common import summary
+
+    return {
+        "orders_per_s": summary([r["orders_per_s"] for r in runs], 2),
+        "sustained_orders_per_s": summary([r["sustained_orders_per_s"] for r in runs], 2),
+        "max_inbound_rate": max(r["max_inbound_rate"] for r in runs),
+        "max_inbound_rate_per_rep": [r["max_inbound_rate"] for r in runs],
+        "inbound_messages": statistics.median(r["inbound_messages"] for r in runs),
+        "messages_before_first_order": statistics.median(r["messages_before_first_order"] for r in runs),
+    }
+
+
+def run(reps: int = 2) -> dict[str, Any]:
+    from bench._common import isolated
+
+    configs = {"chosen": (CHOSEN, None), "default": (DEFAULT_THROTTLE, None), "smoothed": SMOOTHED}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+    with isolated() as folder:
+        for rep in range(reps):  # interleaved, so a noisy moment hits every configuration alike
+            for name, (throttle, burst) in configs.items():
+                runs[name].append(basket(throttle, folder / f"{name}-{rep}.duckdb", burst))
+    mine, base, smooth = (_fold(runs[name]) for name in configs)
+
+    def share(figures: dict[str, Any]) -> float:
+        return round(figures["orders_per_s"]["median"] / IB_LIMIT, 3)
+
+    return {
+        "benchmark": NAME,
+        "what": f"{ORDERS} orders over {SYMBOLS} symbols, kit.execute -> ib_async -> simulated gateway; "
+                f"IBBroker(max_messages_per_second={CHOSEN}), the highest setting never seen above 50",
+        "throttle": CHOSEN,
+        **mine,
+        "share_of_limit": share(mine),
+        "sustained_share_of_limit": round(mine["sustained_orders_per_s"]["median"] / IB_LIMIT, 3),
+        "baseline": {"what": f"kit's and ib_async's default throttle, {DEFAULT_THROTTLE} per 1-s window",
+                     "throttle": DEFAULT_THROTTLE, **base, "share_of_limit": share(base)},
+        "smoothed": {"what": f"not in kit yet: {SMOOTHED[1]} messages per {SMOOTHED[1]}/{SMOOTHED[0]} s "
+                             "(client.MaxRequests, client.RequestsInterval)",
+                     "throttle": SMOOTHED[0], "burst": SMOOTHED[1], **smooth, "share_of_limit": share(smooth),
+                     "sustained_share_of_limit": round(smooth["sustained_orders_per_s"]["median"] / IB_LIMIT,
+                                                       3)},
+        "theoretical": {"what": "only orders, exactly at IB's limit", "orders_per_s": IB_LIMIT},
+        "ratio": share(mine),  # against the theoretical 50 orders per second
+        "ratio_to_default": round(mine["orders_per_s"]["median"] / base["orders_per_s"]["median"], 3),
+        "goal": {"share_of_limit": GOAL_SHARE, "max_inbound_rate": IB_LIMIT},
+        "met": {"share_of_limit": share(mine) >= GOAL_SHARE,
+                "no_violation": mine["max_inbound_rate"] <= IB_LIMIT,
+                "baseline_no_violation": base["max_inbound_rate"] <= IB_LIMIT,
+                "smoothed_share_of_limit": share(smooth) >= GOAL_SHARE,
+                "smoothed_no_violation": smooth["max_inbound_rate"] <= IB_LIMIT},
+    }
+
+
+def sweep(settings: list[tuple[int, int | None]], reps: int = 3) -> list[dict[str, Any]]:
+    """Every (throttle, burst) `reps` times: the highest throttle whose max_inbound_rate never exceeds 50 is
+    the choice."""
+    from bench._common import isolated
+
+    rows = []
+    with isolated() as folder:
+        for throttle, burst in settings:
+            runs = [basket(throttle, folder / f"sweep-{throttle}-{burst}-{rep}.duckdb", burst)
+                    for rep in range(reps)]
+            rows.append({"throttle": throttle, "burst": burst, **_fold(runs)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["sweep"]:  # python -m bench.ib_pacing sweep 45 40 35 46/4 ...
+        pairs = [(int(a), int(b) if b else None) for a, _, b in (x.partition("/") for x in sys.argv[2:])]
+        sweep(pairs or [(t, None) for t in (50, 45, 40, 35, 30, 25)])
+    else:
+        from bench._common import emit
+
+        emit(run())

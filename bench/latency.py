@@ -1,0 +1,286 @@
+"""Event-to-ledger latency: from a fill event reaching the engine to its row committed and readable.
+
+A bench broker acknowledges every order, then fills them one execution at a time, GAP seconds apart (each
+execution followed at once by its commission, as the mock broker and IB send them). Its clock starts
+(`perf_counter`) just before it hands the execution to the engine's queue. Two moments end it:
+
+- committed: the ledger's `write` of the batch holding the fill row returned (its transaction committed);
+- readable: right after that commit, a read through `Ledger.reading()` (the path `kit.ledger()` takes in
+  the same process) found the row.
+
+The probe is a thin wrapper around the run's own Ledger instance; kit's code is unchanged. The readable
+figure includes the probe's own query, so it is an upper bound.
+
+Two scenarios: `steady` (fills 20 ms apart, the ledger stays connected) and `sparse` (fills 0.4 s apart,
+longer than the engine's 0.25 s idle release, so every fill first reconnects to the file).
+
+Baselines, measured in the same run on the same broker's events:
+- `poll_100ms`: the seed project's "sleep, then check" with a 100 ms sleep instead of its 5 s: a loop that
+  wakes every 100 ms and commits the fills that arrived meanwhile (one transaction, held connection);
+- `fresh_connection`: every fill committed as it arrives, on a connection opened and closed for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kit.brokers.base import Broker
+from kit.model import Accepted, Cancelled, Commission, Execution, Fill, Order, OrderIntent
+
+NAME = "latency"
+STEADY_FILLS, STEADY_GAP = 200, 0.020  # 50 fills a second: IB's whole message budget
+SPARSE_FILLS, SPARSE_GAP = 10, 0.4
+GOAL_P50_MS, GOAL_P99_MS = 2.0, 20.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class TrickleBroker(Broker):
+    """Acknowledges each order at once; fills order k (one execution, then its commission) at
+    first submit + LEAD + k * gap. `emitted` maps exec_id -> perf_counter() just before the hand-over."""
+
+    name = "trickle"
+    account = "DU-BENCH"
+    is_paper = True
+    LEAD = 0.05
+
+    def __init__(self, gap: float):
+        super().__init__()
+        self.gap = gap
+        self.emitted: dict[str, float] = {}
+        self._start: float | None = None
+        self._count = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def connect(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        return None
+
+    async def submit(self, order: OrderIntent) -> None:
+        assert self._loop is not None
+        self.emit(Accepted(order.client_order_id, _now(), broker_order_id=str(self._count + 1)))
+        if self._start is None:
+            self._start = self._loop.time() + self.LEAD
+        self._loop.call_at(self._start + self._count * self.gap, self._fill, order, self._count)
+        self._count += 1
+
+    def _fill(self, order: OrderIntent, number: int) -> None:
+        at = _now()
+        exec_id = f"bench.{number:06d}.01"
+        fill = Fill(exec_id, order.client_order_id, order.quantity, 10.0, at, exchange="BENCH")
+        execution = Execution(fill, at)
+        self.emitted[exec_id] = time.perf_counter()
+        self.emit(execution)
+        self.emit(Commission(exec_id, 1.0, "USD", at, order.client_order_id))
+
+    async def cancel(self, client_order_id: str) -> None:
+        self.emit(Cancelled(client_order_id, _now(), "cancelled by request"))
+
+    async def sync(self, orders: Iterable[Order]) -> set[str]:
+        return set()
+
+
+def _targets(count: int) -> pd.DataFrame:
+    return pd.DataFrame({"symbol": [f"L{i:04d}" for i in range(count)], "side": "BUY", "quantity": 10})
+
+
+async def _kit(db: Path, count: int, gap: float, tag: str) -> tuple[list[float], list[float], list[float]]:
+    """Run the engine on a TrickleBroker; latencies (seconds) to committed and to readable, and how long
+    each write that carried a new fill took."""
+    from kit.api import plan_async
+    from kit.engine import Engine
+    from kit.store import Ledger
+
+    plan = await plan_async(_targets(count), broker="mock", run_key=f"bench-latency-{tag}")
+    broker = TrickleBroker(gap)
+    ledger = Ledger(db)
+    reader = Ledger(db)
+    committed: dict[str, float] = {}
+    readable: dict[str, float] = {}
+    writes: list[float] = []
+    write: Callable[[Any], bool] = ledger.write
+
+    def probed_write(batch: Any) -> bool:
+        began = time.perf_counter()
+        written = write(batch)
+        if not written:  # journaled: not in the ledger yet, so no sample
+            return written
+        now = time.perf_counter()
+        fresh = [e for e in batch.fills if e in broker.emitted and e not in committed]
+        if fresh:
+            writes.append(now - began)
+        for exec_id in fresh:
+            committed[exec_id] = now
+        if fresh:
+            with reader.reading() as con:
+                found = con.execute("SELECT exec_id FROM fills WHERE exec_id IN (SELECT unnest(?))",
+                                    [fresh]).fetchall()
+            seen = time.perf_counter()
+            for (exec_id,) in found:
+                readable[exec_id] = seen
+        return written
+
+    ledger.write = probed_write  # type: ignore[method-assign]
+    await asyncio.to_thread(ledger.open)
+    with ledger:
+        run = await Engine(plan, broker, ledger, timeout=60).run()
+    if run.status != "done" or len(committed) != count:
+        raise AssertionError(f"latency run ended {run.status} with {len(committed)}/{count} fills committed")
+    emitted = broker.emitted
+    return ([committed[e] - emitted[e] for e in committed], [readable[e] - emitted[e] for e in readable],
+            writes)
+
+
+def duckdb_floor(db: Path, samples: int = 200) -> list[float]:
+    """What any DuckDB writer pays here: BEGIN, a one-row INSERT without key, COMMIT, on a held connection."""
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE floor (a VARCHAR, b DOUBLE)")
+    times = []
+    for i in range(samples):
+        start = time.perf_counter()
+        con.execute("BEGIN")
+        con.execute("INSERT INTO floor VALUES (?, ?)", [str(i), 1.0])
+        con.execute("COMMIT")
+        times.append(time.perf_counter() - start)
+    con.close()
+    return times
+
+
+async def _drive(broker: TrickleBroker, count: int, sink: Callable[[Any], None]) -> None:
+    """Feed `count` orders to the broker outside any engine, and wait until its last fill is out."""
+    broker.bind(sink)
+    await broker.connect()
+    for i in range(count):
+        await broker.submit(OrderIntent(f"base-{i}", f"L{i:04d}", "BUY", 10.0))  # type: ignore[arg-type]
+    while len(broker.emitted) < count:
+        await asyncio.sleep(broker.gap)
+
+
+FILL_SQL = "INSERT INTO fills (exec_id, client_order_id, quantity, price, time) VALUES (?, ?, ?, ?, ?)"
+
+
+def _fill_values(event: Execution) -> list[Any]:
+    fill = event.fill
+    return [fill.exec_id, fill.client_order_id, fill.quantity, fill.price, fill.time]
+
+
+async def _poll_baseline(db: Path, count: int, gap: float, every: float = 0.1) -> list[float]:
+    """The seed project's shape: sleep, then check what arrived and write it (here every 100 ms, not 5 s)."""
+    import duckdb
+
+    from kit.store import Ledger
+
+    Ledger(db).open().close()  # the schema
+    con = duckdb.connect(str(db))
+    arrived: list[Execution] = []
+    broker = TrickleBroker(gap)
+    latencies: list[float] = []
+
+    async def poller() -> None:
+        while len(latencies) < count:
+            await asyncio.sleep(every)
+            batch, arrived[:] = list(arrived), []
+            if batch:
+                con.execute("BEGIN")
+                for event in batch:
+                    con.execute(FILL_SQL, _fill_values(event))
+                con.execute("COMMIT")
+                now = time.perf_counter()
+                latencies.extend(now - broker.emitted[e.fill.exec_id] for e in batch)
+
+    task = asyncio.ensure_future(poller())
+    await _drive(broker, count, lambda e: arrived.append(e) if isinstance(e, Execution) else None)
+    await task
+    con.close()
+    return latencies
+
+
+async def _fresh_connection_baseline(db: Path, count: int, gap: float) -> list[float]:
+    """Event-driven, but each fill is written on a connection opened and closed for it."""
+    import duckdb
+
+    from kit.store import Ledger
+
+    Ledger(db).open().close()
+    broker = TrickleBroker(gap)
+    latencies: list[float] = []
+
+    def write(event: Any) -> None:
+        if isinstance(event, Execution):
+            con = duckdb.connect(str(db))
+            try:
+                con.execute(FILL_SQL, _fill_values(event))
+            finally:
+                con.close()
+            latencies.append(time.perf_counter() - broker.emitted[event.fill.exec_id])
+
+    await _drive(broker, count, write)
+    return latencies
+
+
+def _ms(values: list[float]) -> dict[str, Any]:
+    from bench._common import percentile
+
+    ms = [v * 1000 for v in values]
+    return {"p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
+            "max_ms": round(max(ms), 2), "samples": len(ms)}
+
+
+def run(reps: int = 3) -> dict[str, Any]:
+    from bench._common import isolated
+
+    with isolated() as folder:
+        committed: list[float] = []
+        readable: list[float] = []
+        writes: list[float] = []
+        per_rep_p50: list[float] = []
+        poll: list[float] = []
+        fresh: list[float] = []
+        for rep in range(reps):
+            done, seen, took = asyncio.run(_kit(folder / f"steady-{rep}.duckdb", STEADY_FILLS, STEADY_GAP,
+                                                f"steady-{rep}"))
+            committed += done
+            readable += seen
+            writes += took
+            per_rep_p50.append(_ms(done)["p50_ms"])
+            poll += asyncio.run(_poll_baseline(folder / f"poll-{rep}.duckdb", STEADY_FILLS // 2, STEADY_GAP))
+            fresh += asyncio.run(_fresh_connection_baseline(folder / f"fresh-{rep}.duckdb", 40, 0.05))
+        sparse, sparse_seen, _ = asyncio.run(_kit(folder / "sparse.duckdb", SPARSE_FILLS, SPARSE_GAP,
+                                                  "sparse"))
+        floor = duckdb_floor(folder / "floor.duckdb")
+
+    steady = _ms(committed)
+    baseline = _ms(poll)
+    return {
+        "benchmark": NAME,
+        "what": "fill event handed to the engine -> its fills row committed (and read back through "
+                "Ledger.reading)",
+        "steady": {"gap_ms": STEADY_GAP * 1000, "committed": steady, "readable": _ms(readable),
+                   "p50_ms_per_rep": per_rep_p50, "write_ms": _ms(writes)},
+        "sparse": {"gap_ms": SPARSE_GAP * 1000, "committed": _ms(sparse), "readable": _ms(sparse_seen)},
+        "baseline": {"what": "poll every 100 ms and commit what arrived (the seed slept 5 s)", **baseline},
+        "baseline_fresh_connection": {"what": "commit each fill on a new connection", **_ms(fresh)},
+        "duckdb_floor": {"what": "BEGIN; one-row INSERT (no key); COMMIT on a held connection", **_ms(floor)},
+        "ratio": round(baseline["p50_ms"] / steady["p50_ms"], 1),
+        "goal": {"p50_ms": GOAL_P50_MS, "p99_ms": GOAL_P99_MS},
+        "met": {"p50_ms": steady["p50_ms"] <= GOAL_P50_MS, "p99_ms": steady["p99_ms"] <= GOAL_P99_MS},
+    }
+
+
+if __name__ == "__main__":
+    from bench._common import emit
+
+    emit(run())

@@ -1,0 +1,149 @@
+"""Ledger throughput: a 10,000-order basket filled in 5 partial fills per order by the mock broker, end to end
+into the DuckDB ledger, against the same events written one commit per fill.
+
+What is timed: one `kit.execute(plan, broker=MockBroker(...), db=<fresh file>)` call, from the call to its
+return: opening the ledger, the write-ahead `submitted` events, the broker's 110,000 events (accepted, fill,
+commission) folded by kit.state and written, the run's end, and the Run's DataFrames. Planning (validation,
+risk) is timed apart. The ledger is then checked: 50,000 fills, every order FILLED.
+
+The baseline is kit's own engine and writer with one change of policy: a commit after every fill (the
+events between two fills join the next one). One commit costs milliseconds, so 50,000 of them would take
+minutes: the baseline runs a 50-order slice of the basket, and kit runs that slice too, so both ratios are
+printed: kit on the full basket against the baseline's rate, and both on the same slice.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import duckdb
+import pandas as pd
+
+NAME = "ledger_throughput"
+ORDERS = 10_000
+FILLS_PER_ORDER = 5
+QUANTITY = 100
+SLICE = 50  # orders in the baseline's run (and in kit's same-slice run)
+GOAL_FILLS_PER_S = 50_000
+GOAL_RATIO = 20
+
+
+def basket(orders: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    symbols = [f"S{i:05d}" for i in range(orders)]
+    prices = {s: 10.0 + (i % 90) for i, s in enumerate(symbols)}
+    return pd.DataFrame({"symbol": symbols, "side": "BUY", "quantity": QUANTITY}), prices
+
+
+def _check(db: Path, orders: int) -> None:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        fills = con.execute("SELECT count(*) FROM fills").fetchone()[0]
+        filled = con.execute("SELECT count(*) FROM orders WHERE status = 'FILLED' "
+                             "AND filled_quantity = quantity").fetchone()[0]
+        missing = con.execute("SELECT count(*) FROM fills WHERE commission IS NULL").fetchone()[0]
+    finally:
+        con.close()
+    expected = orders * FILLS_PER_ORDER
+    if (fills, filled, missing) != (expected, orders, 0):
+        raise AssertionError(f"ledger holds {fills} fills (expected {expected}), {filled} filled orders "
+                             f"(expected {orders}), {missing} fills without commission")
+
+
+def _timed_execute(plan: Any, prices: dict[str, float], db: Path, engine: type | None = None
+                   ) -> tuple[float, int]:
+    """Seconds of one kit.execute call, and how many transactions it committed."""
+    import kit
+    import kit.api
+    from kit.brokers.mock import MockBroker
+    from kit.store import Ledger
+
+    commits = 0
+    write = Ledger.write
+
+    def counting_write(self: Ledger, batch: Any) -> bool:
+        nonlocal commits
+        commits += 1
+        return write(self, batch)
+
+    broker = MockBroker(prices, partial_fills=FILLS_PER_ORDER)
+    with mock.patch.object(Ledger, "write", counting_write), \
+            mock.patch.object(kit.api, "Engine", engine or kit.api.Engine):
+        start = time.perf_counter()
+        run = kit.execute(plan, broker=broker, db=db, timeout=600)
+        seconds = time.perf_counter() - start
+    if run.status != "done":
+        raise AssertionError(f"run ended {run.status}: {run.notes}")
+    return seconds, commits
+
+
+def commit_per_fill_engine() -> type:
+    from kit.engine import Engine
+    from kit.model import Execution
+
+    class CommitPerFill(Engine):
+        """The naive policy: every fill is committed on its own, as soon as it is applied."""
+
+        def _apply(self, event: Any) -> None:
+            super()._apply(event)
+            if isinstance(event, Execution):
+                self.recorder.flush()
+
+    return CommitPerFill
+
+
+def run(reps: int = 3) -> dict[str, Any]:
+    import kit
+    from bench._common import isolated, summary
+
+    with isolated() as folder:
+        targets, prices = basket(ORDERS)
+        start = time.perf_counter()
+        plan = kit.plan(targets, run_key="bench-throughput", prices=prices)
+        plan_seconds = time.perf_counter() - start
+        small_targets, small_prices = basket(SLICE)
+        small_plan = kit.plan(small_targets, run_key="bench-throughput-slice", prices=small_prices)
+        naive = commit_per_fill_engine()
+
+        full, full_commits, slice_kit, slice_base, base_commits = [], 0, [], [], 0
+        for rep in range(reps):
+            db = folder / f"full-{rep}.duckdb"
+            seconds, full_commits = _timed_execute(plan, prices, db)
+            _check(db, ORDERS)
+            full.append(ORDERS * FILLS_PER_ORDER / seconds)
+            db = folder / f"slice-kit-{rep}.duckdb"
+            seconds, _ = _timed_execute(small_plan, small_prices, db)
+            _check(db, SLICE)
+            slice_kit.append(SLICE * FILLS_PER_ORDER / seconds)
+            db = folder / f"slice-naive-{rep}.duckdb"
+            seconds, base_commits = _timed_execute(small_plan, small_prices, db, naive)
+            _check(db, SLICE)
+            slice_base.append(SLICE * FILLS_PER_ORDER / seconds)
+
+    kit_rate, base_rate = summary(full, 0), summary(slice_base, 0)
+    ratio = kit_rate["median"] / base_rate["median"]
+    return {
+        "benchmark": NAME,
+        "what": f"{ORDERS} orders x {FILLS_PER_ORDER} partial fills, mock broker, kit.execute end to end "
+                "into a fresh ledger",
+        "fills": ORDERS * FILLS_PER_ORDER,
+        "fills_per_s": kit_rate,
+        "commits": full_commits,
+        "plan_seconds": round(plan_seconds, 3),
+        "baseline": {"what": "same engine and writer, one commit per fill", "orders": SLICE,
+                     "fills": SLICE * FILLS_PER_ORDER, "fills_per_s": base_rate, "commits": base_commits},
+        "kit_same_slice": {"orders": SLICE, "fills_per_s": summary(slice_kit, 0)},
+        "ratio": round(ratio, 1),
+        "ratio_same_slice": round(statistics.median(slice_kit) / statistics.median(slice_base), 1),
+        "goal": {"fills_per_s": GOAL_FILLS_PER_S, "ratio": GOAL_RATIO},
+        "met": {"fills_per_s": kit_rate["median"] >= GOAL_FILLS_PER_S, "ratio": ratio >= GOAL_RATIO},
+    }
+
+
+if __name__ == "__main__":
+    from bench._common import emit
+
+    emit(run())
