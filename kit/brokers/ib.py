@@ -47,8 +47,8 @@ class IBBroker(Broker):
     keeps_positions = True
 
     def __init__(self, settings: IBSettings | None = None, *, library: str | None = None,
-                 ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 45,
-                 burst: int = 5,
+                 ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 47,
+                 burst: int = 3,
                  reconnect_for: float = 120.0):
         super().__init__()
         self.settings = settings or IBSettings.load()
@@ -102,7 +102,7 @@ class IBBroker(Broker):
         MaxRequests messages go at once and then waits RequestsInterval: with 45 per 1 s, two bursts a hair
         under a second apart reach IB inside one second (up to 90). `burst` messages every
         burst/max_messages_per_second seconds bound any one-second window by max_messages_per_second + burst
-        (45 + 5 = 50), keep 45 a second sustained, and still send a small basket's first orders at once."""
+        (47 + 3 = 50), keep 47 a second sustained, and still send a small basket's first orders at once."""
         client.MaxRequests = self.burst
         client.RequestsInterval = self.burst / self.max_messages_per_second
 
