@@ -72,18 +72,16 @@ def _run(coroutine: Awaitable[T]) -> T:
     return result["value"]
 
 
-async def _account_state(broker: Broker, db: str | Path | None, run_key: str
-                         ) -> tuple[dict[str, float], dict[str, float]]:
-    """Positions and working orders, from the broker when it keeps an account, else from the ledger."""
-    ledger = Ledger(db)
-    positions, working = ledger.book(broker.name)  # orders never handed to a broker are not working
-    if broker.keeps_positions:
-        await broker.connect()
-        try:
-            positions, working = await broker.positions(), await broker.working()
-        finally:
-            await broker.close()
-    return positions, working
+async def _account_state(broker: Broker, db: str | Path | None) -> tuple[dict[str, float], dict[str, float]]:
+    """Positions and working orders, from the broker when it keeps an account, else from the ledger (where
+    orders never handed to a broker are not working)."""
+    if not broker.keeps_positions:
+        return Ledger(db).book(broker.name)
+    await broker.connect()
+    try:
+        return await broker.positions(), await broker.working()
+    finally:
+        await broker.close()
 
 
 async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_key: str | None = None, *,
@@ -105,7 +103,7 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
     working: dict[str, float] = {}
     taken: dict[tuple[str, str], int] = {}
     if is_positions_frame(targets) or limits.max_position is not None:
-        positions, working = await _account_state(the_broker, db, run_key)
+        positions, working = await _account_state(the_broker, db)
         if is_positions_frame(targets):
             taken = Ledger(db).legs(run_id_for(run_key))
     return make_plan(targets, run_key, positions=positions, working=working, prices=reference, limits=limits,

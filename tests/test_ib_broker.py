@@ -278,3 +278,19 @@ def test_the_sample_notebook_runs_on_ib_under_papermill(gateway, tmp_path, monke
     assert result.status == "done", (result.error_name, result.error)
     placed = gateway.call(lambda: dict(gateway.state.placements))
     assert placed and all(ref.startswith("nb-ib-") and n == 1 for ref, n in placed.items())
+
+
+def test_target_positions_on_ib_are_diffed_against_the_brokers_positions(gateway, tmp_path):
+    import pandas as pd
+
+    import kit
+    from kit.brokers.ib import IBBroker
+    from kit.config import IBSettings
+
+    drive("ib_async", gateway, tmp_path, {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [300]})
+    broker = IBBroker(IBSettings(port=gateway.port, client_id=51))
+    plan = kit.plan(pd.DataFrame({"symbol": ["AAPL", "MSFT"], "target_quantity": [500, -40]}), broker=broker,
+                    run_key="ib-positions", db=tmp_path / "kit.duckdb")
+    rows = plan.frame().set_index("symbol")
+    assert rows.loc["AAPL", "current"] == 300 and rows.loc["AAPL", "delta"] == 200
+    assert rows.loc["MSFT", "side"] == "SELL" and rows.loc["MSFT", "quantity"] == 40
