@@ -52,6 +52,9 @@ def cmd_table(args: argparse.Namespace) -> int:
         frame = ledger.orders(run_id) if args.command == "orders" else ledger.fills(run_id)
         if args.command == "orders" and args.status:
             frame = frame[frame["status"] == args.status.upper()]
+        if args.date:
+            when = frame["created_at" if args.command == "orders" else "time"]
+            frame = frame[when.dt.strftime("%Y-%m-%d") == args.date]
     _print_table(frame, TABLE_COLUMNS[args.command])
     return 0
 
@@ -164,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("orders", "fills"):
         sub = add(name, cmd_table, f"{name} recorded in the ledger")
         sub.add_argument("--run", help="run id or run key")
+        sub.add_argument("--date", help="only those of this UTC date (YYYY-MM-DD)")
         if name == "orders":
             sub.add_argument("--status", help="only orders with this status")
     summary = add("summary", cmd_summary, "one run's status, orders and fills")

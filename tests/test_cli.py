@@ -109,3 +109,14 @@ def test_an_empty_table_says_none(db, capsys):
     code, out, _ = run_cli(capsys, "--db", db, "fills")
     assert code == 0 and out.strip() == "(none)"
 
+
+
+def test_orders_and_fills_filter_by_date(capsys, db):
+    kit.execute(pd.DataFrame({"symbol": ["AAPL"], "side": ["BUY"], "quantity": [5]}), run_key="dated", db=db,
+                prices={"AAPL": 190.0})
+    today = kit.ledger(db).orders()["created_at"].iloc[0].strftime("%Y-%m-%d")
+    for table in ("orders", "fills"):
+        assert main(["--db", str(db), table, "--date", today]) == 0
+        assert "dated-AAPL-BUY" in capsys.readouterr().out
+        assert main(["--db", str(db), table, "--date", "1999-01-01"]) == 0
+        assert capsys.readouterr().out.strip() == "(none)"
