@@ -79,8 +79,9 @@ def test_basket_fills_with_commissions_and_ledger_matches_gateway(library, gatew
     assert {f["exec_id"]: f["quantity"] for f in fills} == gateway_executions(gateway)
     assert all(f["commission"] and f["commission"] > 0 for f in fills)
     assert len(fills) > len(orders)  # the gateway fills in partial slices
-    submitted = {o["client_order_id"]: o["submitted_at"] for o in orders.values()}
-    assert all(f["time"] >= submitted[f["client_order_id"]] for f in fills)  # latencies are never negative
+    # IB stamps executions to the second: no fill is stamped before the second its order was sent in
+    submitted = {o["client_order_id"]: o["submitted_at"][:19] for o in orders.values()}
+    assert all(f["time"][:19] >= submitted[f["client_order_id"]] for f in fills)
     # orderRef carries the client_order_id to IB, once per order
     placed = gateway.call(lambda: [o.order_ref for o in gateway.state.orders.values()])
     assert sorted(placed) == sorted(orders)
@@ -211,7 +212,9 @@ def test_inactive_after_a_rejection_changes_nothing(gateway, tmp_path):
     result = drive("ib_async", gateway, tmp_path, {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [100]})
     order = by_id(result)["ib-test-AAPL-BUY"]
     assert order["status"] == "REJECTED" and "201" in order["reason"]
-    assert any(e["kind"] == "status" and "Inactive" in e["detail"] for e in result["events"])
+    after = [e for e in result["events"] if e["client_order_id"] == "ib-test-AAPL-BUY"]
+    after = after[[e["kind"] for e in after].index("rejected"):]
+    assert {e["status"] for e in after} == {"REJECTED"}  # Inactive, whenever it comes, changes nothing
 
 
 @pytest.mark.parametrize(
