@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,17 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory):
 def db(tmp_path: Path) -> Path:
     """A fresh ledger path for one test; the file does not exist until something writes to it."""
     return tmp_path / "kit.duckdb"
+
+
+SAFETY_ENV = ("KIT_HALT", "KIT_HALT_FILE", "KIT_DRY_RUN", "KIT_ALLOW_LIVE")
+
+
+@pytest.fixture
+def clean_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No risk limit, halt switch, dry run or live permission from the environment; kit.toml and the
+    default halt file (data/HALT, relative to the project root: tmp_path here) inside the test's folder."""
+    for name in list(os.environ):
+        if name.startswith("KIT_RISK_") or name in SAFETY_ENV:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KIT_CONFIG", str(tmp_path / "kit.toml"))
+    monkeypatch.chdir(tmp_path)

@@ -4,10 +4,8 @@ frames, and the promise that re-running a partly executed plan sends only what i
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,21 +19,7 @@ from kit.model import Cancelled, Commission, Execution
 from kit.planner import make_plan, plan_positions
 
 PRICES = {"AAPL": 200.0, "MSFT": 400.0, "TSLA": 250.0, "NVDA": 100.0}
-SAFETY_ENV = ("KIT_HALT", "KIT_HALT_FILE", "KIT_DRY_RUN", "KIT_ALLOW_LIVE")
-
-
-@pytest.fixture(autouse=True)
-def _clean_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("KIT_RISK_") or name in SAFETY_ENV:
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("KIT_CONFIG", str(tmp_path / "kit.toml"))
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "kit.duckdb"
+pytestmark = pytest.mark.usefixtures("clean_config")
 
 
 def targets(**quantities: float) -> pd.DataFrame:

@@ -7,9 +7,6 @@ that stopped it and never reaches the broker, and that strict=True stops the who
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -21,18 +18,7 @@ from kit.risk import RiskError, RiskLimits
 from kit.store import Ledger
 
 PRICES = {"AAPL": 200.0, "MSFT": 400.0, "TSLA": 250.0}
-SAFETY_ENV = ("KIT_HALT", "KIT_HALT_FILE", "KIT_DRY_RUN", "KIT_ALLOW_LIVE")
-
-
-@pytest.fixture(autouse=True)
-def _clean_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No limit, halt or dry-run setting leaks in from the environment; kit.toml is tmp_path/kit.toml (absent
-    until a test writes it) and the working directory is tmp_path, so data/HALT would land there."""
-    for name in list(os.environ):
-        if name.startswith("KIT_RISK_") or name in SAFETY_ENV:
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("KIT_CONFIG", str(tmp_path / "kit.toml"))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_config")
 
 
 def orders(*rows: tuple) -> pd.DataFrame:

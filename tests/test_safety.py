@@ -4,7 +4,6 @@ broker; the simulated gateway's kill switch is tested with the gateway), and how
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -17,22 +16,7 @@ from kit.cli import main
 from kit.errors import HaltedError, LiveAccountError
 
 PRICES = {"AAPL": 200.0, "MSFT": 400.0, "TSLA": 250.0}
-SAFETY_ENV = ("KIT_HALT", "KIT_HALT_FILE", "KIT_DRY_RUN", "KIT_ALLOW_LIVE")
-
-
-@pytest.fixture(autouse=True)
-def _clean_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The halt file's default (data/HALT) is relative to the working directory: tmp_path here."""
-    for name in list(os.environ):
-        if name.startswith("KIT_RISK_") or name in SAFETY_ENV:
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("KIT_CONFIG", str(tmp_path / "kit.toml"))
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "kit.duckdb"
+pytestmark = pytest.mark.usefixtures("clean_config")
 
 
 class LiveMock(MockBroker):
