@@ -316,8 +316,7 @@ class Ledger:
         )
 
     def update_run(self, run_id: str, **values: Any) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        self.con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values.values(), run_id])
+        self._apply(Batch(runs={run_id: values}))
 
     def load_orders(self, run_id: str) -> list[Order]:
         fills: dict[str, list[Fill]] = {}
