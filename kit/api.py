@@ -19,9 +19,10 @@ import pandas as pd
 from kit.brokers.base import Broker
 from kit.config import setting, truthy
 from kit.engine import Engine, OnTimeout, Run, RunInfo
+from kit.errors import RiskError
 from kit.ids import run_id_for
 from kit.planner import Plan, is_positions_frame, make_plan
-from kit.risk import RiskError, RiskLimits
+from kit.risk import RiskLimits
 from kit.store import Ledger
 
 if TYPE_CHECKING:

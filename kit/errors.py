@@ -38,3 +38,23 @@ class BrokerUnavailableError(KitError):
 
 class HaltedError(KitError):
     """The halt switch is on: no new order is sent until it is cleared (`kit halt --clear`)."""
+
+
+class LedgerBusyError(KitError):
+    """Another process held the ledger for longer than kit was willing to wait."""
+
+
+class RiskError(KitError):
+    """strict=True and at least one order broke a limit: the whole run stops and nothing is sent."""
+
+
+class ScheduleError(KitError, ValueError):
+    """A job file or scheduler state that cannot be used; the message names the job and the field."""
+
+
+class JobLocked(KitError):
+    """Another process is running this job right now."""
+
+
+class RunFailed(KitError):
+    """A scheduled notebook run failed; its run row holds the error."""

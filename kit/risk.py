@@ -18,10 +18,6 @@ from kit.errors import KitError
 from kit.model import OrderIntent, Side
 
 
-class RiskError(KitError):
-    """strict=True and at least one order broke a limit: the whole run stops and nothing is sent."""
-
-
 @dataclass(frozen=True)
 class RiskLimits:
     """None disables a limit. Set in kit.toml ([risk] max_order_notional = 1e6), in the environment

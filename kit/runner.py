@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kit.config import db_path
-from kit.errors import KitError
+from kit.errors import KitError, RunFailed
 from kit.ids import check_run_key, run_id_for
 
 if TYPE_CHECKING:
@@ -47,9 +47,6 @@ class Skip(Exception):
     Raise Skip itself, not a subclass: papermill reports a notebook's exception by class name only.
     """
 
-
-class RunFailed(KitError):
-    """A scheduled notebook run failed; its run row holds the error."""
 
 
 @dataclass(frozen=True)

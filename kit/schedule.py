@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import exchange_calendars as xc
 from croniter import CroniterError, croniter
 
-from kit.errors import KitError
+from kit.errors import JobLocked, ScheduleError
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ _SPANS = tuple(timedelta(days=d) for d in (1, 8, 64, 512, 9 * 366))
 _MAX_WAIT = timedelta(minutes=5)
 
 
-class ScheduleError(KitError, ValueError):
-    """A job file or scheduler state that cannot be used; the message names the job and the field."""
-
-
-class JobLocked(KitError):
-    """Another process is running this job right now."""
 
 
 @dataclass(frozen=True)

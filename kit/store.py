@@ -24,16 +24,13 @@ import pandas as pd
 
 from kit.config import db_path, setting
 from kit.crashpoints import crash_point
-from kit.errors import KitError
+from kit.errors import KitError, LedgerBusyError
 from kit.journal import Journal
 from kit.model import Fill, Order, OrderIntent, Side, Status
 from kit.state import split_exec_id
 
 log = logging.getLogger("kit.ledger")
 
-
-class LedgerBusyError(KitError):
-    """Another process held the ledger for longer than kit was willing to wait."""
 
 
 # Each migration moves the schema one version forward; a ledger is never migrated backwards.

@@ -12,9 +12,9 @@ import pytest
 
 import kit
 from kit.brokers.mock import MockBroker
-from kit.errors import KitError
+from kit.errors import KitError, RiskError
 from kit.planner import Plan, make_plan
-from kit.risk import RiskError, RiskLimits
+from kit.risk import RiskLimits
 from kit.store import Ledger
 
 PRICES = {"AAPL": 200.0, "MSFT": 400.0, "TSLA": 250.0}
