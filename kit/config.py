@@ -51,9 +51,31 @@ def truthy(value: Any) -> bool:
     return str(value).strip().lower() in {"1", "true", "yes", "on"}
 
 
+def project_path(path: str | os.PathLike[str]) -> Path:
+    """The one path resolver: a relative default or configured path is taken from the project root, so two
+    processes started from different folders agree on every file kit keeps."""
+    path = Path(path)
+    return path if path.is_absolute() else project_root() / path
+
+
 def db_path(db: str | os.PathLike[str] | None = None) -> Path:
-    path = Path(db if db is not None else setting("KIT_DB", DEFAULT_DB))
-    return path if db is not None or path.is_absolute() else project_root() / path
+    """The ledger: `db` as given (relative to the working directory, like any argument), else KIT_DB."""
+    return Path(db) if db is not None else project_path(setting("KIT_DB", DEFAULT_DB))
+
+
+def runs_dir() -> Path:
+    """Where `kit run` keeps output notebooks (one folder per UTC date)."""
+    return project_path(setting("KIT_RUNS_DIR", "data/runs"))
+
+
+def schedule_state_path() -> Path:
+    """The scheduler's state file: the last slot run per job."""
+    return project_path(setting("KIT_SCHEDULE_STATE", "data/schedule.json"))
+
+
+def lock_dir() -> Path:
+    """Per-job (and per-run-key) lock files."""
+    return project_path(setting("KIT_LOCK_DIR", "data/locks"))
 
 
 @dataclass(frozen=True)
@@ -78,8 +100,7 @@ class IBSettings:
 
 
 def halt_file() -> Path:
-    path = Path(setting("KIT_HALT_FILE", "data/HALT"))
-    return path if path.is_absolute() else project_root() / path
+    return project_path(setting("KIT_HALT_FILE", "data/HALT"))
 
 
 def halted() -> str | None:
