@@ -26,7 +26,21 @@ class Status(StrEnum):
     REJECTED = "REJECTED"
 
 
+# The order lifecycle facts, defined once: everything else (engine, ledger SQL, kit cancel, reconcile) uses
+# these sets instead of listing statuses.
 TERMINAL = frozenset({Status.FILLED, Status.CANCELLED, Status.REJECTED})
+OPEN_STATUSES = frozenset(Status) - TERMINAL  # an order in one of these can still fill
+
+
+class RunStatus(StrEnum):
+    """A run's status in the runs table: running until it ends, then one of the others."""
+
+    RUNNING = "running"
+    DONE = "done"  # everything filled (or there was nothing to do)
+    PARTIAL = "partial"  # something filled; something was rejected, cancelled or left unfilled
+    FAILED = "failed"  # nothing filled
+    PLANNED = "planned"  # a dry run: recorded, nothing sent
+    SKIPPED = "skipped"  # a notebook ended itself early with kit.Skip
 
 # The fields that define what an order asks the broker to do. Two orders with the same client_order_id
 # must agree on all of them, or resuming a run would silently change what was sent.
