@@ -58,3 +58,19 @@ class JobLocked(KitError):
 
 class RunFailed(KitError):
     """A scheduled notebook run failed; its run row holds the error."""
+
+
+class LedgerWriteError(KitError):
+    """A batch could not be made durable (a full disk, an I/O error): it is in neither the ledger nor its
+    journal. The message names the file. The engine must stop sending new orders: what it sends now could
+    not be recorded, and an unrecorded order may be sent again on resume."""
+
+
+class InputError(ValidationError):
+    """Bad input other than a targets frame (prices, capital, weights, lot size, run key): the same
+    `problems` list of (key, reason) pairs, and a message that names the input instead of the frame."""
+
+    def __init__(self, what: str, problems: list[tuple[str | None, str]]):
+        super().__init__(problems)
+        lines = [f"  {key}: {reason}" if key else f"  {reason}" for key, reason in self.problems]
+        self.args = (f"{len(self.problems)} problem(s) in {what}; nothing was sent:\n" + "\n".join(lines),)
