@@ -20,7 +20,7 @@ from kit.brokers.base import Broker
 from kit.config import setting, truthy
 from kit.engine import Engine, OnTimeout, Run, RunInfo
 from kit.errors import RiskError
-from kit.ids import run_id_for
+from kit.ids import check_run_key, run_id_for
 from kit.planner import Plan, is_positions_frame, make_plan
 from kit.risk import RiskLimits
 from kit.store import Ledger
@@ -91,7 +91,8 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
                      min_notional: float = 0.0, sells_first: bool = False) -> Plan:
     from kit.brokers.mock import reference_prices
 
-    run_key = run_key or new_run_key()
+    # None is a new run; an explicit key, even an empty one, must be usable (an empty key never resumes).
+    run_key = new_run_key() if run_key is None else check_run_key(run_key)
     limits = RiskLimits.load(risk)
     the_broker = make_broker(broker, prices)
     reference = reference_prices(prices)

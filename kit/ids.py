@@ -11,19 +11,45 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from kit.errors import KitError
+from kit.errors import InputError
 
 MAX_ID_LENGTH = 64
-_RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,119}$")
+MAX_RUN_KEY_LENGTH = 120
+RUN_KEY_CHARACTERS = "letters A-Z a-z, digits and . _ : @ + -"
+# The whole key, nothing after it: `$` would also accept "abc\n", and a key read from a file with its
+# newline would silently name a different run than the one typed.
+_RUN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*")
+_RULE = (f"use 1-{MAX_RUN_KEY_LENGTH} {RUN_KEY_CHARACTERS}, starting with a letter or digit; "
+         "or run_key=None for a new run")
 
 
-def check_run_key(run_key: str) -> str:
-    if not isinstance(run_key, str) or not _RUN_KEY.match(run_key):
-        raise KitError(
-            f"run_key {run_key!r} is not usable: use 1-120 letters, digits or . _ : @ + - "
-            "starting with a letter or digit"
-        )
-    return run_key
+def run_key_problem(run_key: object) -> str | None:
+    """Why a run key is not usable, or None. The key is the idempotency key of a run: a retry must name the
+    same run, so nothing in it may be invisible (control characters, trailing newline) or implied (empty)."""
+    if not isinstance(run_key, str):
+        return f"run_key {run_key!r} is not usable: it is a {type(run_key).__name__}, not text; {_RULE}"
+    if not run_key:
+        return ("run_key '' is not usable: an explicit empty key is an error, not a new run (a retry with "
+                f"it would never resume); {_RULE}")
+    if len(run_key) > MAX_RUN_KEY_LENGTH:
+        return f"run_key {run_key[:20]!r}... is not usable: it has {len(run_key)} characters; {_RULE}"
+    bad = next((i for i, c in enumerate(run_key) if not c.isprintable() or c.isspace()), None)
+    if bad is not None:
+        return (f"run_key {run_key!r} is not usable: {run_key[bad]!r} at position {bad} is a space or "
+                f"control character; {_RULE}")
+    if not _RUN_KEY.fullmatch(run_key):
+        bad = next((i for i, c in enumerate(run_key) if not _RUN_KEY.fullmatch(("a" if i else "") + c)), 0)
+        return (f"run_key {run_key!r} is not usable: {run_key[bad]!r} at position {bad} is not allowed; "
+                f"{_RULE}")
+    return None
+
+
+def check_run_key(run_key: object) -> str:
+    """The run key itself, or InputError (a ValidationError) saying what is wrong with it."""
+    problem = run_key_problem(run_key)
+    if problem is not None:
+        raise InputError("run_key", [("run_key", problem)])
+    return run_key  # type: ignore[return-value]
 
 
 def run_id_for(run_key: str) -> str:

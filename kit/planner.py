@@ -17,11 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from kit.errors import ValidationError
+from kit.errors import InputError, ValidationError
 from kit.ids import check_run_key
 from kit.model import PAYLOAD_FIELDS, OrderIntent
 from kit.risk import RiskLimits, check, order_price, signed
-from kit.validate import COLUMNS, is_missing, validate_orders
+from kit.validate import COLUMNS, SANITY, Sanity, is_missing, quantity_problem, validate_orders
 
 TARGET_COLUMNS = ("target_quantity", "target_weight")
 POSITION_COLUMNS = ("symbol", *TARGET_COLUMNS, "tif", "exchange", "currency", "primary_exchange",
@@ -89,8 +89,28 @@ def is_positions_frame(frame: Any) -> bool:
     return isinstance(frame, pd.DataFrame) and any(c in frame.columns for c in TARGET_COLUMNS)
 
 
-def _target_problems(frame: pd.DataFrame, capital: float | None,
-                     prices: Mapping[str, float]) -> tuple[dict[str, float], list[tuple[str | None, str]]]:
+def _capital_problem(capital: Any, sanity: Sanity) -> str | None:
+    if isinstance(capital, bool) or not isinstance(capital, numbers.Real) or not math.isfinite(capital) \
+            or capital <= 0:
+        return f"target_weight needs a positive capital, got {capital!r}"
+    if capital > sanity.max_capital:
+        return (f"capital {capital:g} is above the sanity limit of {sanity.max_capital:g} "
+                "(pass a higher max_capital if you mean it)")
+    return None
+
+
+def _weight_problem(weight: Any, sanity: Sanity) -> str | None:
+    if is_missing(weight) or isinstance(weight, bool) or not isinstance(weight, numbers.Real) \
+            or not math.isfinite(weight):
+        return f"target_weight {weight!r} is not a finite number"
+    if abs(weight) > sanity.max_weight:
+        return (f"target_weight {weight:g} is beyond the sanity limit of \u00b1{sanity.max_weight:g} "
+                "(pass a higher max_weight if you mean it)")
+    return None
+
+
+def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping[str, float],
+                     sanity: Sanity) -> tuple[dict[str, float], list[tuple[str | None, str]]]:
     """Target positions in shares per symbol, or the problems that stop planning."""
     problems: list[tuple[str | None, str]] = []
     unknown = [c for c in frame.columns if c not in POSITION_COLUMNS]
@@ -100,8 +120,8 @@ def _target_problems(frame: pd.DataFrame, capital: float | None,
     by_weight = "target_weight" in frame.columns
     if by_weight and "target_quantity" in frame.columns:
         problems.append((None, "give target_quantity or target_weight, not both"))
-    if by_weight and (capital is None or not math.isfinite(capital) or capital <= 0):
-        problems.append((None, f"target_weight needs a positive capital, got {capital!r}"))
+    if by_weight and (problem := _capital_problem(capital, sanity)) is not None:
+        problems.append((None, problem))
     if "symbol" not in frame.columns:
         problems.append((None, "required column 'symbol' is missing"))
     if problems:
@@ -116,9 +136,9 @@ def _target_problems(frame: pd.DataFrame, capital: float | None,
         if not isinstance(symbol, str) or not symbol.strip():
             problems.append((name, "symbol is missing"))
             continue
-        if is_missing(value) or isinstance(value, bool) or not isinstance(value, int | float) \
-                or not math.isfinite(value):
-            problems.append((name, f"{column} {value!r} is not a finite number"))
+        problem = _weight_problem(value, sanity) if by_weight else quantity_problem(value, column, sanity)
+        if problem is not None:
+            problems.append((name, problem))
             continue
         if symbol in targets:
             problems.append((name, f"{symbol} has more than one target"))
@@ -133,9 +153,13 @@ def _target_problems(frame: pd.DataFrame, capital: float | None,
                 problems.append((name, f"no price for {symbol} to turn its weight into shares "
                                        "(give decision_price or prices)"))
                 continue
-            targets[symbol] = value * capital / price
-        elif value != int(value):
-            problems.append((name, f"target_quantity {value:g} is not a whole number of shares"))
+            shares = value * capital / price
+            if (problem := quantity_problem(round(shares) if math.isfinite(shares) else shares,
+                                            "the target", sanity)) is not None:
+                problems.append((name, f"{problem}: target_weight {value:g} of capital {capital:g} "
+                                       f"at price {price:g}"))
+                continue
+            targets[symbol] = shares
         else:
             targets[symbol] = float(value)
     return targets, problems
@@ -149,22 +173,35 @@ def _price(value: Any) -> float | None:
     return float(value) if value > 0 else None
 
 
+def _check_sizes(lot_size: Any, min_notional: Any, sanity: Sanity) -> None:
+    problems: list[tuple[str | None, str]] = []
+    if isinstance(lot_size, bool) or not isinstance(lot_size, numbers.Real) or not 0 < lot_size < math.inf:
+        problems.append(("lot_size", f"lot_size must be a positive number of shares, not {lot_size!r}"))
+    elif lot_size > sanity.max_quantity:
+        problems.append(("lot_size", f"lot_size {lot_size:g} is above the sanity limit of "
+                                     f"{sanity.max_quantity:,.0f} units"))
+    if isinstance(min_notional, bool) or not isinstance(min_notional, numbers.Real) \
+            or not 0 <= min_notional < math.inf:
+        problems.append(("min_notional", f"min_notional must be a finite number >= 0, not {min_notional!r}"))
+    if problems:
+        raise InputError("the planning options", problems)
+
+
 def _round_toward_zero(quantity: float, lot: float) -> float:
     return math.copysign(math.floor(abs(quantity) / lot + 1e-9) * lot, quantity)
 
 
 def plan_positions(frame: pd.DataFrame, run_key: str, *, positions: Mapping[str, float],
                    working: Mapping[str, float], prices: Mapping[str, float], capital: float | None = None,
-                   lot_size: float = 1, min_notional: float = 0.0,
-                   sells_first: bool = False) -> tuple[pd.DataFrame, dict[str, float]]:
+                   lot_size: float = 1, min_notional: float = 0.0, sells_first: bool = False,
+                   sanity: Sanity = SANITY) -> tuple[pd.DataFrame, dict[str, float]]:
     """Orders that take positions + working orders to the targets, as a target orders frame.
 
     Symbols absent from the frame are left alone (no opinion is not a target of zero). Targets from weights
     are rounded toward zero to whole lots; deltas under `min_notional` are dropped.
     """
-    if isinstance(lot_size, bool) or not isinstance(lot_size, numbers.Real) or not 0 < lot_size < math.inf:
-        raise ValueError(f"lot_size must be a positive number of shares, not {lot_size!r}")
-    targets, problems = _target_problems(frame, capital, prices)
+    _check_sizes(lot_size, min_notional, sanity)
+    targets, problems = _target_problems(frame, capital, prices, sanity)
     if problems:
         raise ValidationError(problems)
     options = frame.set_index("symbol").to_dict("index")
@@ -195,16 +232,18 @@ def make_plan(targets: pd.DataFrame, run_key: str, *, positions: Mapping[str, fl
               working: Mapping[str, float] | None = None, prices: Mapping[str, float] | None = None,
               limits: RiskLimits | None = None, capital: float | None = None, lot_size: float = 1,
               min_notional: float = 0.0, sells_first: bool = False,
-              taken: Mapping[tuple[str, str], int] | None = None) -> Plan:
-    """Validate targets into a plan with a risk verdict per order; ValidationError names every bad row."""
+              taken: Mapping[tuple[str, str], int] | None = None, sanity: Sanity = SANITY) -> Plan:
+    """Validate targets into a plan with a risk verdict per order; ValidationError names every bad row.
+
+    `sanity` holds the bounds past which a number is refused as a mistake (kit.validate.Sanity)."""
     check_run_key(run_key)
     positions, working, prices = dict(positions or {}), dict(working or {}), dict(prices or {})
     target_positions: dict[str, float] = {}
     if is_positions_frame(targets):
         targets, target_positions = plan_positions(
             targets, run_key, positions=positions, working=working, prices=prices, capital=capital,
-            lot_size=lot_size, min_notional=min_notional, sells_first=sells_first)
-    orders = validate_orders(targets, run_key, taken)
+            lot_size=lot_size, min_notional=min_notional, sells_first=sells_first, sanity=sanity)
+    orders = validate_orders(targets, run_key, taken, sanity)
     current = Counter(positions)
     current.update(working)
     breaches = check(orders, limits or RiskLimits(), current, prices)

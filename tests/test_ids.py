@@ -6,6 +6,7 @@ every process and never collide within a run.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.errors import KitError
+from kit.errors import KitError, ValidationError
 from kit.ids import MAX_ID_LENGTH, check_run_key, client_order_id, client_order_ids, run_id_for
 
 run_keys = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:@+-]{0,119}\Z")
@@ -50,10 +51,57 @@ def test_ids_are_the_same_in_another_process():
     assert out.strip().split("|") == [client_order_id(run_key, "BRK B", "SELL", 2), run_id_for(run_key)]
 
 
-@pytest.mark.parametrize("bad", ["", "-starts-with-dash", "has space", "x" * 121, "semi;colon", None, 42])
-def test_unusable_run_keys_are_refused_with_the_rule(bad):
-    with pytest.raises(KitError, match=r"run_key .* is not usable"):
+BAD_KEYS = {
+    "": "an explicit empty key is an error, not a new run",
+    "-starts-with-dash": "'-' at position 0 is not allowed",
+    "has space": "' ' at position 3 is a space or control character",
+    "x" * 121: "it has 121 characters",
+    "semi;colon": "';' at position 4 is not allowed",
+    "abc\n": "'\\n' at position 3 is a space or control character",
+    "a\tb": "'\\t' at position 1 is a space or control character",
+    "nul\x00": "'\\x00' at position 3",
+    "caf\u00e9": "'\u00e9' at position 3 is not allowed",
+    "rtl\u202e": "'\\u202e' at position 3 is a space or control character",
+    None: "it is a NoneType, not text",
+    42: "it is a int, not text",
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_KEYS), ids=[repr(k)[:20] for k in BAD_KEYS])
+def test_unusable_run_keys_are_refused_with_the_rule_and_the_reason(bad):
+    with pytest.raises(ValidationError, match=r"run_key .* is not usable") as error:
         check_run_key(bad)
+    assert BAD_KEYS[bad] in str(error.value)
+    assert "1-120 letters A-Z a-z, digits and . _ : @ + -" in str(error.value)
+    assert error.value.problems[0][0] == "run_key"
+    assert isinstance(error.value, KitError)
+
+
+@PROPERTY
+@given(st.text(max_size=130))
+def test_a_run_key_is_accepted_exactly_when_it_matches_the_documented_pattern(key):
+    documented = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,119}", key) is not None
+    if documented:
+        assert check_run_key(key) == key
+    else:
+        with pytest.raises(ValidationError):
+            check_run_key(key)
+
+
+@pytest.mark.parametrize("key", ["", "abc\n", " k"])
+def test_kit_plan_and_execute_refuse_an_explicit_bad_run_key_and_write_nothing(key, db):
+    import pandas as pd
+
+    import kit
+    from kit.brokers.mock import MockBroker
+
+    targets = pd.DataFrame({"symbol": ["AAPL"], "quantity": [1]})
+    with pytest.raises(ValidationError, match="run_key"):
+        kit.plan(targets, run_key=key, db=db)
+    broker = MockBroker(prices={"AAPL": 1.0})
+    with pytest.raises(ValidationError, match="run_key"):
+        kit.execute(targets, broker=broker, run_key=key, db=db)
+    assert broker.submitted == [] and not db.exists()
 
 
 def test_run_id_depends_only_on_the_run_key():

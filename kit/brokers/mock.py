@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import numbers
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from kit.model import (
     Side,
 )
 from kit.slicing import split
+from kit.validate import check_price, check_prices
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,9 @@ class CommissionModel:
 
 
 def reference_prices(prices: Mapping[str, float] | pd.DataFrame | pd.Series | None) -> dict[str, float]:
-    """A dict {symbol: price}, a Series, or a DataFrame: wide (one column per symbol, the last valid
-    row wins) or long (symbol and price columns, the last row per symbol wins)."""
-    if prices is None:
-        return {}
-    if isinstance(prices, pd.DataFrame):
-        if {"symbol", "price"} <= set(prices.columns):
-            return {str(s): float(p) for s, p in prices.groupby("symbol")["price"].last().items()}
-        # numbers.Real, not int | float: a row mixing a text column with integer prices holds numpy ints
-        return {str(s): float(p) for s, p in prices.ffill().iloc[-1].dropna().items()
-                if isinstance(p, numbers.Real) and not isinstance(p, bool)}
-    return {str(symbol): float(price) for symbol, price in dict(prices).items()}
+    """A dict {symbol: price}, a Series, or a DataFrame (wide or long), each price checked like a target's
+    (kit.validate.check_prices): a bad one is an InputError naming its symbol."""
+    return check_prices(prices)
 
 
 @dataclass
@@ -126,7 +118,7 @@ class MockBroker(Broker):
     def set_price(self, symbol: str, price: float) -> None:
         """Move the market: resting LMT orders that the new price reaches start filling. While no session
         is connected the price just moves; the orders it reaches fill when the next session connects."""
-        self.prices[symbol] = float(price)
+        symbol, self.prices[symbol] = check_price(symbol, price)
         if self._loop is None:
             return
         for working in self.orders.values():
