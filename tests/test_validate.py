@@ -15,7 +15,7 @@ import kit
 from kit.brokers.mock import MockBroker
 from kit.errors import ValidationError
 from kit.model import Side
-from kit.validate import validate_orders
+from kit.validate import Sanity, validate_orders
 
 
 def frame(**columns) -> pd.DataFrame:
@@ -203,3 +203,38 @@ def test_one_corrupted_cell_is_named_by_its_row(symbols, data):
         validate_orders(corrupted, "k")
     named = {row for row, _ in error.value.problems}
     assert len(named) == 1 and named.pop().startswith(f"row {position}")
+
+
+# ---- property: a quantity is taken exactly, or refused with its reason; never rounded, never a crash -----
+
+EXACT_LIMITS = Sanity(max_quantity=2**53)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.integers(-2**70, 2**70), st.integers(-20_000_000, 20_000_000),
+                 st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, 10**30, 2**63 + 5])))
+def test_a_whole_quantity_is_taken_exactly_up_to_the_limit_and_refused_above_it(quantity):
+    frame = pd.DataFrame({"symbol": ["AAPL"], "quantity": pd.Series([quantity], dtype=object)})
+    for limits in (Sanity(), EXACT_LIMITS):
+        if quantity == 0:
+            with pytest.raises(ValidationError, match="quantity is zero"):
+                validate_orders(frame, "k", sanity=limits)
+        elif abs(quantity) <= limits.max_quantity:
+            (order,) = validate_orders(frame, "k", sanity=limits)
+            assert int(order.quantity) == abs(quantity)  # not 2**53 for 2**53 + 1
+            assert order.side == (Side.BUY if quantity > 0 else Side.SELL)
+        else:
+            with pytest.raises(ValidationError, match=rf"quantity {quantity} is above (2\*\*53|the sanity)"):
+                validate_orders(frame, "k", sanity=limits)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_any_float_quantity_is_a_whole_bounded_order_or_a_named_refusal(quantity):
+    frame = pd.DataFrame({"symbol": ["AAPL"], "quantity": [quantity]})
+    try:
+        (order,) = validate_orders(frame, "k")
+    except ValidationError as error:
+        assert [row for row, _ in error.problems] == ["row 0 (AAPL)"]
+        return
+    assert order.quantity == abs(quantity) == int(order.quantity) and 0 < order.quantity <= 10_000_000
