@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,15 @@ from kit.errors import InputError, ValidationError
 from kit.ids import check_run_key
 from kit.model import PAYLOAD_FIELDS, OrderIntent
 from kit.risk import RiskLimits, check, order_price, signed
-from kit.validate import COLUMNS, SANITY, Sanity, is_missing, quantity_problem, validate_orders
+from kit.validate import (
+    COLUMNS,
+    SANITY,
+    Sanity,
+    finite_number,
+    is_missing,
+    quantity_problem,
+    validate_orders,
+)
 
 TARGET_COLUMNS = ("target_quantity", "target_weight")
 POSITION_COLUMNS = ("symbol", *TARGET_COLUMNS, "tif", "exchange", "currency", "primary_exchange",
@@ -90,8 +97,7 @@ def is_positions_frame(frame: Any) -> bool:
 
 
 def _capital_problem(capital: Any, sanity: Sanity) -> str | None:
-    if isinstance(capital, bool) or not isinstance(capital, numbers.Real) or not math.isfinite(capital) \
-            or capital <= 0:
+    if finite_number(capital) is None or capital <= 0:
         return f"target_weight needs a positive capital, got {capital!r}"
     if capital > sanity.max_capital:
         return (f"capital {capital:g} is above the sanity limit of {sanity.max_capital:g} "
@@ -100,8 +106,7 @@ def _capital_problem(capital: Any, sanity: Sanity) -> str | None:
 
 
 def _weight_problem(weight: Any, sanity: Sanity) -> str | None:
-    if is_missing(weight) or isinstance(weight, bool) or not isinstance(weight, numbers.Real) \
-            or not math.isfinite(weight):
+    if finite_number(weight) is None:
         return f"target_weight {weight!r} is not a finite number"
     if abs(weight) > sanity.max_weight:
         return (f"target_weight {weight:g} is beyond the sanity limit of \u00b1{sanity.max_weight:g} "
@@ -168,20 +173,18 @@ def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping
 def _price(value: Any) -> float | None:
     """A usable price (a finite number > 0) or None. A bad decision_price must reach validate_orders, which
     names it, instead of raising a TypeError here or dropping its order as under min_notional."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value) if value > 0 else None
+    number = finite_number(value)
+    return number if number is not None and number > 0 else None
 
 
 def _check_sizes(lot_size: Any, min_notional: Any, sanity: Sanity) -> None:
     problems: list[tuple[str | None, str]] = []
-    if isinstance(lot_size, bool) or not isinstance(lot_size, numbers.Real) or not 0 < lot_size < math.inf:
+    if finite_number(lot_size) is None or lot_size <= 0:
         problems.append(("lot_size", f"lot_size must be a positive number of shares, not {lot_size!r}"))
     elif lot_size > sanity.max_quantity:
         problems.append(("lot_size", f"lot_size {lot_size:g} is above the sanity limit of "
                                      f"{sanity.max_quantity:,.0f} units"))
-    if isinstance(min_notional, bool) or not isinstance(min_notional, numbers.Real) \
-            or not 0 <= min_notional < math.inf:
+    if finite_number(min_notional) is None or min_notional < 0:
         problems.append(("min_notional", f"min_notional must be a finite number >= 0, not {min_notional!r}"))
     if problems:
         raise InputError("the planning options", problems)

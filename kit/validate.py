@@ -50,6 +50,24 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _EXCHANGE = re.compile(r"^[A-Z0-9.]{0,16}$")
 
 
+def is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def finite_number(value: Any) -> float | None:
+    """A real, finite number, or None. Booleans and numeric strings are not numbers here: a frame whose
+    quantity column holds strings was built wrong, and guessing could send the wrong size."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
 EXACT = 2**53  # every whole number up to this is exactly a float; 2**53 + 1 is not
 
 
@@ -65,7 +83,7 @@ class Sanity:
     def __post_init__(self) -> None:
         for name in ("max_quantity", "max_price", "max_capital", "max_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            if finite_number(value) is None or value <= 0:
                 raise InputError("the sanity limits", [(name, f"{value!r} must be a positive finite number")])
         if self.max_quantity > EXACT:
             raise InputError("the sanity limits", [("max_quantity", f"{self.max_quantity!r} is above 2**53, "
@@ -79,7 +97,7 @@ def _shown(value: Any) -> str:
     """A number as the user wrote it: whole numbers in full (10**30, not 1e+30), others as %g."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return str(int(value))
-    return f"{float(value):g}" if _number(value) is not None else repr(value)
+    return f"{float(value):g}" if finite_number(value) is not None else repr(value)
 
 
 def quantity_problem(value: Any, name: str, sanity: Sanity) -> str | None:
@@ -88,7 +106,7 @@ def quantity_problem(value: Any, name: str, sanity: Sanity) -> str | None:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         size = abs(int(value))  # exact, whatever its size: float(10**400) would overflow
     else:
-        number = _number(value)
+        number = finite_number(value)
         if number is None:
             return f"{name} {value!r} is not a finite number"
         if number != int(number):
@@ -104,7 +122,7 @@ def quantity_problem(value: Any, name: str, sanity: Sanity) -> str | None:
 
 def price_problem(value: Any, name: str, sanity: Sanity) -> str | None:
     """Why `value` is not a usable price (a finite number > 0 within the limit), or None."""
-    number = _number(value)
+    number = finite_number(value)
     if number is None or number <= 0:
         return f"{name} {value!r} must be a positive number"
     if number > sanity.max_price:
@@ -153,24 +171,6 @@ def check_prices(prices: Any, sanity: Sanity = SANITY) -> dict[str, float]:
     if problems:
         raise InputError("prices", problems)
     return {symbol: float(price) for symbol, price in entries}
-
-
-def is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _number(value: Any) -> float | None:
-    """A real, finite number, or None. Booleans and numeric strings are not numbers here: a frame whose
-    quantity column holds strings was built wrong, and guessing could send the wrong size."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond any float
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _word(value: Any, allowed: tuple[str, ...], name: str, problems: list[str]) -> str | None:
@@ -234,7 +234,7 @@ def _check_row(row: dict[str, Any], sanity: Sanity) -> tuple[dict[str, Any], lis
             problems.append("LMT order without limit_price")
         elif (problem := price_problem(limit_price, "limit_price", sanity)) is not None:
             problems.append(problem)
-        values["limit_price"] = _number(limit_price)
+        values["limit_price"] = finite_number(limit_price)
     elif order_type == "MKT" and limit_price is not None:
         problems.append(f"limit_price {limit_price!r} given for a MKT order (use order_type LMT)")
 
@@ -246,7 +246,7 @@ def _check_row(row: dict[str, Any], sanity: Sanity) -> tuple[dict[str, Any], lis
     if values["decision_price"] is not None:
         if (problem := price_problem(values["decision_price"], "decision_price", sanity)) is not None:
             problems.append(problem)
-        values["decision_price"] = _number(values["decision_price"])
+        values["decision_price"] = finite_number(values["decision_price"])
     return values, problems
 
 
