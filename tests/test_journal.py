@@ -212,3 +212,22 @@ def test_a_damaged_journal_next_to_the_ledger_blocks_no_read_and_loses_no_batch(
         assert list(kit.ledger(db).events()["event_id"]) == ["e1"]
     assert journal.pending() == 0
     assert len(aside_files(journal)) == 1 and "moved" in caplog.text
+
+
+def test_a_locked_out_batch_that_cannot_be_journaled_raises_instead_of_vanishing(tmp_path, monkeypatch):
+    """What the engine sees when the ledger is held and the disk is full: LedgerWriteError naming the
+    journal, so it can stop sending orders it could not record."""
+    from kit.store import Batch, Ledger, event_row
+
+    ledger = Ledger(tmp_path / "kit.duckdb")
+    monkeypatch.setattr(ledger, "_connect", lambda: False)  # another process holds the file
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    batch = Batch(events=[event_row("e1", "r1", None, 1, datetime(2026, 1, 2), "note", None, {})])
+    with pytest.raises(LedgerWriteError, match=str(ledger.journal.path)):
+        ledger.write(batch)
+    monkeypatch.undo()
+    assert ledger.journal.pending() == 0
