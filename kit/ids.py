@@ -24,22 +24,23 @@ _RULE = (f"use 1-{MAX_RUN_KEY_LENGTH} {RUN_KEY_CHARACTERS}, starting with a lett
 
 
 def run_key_problem(run_key: object) -> str | None:
-    """Why a run key is not usable, or None. The key is the idempotency key of a run: a retry must name the
-    same run, so nothing in it may be invisible (control characters, trailing newline) or implied (empty)."""
+    """Why a run key is not usable (said after "run_key: "), or None. The key is the idempotency key of a
+    run: a retry must name the same run, so nothing in it may be invisible (control characters, a trailing
+    newline) or implied (empty)."""
     if not isinstance(run_key, str):
-        return f"run_key {run_key!r} is not usable: it is a {type(run_key).__name__}, not text; {_RULE}"
+        return f"{run_key!r} is not usable: it is a {type(run_key).__name__}, not text; {_RULE}"
     if not run_key:
-        return ("run_key '' is not usable: an explicit empty key is an error, not a new run (a retry with "
+        return ("'' is not usable: an explicit empty key is an error, not a new run (a retry with "
                 f"it would never resume); {_RULE}")
     if len(run_key) > MAX_RUN_KEY_LENGTH:
-        return f"run_key {run_key[:20]!r}... is not usable: it has {len(run_key)} characters; {_RULE}"
+        return f"{run_key[:20]!r}... is not usable: it has {len(run_key)} characters; {_RULE}"
     bad = next((i for i, c in enumerate(run_key) if not c.isprintable() or c.isspace()), None)
     if bad is not None:
-        return (f"run_key {run_key!r} is not usable: {run_key[bad]!r} at position {bad} is a space or "
+        return (f"{run_key!r} is not usable: {run_key[bad]!r} at position {bad} is a space or "
                 f"control character; {_RULE}")
     if not _RUN_KEY.fullmatch(run_key):
         bad = next((i for i, c in enumerate(run_key) if not _RUN_KEY.fullmatch(("a" if i else "") + c)), 0)
-        return (f"run_key {run_key!r} is not usable: {run_key[bad]!r} at position {bad} is not allowed; "
+        return (f"{run_key!r} is not usable: {run_key[bad]!r} at position {bad} is not allowed; "
                 f"{_RULE}")
     return None
 
@@ -48,7 +49,7 @@ def check_run_key(run_key: object) -> str:
     """The run key itself, or InputError (a ValidationError) saying what is wrong with it."""
     problem = run_key_problem(run_key)
     if problem is not None:
-        raise InputError("run_key", [("run_key", problem)])
+        raise InputError("the run key", [("run_key", problem)])
     return run_key  # type: ignore[return-value]
 
 

@@ -69,7 +69,7 @@ BAD_KEYS = {
 
 @pytest.mark.parametrize("bad", list(BAD_KEYS), ids=[repr(k)[:20] for k in BAD_KEYS])
 def test_unusable_run_keys_are_refused_with_the_rule_and_the_reason(bad):
-    with pytest.raises(ValidationError, match=r"run_key .* is not usable") as error:
+    with pytest.raises(ValidationError, match=r"run_key: .* is not usable") as error:
         check_run_key(bad)
     assert BAD_KEYS[bad] in str(error.value)
     assert "1-120 letters A-Z a-z, digits and . _ : @ + -" in str(error.value)
