@@ -211,7 +211,7 @@ def test_kit_halt_and_kit_halt_clear_on_the_command_line(capsys, tmp_path, db):
 
 
 def test_kit_halt_clear_says_when_the_environment_still_halts(monkeypatch, capsys):
-    monkeypatch.setenv("KIT_HALT", "yes")
+    monkeypatch.setenv("KIT_HALT", "true")
     code, out, _ = cli(capsys, "halt", "--clear")
     assert code == 1 and out == "still halted: KIT_HALT is set\n"
 
