@@ -173,6 +173,8 @@ class _Source:
 
     subject: Callable[[tuple[str, ...]], str]
     unknown: Callable[[tuple[str, ...]], str]
+    # The value as the user wrote it (an environment variable's text, not the number it was parsed into).
+    written: Callable[[tuple[str, ...], Any], str] = lambda loc, value: _show(value)
 
 
 def _load(path: Path | None, environment: Mapping[str, str]) -> Settings:
@@ -199,7 +201,8 @@ def _load(path: Path | None, environment: Mapping[str, str]) -> Settings:
             target = from_environment.setdefault(loc[0], {}) if len(loc) > 1 else from_environment
             target[loc[-1]] = _parse(_field(Settings, loc).annotation, text)
     env_source = _Source(lambda loc: f"environment variable {_env_name(loc)}",
-                         lambda loc: f"unknown environment variable {_env_name(loc)}")
+                         lambda loc: f"unknown environment variable {_env_name(loc)}",
+                         lambda loc, value: repr(environment[_env_name(loc)]))
     problems += _problems(Settings, from_environment, env_source)
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else
@@ -256,7 +259,7 @@ def _describe(model: type[BaseModel], error: Any, source: _Source) -> str:
         return source.unknown(loc) + _hint(loc[-1], valid, quote=True)
     field_loc = tuple(part for part in loc if not part.isdigit())
     expected = "a string" if len(field_loc) < len(loc) else _expected(_field(model, field_loc).annotation)
-    shown = _show(error["input"])
+    shown = source.written(loc, error["input"])
     detail = error["msg"].removeprefix("Input should be ")
     if error["type"].endswith(("_type", "_parsing")) or error["type"] == "literal_error":
         return f"{source.subject(loc)} must be {expected}, not {shown}"
@@ -330,9 +333,11 @@ def _hint(name: str, candidates: Iterable[str], quote: bool = False) -> str:
     candidates = list(candidates)
     if name.lower().startswith("risk_") and name[5:].lower() in _risk_names():
         return f" (did you mean [risk] {name[5:].lower()}?)"
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    by_case = {candidate.lower(): candidate for candidate in candidates}  # KIT_ib_port is KIT_IB_PORT
+    close = difflib.get_close_matches(name.lower(), by_case, n=1, cutoff=0.6)
     if close:
-        return f" (did you mean {close[0]!r}?)" if quote else f" (did you mean {close[0]}?)"
+        nearest = by_case[close[0]]
+        return f" (did you mean {nearest!r}?)" if quote else f" (did you mean {nearest}?)"
     return f" (valid: {', '.join(candidates)})"
 
 
@@ -368,8 +373,9 @@ def _env_name(loc: tuple[str, ...]) -> str:
 
 
 def _toml_key(loc: tuple[str, ...]) -> str:
-    return f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0]
+    """("risk", "allowed_symbols", "1") -> "[risk] allowed_symbols[1]", as the key reads in kit.toml."""
+    return f"[{loc[0]}] {_dotted(loc[1:])}" if len(loc) > 1 else loc[0]
 
 
 def _dotted(loc: tuple[str, ...]) -> str:
-    return ".".join(loc)
+    return "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in loc).removeprefix(".")
