@@ -190,7 +190,7 @@ def _load(path: Path | None, environment: Mapping[str, str]) -> Settings:
         return f"{path}: unknown key {loc[-1]!r}" + (f" in [{loc[0]}]" if len(loc) > 1 else "")
 
     file_source = _Source(lambda loc: f"{path}: {_toml_key(loc)}", unknown_key)
-    problems += _problems(Settings, from_file, file_source)
+    problems += _check(Settings, from_file, file_source)[1]
 
     from_environment: dict[str, Any] = {}
     for name, text in sorted(environment.items()):
@@ -203,7 +203,7 @@ def _load(path: Path | None, environment: Mapping[str, str]) -> Settings:
     env_source = _Source(lambda loc: f"environment variable {_env_name(loc)}",
                          lambda loc: f"unknown environment variable {_env_name(loc)}",
                          lambda loc, value: repr(environment[_env_name(loc)]))
-    problems += _problems(Settings, from_environment, env_source)
+    problems += _check(Settings, from_environment, env_source)[1]
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else
                           f"{len(problems)} problems in kit's configuration:\n  " + "\n  ".join(problems))
@@ -234,20 +234,21 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _validate(model: type[BaseModel], data: Mapping[str, Any], source: _Source) -> Any:
-    problems = _problems(model, data, source)
+    """`data` as an instance of `model`, or ConfigError with every problem."""
+    checked, problems = _check(model, data, source)
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else "\n".join(problems))
-    return model.model_validate(data)
+    return checked
 
 
-def _problems(model: type[BaseModel], data: Mapping[str, Any], source: _Source) -> list[str]:
+def _check(model: type[BaseModel], data: Mapping[str, Any], source: _Source) -> tuple[Any, list[str]]:
+    """(the instance, []) or (None, one message per problem)."""
     from pydantic import ValidationError
 
     try:
-        model.model_validate(data)
+        return model.model_validate(data), []
     except ValidationError as exc:
-        return [_describe(model, error, source) for error in exc.errors()]
-    return []
+        return None, [_describe(model, error, source) for error in exc.errors()]
 
 
 def _describe(model: type[BaseModel], error: Any, source: _Source) -> str:
