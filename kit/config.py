@@ -102,6 +102,8 @@ def risk_limits(overrides: Mapping[str, Any] | RiskLimits | None = None) -> Risk
     risk={...}; None there turns a configured limit off). A RiskLimits object is taken as it is."""
     if isinstance(overrides, RiskLimits):
         return overrides
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"risk= takes a dict of limits or a RiskLimits, not {overrides!r}")
     from kit.config_schema import RiskSettings
 
     given = {name: _plain(value) for name, value in (overrides or {}).items()}

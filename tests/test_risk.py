@@ -199,6 +199,8 @@ def test_an_unknown_limit_per_call_is_a_clear_error_naming_the_nearest_limit():
         risk_limits({"max_notional": 1e6})
     with pytest.raises(ConfigError, match="max_notional"):
         kit.plan(orders(("AAPL", "BUY", 1)), run_key="k", prices=PRICES, risk={"max_notional": 1e6})
+    with pytest.raises(ConfigError, match=r"risk= takes a dict of limits or a RiskLimits, not \['max_"):
+        risk_limits(["max_orders"])
 
 
 def test_an_unknown_limit_in_the_environment_is_an_error_not_a_limit_silently_off(monkeypatch):
