@@ -97,6 +97,12 @@ def setting(name: str, default: Any = _UNSET) -> Any:
     return getattr(model, loc[-1])
 
 
+def truthy(value: Any) -> bool:
+    """A flag read before, or without, the schema (the command line's KIT_DEBUG, so a broken configuration
+    can still be debugged): true only for the schema's own true words, `1` and `true`."""
+    return str(value).strip().lower() in {"1", "true"}
+
+
 def risk_limits(overrides: Mapping[str, Any] | RiskLimits | None = None) -> RiskLimits:
     """The limits `risk.check` applies: [risk] in kit.toml, then KIT_RISK_*, then `overrides` (a call's
     risk={...}; None there turns a configured limit off). A RiskLimits object is taken as it is."""
