@@ -315,7 +315,7 @@ def _parse(annotation: Any, text: str) -> Any:
     if base is float and re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", text):
         return float(text)
     if base is bool and text.lower() in {"true", "1", "false", "0"}:
-        return text.lower() in {"true", "1"}
+        return truthy(text)
     if typing.get_origin(base) is list:
         return [item.strip() for item in text.split(",") if item.strip()]
     return text
