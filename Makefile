@@ -22,7 +22,7 @@ $(INSYNC)/.installed: pyproject.toml
 	test -x $(INSYNC)/bin/python || $(PYTHON) -m venv $(INSYNC)
 	$(INSYNC)/bin/python -m pip install --quiet --upgrade pip
 	$(INSYNC)/bin/python -m pip install --quiet ib_insync==0.9.86 pandas==3.1.1 duckdb==2.0.0 \
-		croniter==7.0.0 pytest==9.2.0 hypothesis==6.170.15
+		croniter==7.0.0 pydantic==2.14.3 pytest==9.2.0 hypothesis==6.170.15
 	$(INSYNC)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 

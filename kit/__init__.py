@@ -15,13 +15,15 @@ _EXPORTS = {
     "Plan": "kit.planner", "Run": "kit.engine", "RunInfo": "kit.engine",
     "MockBroker": "kit.brokers.mock", "CommissionModel": "kit.brokers.mock", "Broker": "kit.brokers.base",
     "Ledger": "kit.store",
-    "KitError": "kit.errors", "ValidationError": "kit.errors", "PayloadConflictError": "kit.errors",
+    "KitError": "kit.errors", "ValidationError": "kit.errors", "ConfigError": "kit.errors",
+    "PayloadConflictError": "kit.errors",
     "LiveAccountError": "kit.errors", "Skip": "kit.runner",
 }
 __all__ = [  # noqa: RUF022 (grouped by layer, like _EXPORTS)
     "plan", "execute", "execute_async", "ledger", "tca", "cancel", "cancel_async",
     "Plan", "Run", "RunInfo", "MockBroker", "CommissionModel", "Broker", "Ledger",
-    "KitError", "ValidationError", "PayloadConflictError", "LiveAccountError", "Skip", "__version__",
+    "KitError", "ValidationError", "ConfigError", "PayloadConflictError", "LiveAccountError", "Skip",
+    "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from kit.brokers.base import Broker
     from kit.brokers.mock import CommissionModel, MockBroker
     from kit.engine import Run, RunInfo
-    from kit.errors import KitError, LiveAccountError, PayloadConflictError, ValidationError
+    from kit.errors import ConfigError, KitError, LiveAccountError, PayloadConflictError, ValidationError
     from kit.planner import Plan
     from kit.runner import Skip
     from kit.store import Ledger

@@ -10,16 +10,16 @@ import asyncio
 import secrets
 import threading
 from collections.abc import Awaitable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
+from kit import clock
 from kit.brokers.base import Broker
-from kit.config import setting, truthy
+from kit.config import risk_limits, settings
 from kit.engine import Engine, OnTimeout, Run, RunInfo
-from kit.errors import RiskError
+from kit.errors import KitError, RiskError
 from kit.ids import check_run_key, run_id_for
 from kit.planner import Plan, is_positions_frame, make_plan
 from kit.risk import RiskLimits
@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 def new_run_key() -> str:
     """An interactive call without a run_key is a new run: a fresh, readable, unique key."""
-    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    return f"run-{clock.now_utc():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 def make_broker(broker: str | Broker, prices: Prices = None) -> Broker:
@@ -48,7 +48,7 @@ def make_broker(broker: str | Broker, prices: Prices = None) -> Broker:
         from kit.brokers.ib import IBBroker  # imported only when used: IB libraries are heavy
 
         return IBBroker.from_config()
-    raise ValueError(f"broker must be 'mock', 'ib' or a Broker object, not {broker!r}")
+    raise KitError(f"broker must be 'mock', 'ib' or a Broker object, not {broker!r}")
 
 
 def _run(coroutine: Awaitable[T]) -> T:
@@ -93,7 +93,7 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
 
     # None is a new run; an explicit key, even an empty one, must be usable (an empty key never resumes).
     run_key = new_run_key() if run_key is None else check_run_key(run_key)
-    limits = RiskLimits.load(risk)
+    limits = risk_limits(risk)
     the_broker = make_broker(broker, prices)
     reference = reference_prices(prices)
     if isinstance(targets, pd.DataFrame) and "symbol" in targets.columns:
@@ -147,9 +147,9 @@ async def execute_async(
     if isinstance(targets, Plan):
         the_plan = targets
         if run_key is not None and run_key != the_plan.run_key:
-            raise ValueError(f"run_key {run_key!r} differs from the plan's {the_plan.run_key!r}")
+            raise KitError(f"run_key {run_key!r} differs from the plan's {the_plan.run_key!r}")
         if plan_options:
-            raise ValueError(f"{sorted(plan_options)} shape planning: pass them to kit.plan, not with a Plan")
+            raise KitError(f"{sorted(plan_options)} shape planning: pass them to kit.plan, not with a Plan")
     else:
         the_plan = await plan_async(targets, broker, run_key, db=db, prices=prices, **plan_options)
     if strict and any(the_plan.breaches):
@@ -157,12 +157,12 @@ async def execute_async(
                    for o, b in zip(the_plan.orders, the_plan.breaches, strict=True) if b]
         raise RiskError("strict=True and orders break risk limits; nothing was sent:\n" + "\n".join(stopped))
     if dry_run is None:
-        dry_run = truthy(setting("KIT_DRY_RUN", "0"))
+        dry_run = settings().dry_run
     ledger = Ledger(db)
     await asyncio.to_thread(ledger.open)  # may wait for another process to let go of the file
     with ledger:
         engine = Engine(the_plan, make_broker(broker, prices), ledger, timeout=timeout, on_timeout=on_timeout,
-                        allow_live=truthy(setting("KIT_ALLOW_LIVE", "0")), approve=approve, dry_run=dry_run,
+                        allow_live=settings().allow_live, approve=approve, dry_run=dry_run,
                         info=info)
         return await engine.run()
 
@@ -183,7 +183,8 @@ async def cancel_async(run: str | None = None, *, all_runs: bool = False, broker
         results = []
         for run_id in run_ids:
             row = ledger.run_row(run_id)
-            assert row is not None
+            if row is None:
+                raise KitError(f"run {run_id} is not in the ledger {ledger.path}")
             the_broker = make_broker(broker or row["broker"] or "mock")
             engine = Engine(Plan(row["run_key"], ()), the_broker, ledger, cancel_timeout=timeout)
             results.append(await engine.cancel_working())

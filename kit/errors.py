@@ -7,6 +7,11 @@ class KitError(Exception):
     """Base class: anything kit refuses to do, with the reason."""
 
 
+class ConfigError(KitError):
+    """kit.toml, a KIT_* variable or a risk limit kit cannot use: the message names the file or variable, the
+    key and what was expected. Nothing runs on a configuration kit cannot read exactly as written."""
+
+
 class ValidationError(KitError, ValueError):
     """A targets frame had bad rows. Nothing was sent and nothing was written.
 

@@ -8,20 +8,17 @@ not a check that passed.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
-from kit.config import _file_settings, setting
-from kit.errors import KitError
 from kit.model import OrderIntent, Side
 
 
 @dataclass(frozen=True)
 class RiskLimits:
-    """None disables a limit. Set in kit.toml ([risk] max_order_notional = 1e6), in the environment
-    (KIT_RISK_MAX_ORDER_NOTIONAL=1e6) or per call (kit.execute(..., risk={"max_orders": 20}))."""
+    """None disables a limit. Built and checked by the configuration layer (kit.config.risk_limits: kit.toml
+    [risk], KIT_RISK_*, a call's risk={...}); this module only applies them."""
 
     max_order_notional: float | None = None
     max_order_quantity: float | None = None
@@ -31,44 +28,8 @@ class RiskLimits:
     collar: float | None = None  # a limit price may be at most this fraction away from the reference
     max_orders: int | None = None
 
-    @classmethod
-    def load(cls, overrides: Mapping[str, Any] | RiskLimits | None = None) -> RiskLimits:
-        """Limits from kit.toml, then the environment, then `overrides`. A name kit does not know is an error
-        wherever it is set: a misspelt limit (KIT_RISK_MAX_NOTIONAL) would otherwise be silently off."""
-        if isinstance(overrides, RiskLimits):
-            return overrides
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = setting(f"KIT_RISK_{field.name.upper()}")
-            if raw not in (None, ""):
-                values[field.name] = raw
-        known = {f"KIT_RISK_{f.name.upper()}" for f in fields(cls)}
-        unknown = sorted(set(overrides or {}) - {f.name for f in fields(cls)}) + sorted(
-            {name for name in (*os.environ, *_file_settings()) if name.startswith("KIT_RISK_")} - known)
-        if unknown:
-            raise KitError(f"unknown risk limit(s) {unknown}; known: {[f.name for f in fields(cls)]}")
-        values.update(overrides or {})
-        return replace(cls(), **{name: _coerce(name, value) for name, value in values.items()})
-
     def active(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if name == "allowed_symbols":
-        items = value.split(",") if isinstance(value, str) else value
-        return frozenset(str(s).strip() for s in items if str(s).strip())
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise KitError(f"risk limit {name} must be a number, not {value!r}") from None
-    # NaN compares False with everything, so a NaN limit would pass every order: refuse it.
-    whole = name == "max_orders"
-    if math.isnan(number) or number < 0 or (whole and not number.is_integer()):
-        raise KitError(f"risk limit {name} must be a {'whole ' if whole else ''}number >= 0, not {value!r}")
-    return int(number) if name == "max_orders" else number
 
 
 def signed(order: OrderIntent) -> float:

@@ -105,7 +105,7 @@ def test_a_plan_can_be_executed_as_planned(db):
     run = kit.execute(plan, prices=PRICES, db=db, timeout=5)
     assert run.run_key == "k"
     assert run.orders["client_order_id"].tolist() == [o.client_order_id for o in plan.orders]
-    with pytest.raises(ValueError, match="differs from the plan"):
+    with pytest.raises(kit.KitError, match="differs from the plan"):
         kit.execute(plan, prices=PRICES, run_key="other", db=db)
 
 

@@ -7,12 +7,16 @@ that stopped it and never reaches the broker, and that strict=True stops the who
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pandas as pd
 import pytest
 
 import kit
 from kit.brokers.mock import MockBroker
-from kit.errors import KitError, RiskError
+from kit.config import risk_limits
+from kit.errors import ConfigError, RiskError
 from kit.planner import Plan, make_plan
 from kit.risk import RiskLimits
 from kit.store import Ledger
@@ -153,13 +157,13 @@ def test_every_limit_an_order_breaks_is_named():
                                   "max_gross_notional", "max_position", "collar"]
 
 
-# ---- where limits come from -------------------------------------------------------------------------------
+# ---- where limits come from (kit.config.risk_limits; the malformed cases are in test_config.py) -----------
 def test_limits_from_the_environment(monkeypatch):
     monkeypatch.setenv("KIT_RISK_MAX_ORDER_NOTIONAL", "5e4")
     monkeypatch.setenv("KIT_RISK_ALLOWED_SYMBOLS", "AAPL, MSFT")
     monkeypatch.setenv("KIT_RISK_MAX_ORDERS", "3")
     monkeypatch.setenv("KIT_RISK_COLLAR", "")  # empty means not set
-    limits = RiskLimits.load()
+    limits = risk_limits()
     assert limits.active() == {"max_order_notional": 50_000.0, "allowed_symbols": frozenset({"AAPL", "MSFT"}),
                                "max_orders": 3}
     assert isinstance(limits.max_orders, int)
@@ -169,11 +173,11 @@ def test_limits_from_kit_toml_the_environment_wins_and_a_call_wins_over_both(mon
     (tmp_path / "kit.toml").write_text(
         'db = "ledger.duckdb"\n[risk]\nmax_order_notional = 1e6\nmax_orders = 20\n'
         'allowed_symbols = ["AAPL", "MSFT"]\ncollar = 0.05\n')
-    assert RiskLimits.load().active() == {"max_order_notional": 1e6, "max_orders": 20,
-                                          "allowed_symbols": frozenset({"AAPL", "MSFT"}), "collar": 0.05}
+    assert risk_limits().active() == {"max_order_notional": 1e6, "max_orders": 20,
+                                      "allowed_symbols": frozenset({"AAPL", "MSFT"}), "collar": 0.05}
     monkeypatch.setenv("KIT_RISK_MAX_ORDERS", "5")
-    assert RiskLimits.load().max_orders == 5
-    limits = RiskLimits.load({"max_orders": 2, "collar": None, "max_position": 300})
+    assert risk_limits().max_orders == 5
+    limits = risk_limits({"max_orders": 2, "collar": None, "max_position": 300})
     assert limits.active() == {"max_order_notional": 1e6, "max_orders": 2, "max_position": 300.0,
                                "allowed_symbols": frozenset({"AAPL", "MSFT"})}
 
@@ -181,34 +185,50 @@ def test_limits_from_kit_toml_the_environment_wins_and_a_call_wins_over_both(mon
 def test_a_limits_object_is_taken_as_it_is(monkeypatch):
     monkeypatch.setenv("KIT_RISK_MAX_ORDERS", "5")
     limits = RiskLimits(max_order_quantity=7)
-    assert RiskLimits.load(limits) is limits
+    assert risk_limits(limits) is limits
 
 
-def test_an_unknown_limit_per_call_is_a_clear_error():
-    with pytest.raises(KitError, match=r"unknown risk limit\(s\) \['max_notional'\]; known: .*max_order_"):
-        RiskLimits.load({"max_notional": 1e6})
-    with pytest.raises(KitError, match="max_notional"):
+def test_per_call_limits_take_numpy_numbers_and_any_collection_of_symbols():
+    limits = risk_limits({"max_orders": np.int64(4), "max_position": np.float64(10.5),
+                          "allowed_symbols": {"AAPL"}})
+    assert limits.active() == {"max_orders": 4, "max_position": 10.5, "allowed_symbols": frozenset({"AAPL"})}
+
+
+def test_an_unknown_limit_per_call_is_a_clear_error_naming_the_nearest_limit():
+    with pytest.raises(ConfigError, match=r"unknown risk limit 'max_notional' \(did you mean 'max_order_no"):
+        risk_limits({"max_notional": 1e6})
+    with pytest.raises(ConfigError, match="max_notional"):
         kit.plan(orders(("AAPL", "BUY", 1)), run_key="k", prices=PRICES, risk={"max_notional": 1e6})
+    with pytest.raises(ConfigError, match=r"risk= takes a dict of limits or a RiskLimits, not \['max_"):
+        risk_limits(["max_orders"])
 
 
 def test_an_unknown_limit_in_the_environment_is_an_error_not_a_limit_silently_off(monkeypatch):
     monkeypatch.setenv("KIT_RISK_MAX_NOTIONAL", "1e6")
-    with pytest.raises(KitError, match="KIT_RISK_MAX_NOTIONAL"):
-        RiskLimits.load()
+    with pytest.raises(ConfigError, match="unknown environment variable KIT_RISK_MAX_NOTIONAL"):
+        risk_limits()
 
 
 def test_an_unknown_limit_in_kit_toml_is_an_error(tmp_path):
     (tmp_path / "kit.toml").write_text("[risk]\nmax_oder_quantity = 100\n")
-    with pytest.raises(KitError, match="KIT_RISK_MAX_ODER_QUANTITY"):
-        RiskLimits.load()
+    with pytest.raises(ConfigError, match=r"unknown key 'max_oder_quantity' in \[risk\] \(did you mean "
+                                          r"'max_order_quantity'\?\)"):
+        risk_limits()
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("max_order_notional", "lots"), ("max_order_notional", "nan"), ("max_position", -1), ("max_orders", 2.5),
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("max_order_notional", "lots", "a number, not 'lots'"),
+    ("max_order_notional", float("nan"), "a finite number, not nan"),
+    ("max_position", -1, "a number greater than or equal to 0, not -1"),
+    ("max_orders", 2.5, "an integer, not 2.5"),
+    ("max_orders", True, "an integer, not true"),
+    ("allowed_symbols", "AAPL", "a list of strings, not 'AAPL'"),
 ])
-def test_a_limit_that_is_not_a_usable_number_is_an_error_naming_it(name, value):
-    with pytest.raises(KitError, match=f"risk limit {name} must be"):
-        RiskLimits.load({name: value})
+def test_a_limit_that_is_not_a_usable_value_is_an_error_naming_it(name, value, expected):
+    with pytest.raises(ConfigError, match=re.escape(f"risk limit {name} must be {expected}")):
+        risk_limits({name: value})
+    with pytest.raises(ConfigError, match=re.escape(f"risk limit {name} must be")):
+        kit.plan(orders(("AAPL", "BUY", 1)), run_key="k", prices=PRICES, risk={name: value})
 
 
 # ---- stopped orders in a run ------------------------------------------------------------------------------

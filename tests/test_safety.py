@@ -13,7 +13,7 @@ import kit
 import kit.api
 from kit.brokers.mock import MockBroker
 from kit.cli import main
-from kit.errors import HaltedError, LiveAccountError
+from kit.errors import HaltedError, KitError, LiveAccountError
 
 PRICES = {"AAPL": 200.0, "MSFT": 400.0, "TSLA": 250.0}
 pytestmark = pytest.mark.usefixtures("clean_config")
@@ -211,7 +211,7 @@ def test_kit_halt_and_kit_halt_clear_on_the_command_line(capsys, tmp_path, db):
 
 
 def test_kit_halt_clear_says_when_the_environment_still_halts(monkeypatch, capsys):
-    monkeypatch.setenv("KIT_HALT", "yes")
+    monkeypatch.setenv("KIT_HALT", "true")
     code, out, _ = cli(capsys, "halt", "--clear")
     assert code == 1 and out == "still halted: KIT_HALT is set\n"
 
@@ -275,6 +275,18 @@ def test_kit_cancel_in_a_new_process_is_not_confirmed_by_a_mock_that_never_saw_t
 def test_kit_cancel_needs_a_run_or_all(capsys, db):
     code, _, err = cli(capsys, "--db", db, "cancel")
     assert code == 2 and "--run RUN or --all" in err
+
+
+# ---- bad arguments ----------------------------------------------------------------------------------------
+def test_bad_call_arguments_are_kit_errors_and_nothing_is_written(db):
+    with pytest.raises(KitError, match="broker must be 'mock', 'ib' or a Broker object, not 'mok'"):
+        kit.execute(buys(AAPL=1), broker="mok", run_key="bad", db=db, prices=PRICES)
+    plan = kit.plan(buys(AAPL=1), run_key="bad", prices=PRICES)
+    with pytest.raises(KitError, match=r"\['lot_size'\] shape planning: pass them to kit.plan"):
+        kit.execute(plan, db=db, lot_size=10)
+    with pytest.raises(KitError, match="run_key 'other' differs from the plan's 'bad'"):
+        kit.execute(plan, run_key="other", db=db)
+    assert not db.exists()
 
 
 # ---- how a plan shows itself ------------------------------------------------------------------------------
