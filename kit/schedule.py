@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 from kit.clock import now_utc
 from kit.config import lock_dir as default_lock_dir
 from kit.config import schedule_state_path
-from kit.errors import JobLocked, RunFailed, ScheduleError
+from kit.errors import JobLocked, KitError, RunFailed, ScheduleError
 from kit.slots import Job, aware_utc, due, next_slot, parse_jobs, run_key
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,21 @@ def load_jobs(path: Path | str) -> list[Job]:
 
 
 def check_notebooks(jobs: Sequence[Job]) -> None:
-    """Refuse to start with a job whose notebook is missing: better now than at its slot, hours later."""
+    """Refuse to start with a job whose notebook is missing or unreadable, or whose parameters its
+    parameters cell does not accept (as `kit run` checks `-p`): better now than at its slot, hours later."""
+    from kit.runner import check_parameters, notebook_parameters  # lazily: papermill
+
     for job in jobs:
         if not Path(job.notebook).is_file():
             raise ScheduleError(f"job {job.name!r}: notebook: {job.notebook} not found in {Path.cwd()}")
+        try:
+            declared = notebook_parameters(job.notebook)
+        except Exception as exc:  # nbformat's and papermill's own errors for a file that is no notebook
+            raise ScheduleError(f"job {job.name!r}: notebook: cannot read {job.notebook} ({exc})") from exc
+        try:
+            check_parameters(declared, job.parameters)
+        except KitError as exc:
+            raise ScheduleError(f"job {job.name!r}: parameters: {exc}") from exc
 
 
 @contextmanager

@@ -457,10 +457,18 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path: Path, text: str):
 # --- the command line -------------------------------------------------------------------------------------
 
 
+NOTEBOOK_WITH_PARAMETERS = {
+    "cells": [{"cell_type": "code", "execution_count": None, "id": "p", "metadata": {"tags": ["parameters"]},
+               "outputs": [], "source": ['broker = "mock"\n', "capital = 1.0\n", "run_key = None"]}],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
 def write_jobs(tmp_path: Path, **changes: object) -> list[str]:
     """A job file with one job (GOOD + changes) whose notebook exists; returns `--once` arguments for it."""
     notebook = tmp_path / "job.ipynb"
-    notebook.write_text("{}")
+    notebook.write_text(json.dumps(NOTEBOOK_WITH_PARAMETERS))
     (tmp_path / "jobs.toml").write_text(toml(**{"notebook": str(notebook), **changes}))
     paths = ("--state", str(tmp_path / "state.json"), "--lock-dir", str(tmp_path / "locks"))
     return [str(tmp_path / "jobs.toml"), "--once", *paths]
@@ -475,7 +483,8 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
 
 def test_once_runs_what_is_due_now_and_says_so(tmp_path: Path, recorder: Recorder,
-                                                capsys: pytest.CaptureFixture[str]):
+                                                capsys: pytest.CaptureFixture[str], monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     args = write_jobs(tmp_path, name="every-minute", cron="* * * * *", timezone="UTC")
     assert main(["schedule", *args]) == 0
     out = capsys.readouterr().out
@@ -517,6 +526,9 @@ def test_the_default_runner_is_kits_papermill_runner():
     [
         ({"timezone": None}, "jobs.toml: job 'bad-job': timezone: required with cron"),
         ({"notebook": "gone.ipynb"}, "job 'bad-job': notebook: gone.ipynb not found"),
+        ({"parameters": {"capital": "abc"}},
+         "job 'bad-job': parameters: parameter capital: 'abc' is not a float"),
+        ({"parameters": {"brokr": "ib"}}, "job 'bad-job': parameters: the notebook has no parameter 'brokr'"),
     ],
 )
 def test_a_bad_job_file_exits_2(
