@@ -311,7 +311,8 @@ def _where(error: BaseException | None, output: Path) -> tuple[int | None, tuple
 
     if not isinstance(error, PapermillExecutionError):
         return None, ()
-    lines = [line for text in error.traceback for line in strip_color(text).splitlines() if line.strip()]
+    lines = [line for text in error.traceback for line in strip_color(text).splitlines()
+             if line.strip(" -")]  # IPython's rule of dashes says nothing
     return error.cell_index + 1 - _injected_before(output, error.cell_index), tuple(lines[-TRACEBACK_LINES:])
 
 
