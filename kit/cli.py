@@ -128,12 +128,22 @@ def cmd_summary(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     run_id = ledger.resolve_run(args.run)
     row = ledger.run_row(run_id)
-    run = Run(run_id, row["run_key"], row["status"], ledger.orders(run_id), ledger.fills(run_id))
+    run = Run(run_id, row["run_key"], row["status"], ledger.orders(run_id), ledger.fills(run_id),
+              _notes(ledger, run_id))
     print(run.summary())
     if row.get("error_name"):
         print(f"  error: {row['error_name']}: {row['error']}")
     render(run.orders, _columns("orders"))
     return 0
+
+
+def _notes(ledger: Ledger, run_id: str) -> list[str]:
+    """The notes of the run's last attempt (a disconnect, an unconfirmed cancel, ...), as its end recorded."""
+    import json
+
+    frame = ledger.query("SELECT detail FROM order_events WHERE run_id = ? AND kind = 'run_finished' "
+                         'ORDER BY "at" DESC, seq DESC LIMIT 1', [run_id])
+    return [] if frame.empty else list(json.loads(frame.iloc[0, 0]).get("notes", []))
 
 
 def cmd_tca(args: argparse.Namespace) -> int:
@@ -232,7 +242,7 @@ def _print_result(result: NotebookRun, db: str | None) -> None:
 
     ledger = Ledger(db)
     print(Run(result.run_id, result.run_key, result.status, ledger.orders(result.run_id),
-              ledger.fills(result.run_id)).summary())
+              ledger.fills(result.run_id), _notes(ledger, result.run_id)).summary())
     if result.error_name:
         label = "reason" if result.status == "skipped" else "error"
         where = f" in cell {result.cell}" if result.cell is not None else ""

@@ -251,6 +251,8 @@ def test_cancel_says_what_it_cancelled(db, capsys, monkeypatch):
     resting = pd.DataFrame({"symbol": ["MSFT", "AAPL"], "side": "BUY", "quantity": [10, 5],
                             "order_type": ["LMT", "MKT"], "limit_price": [300.0, None]})
     kit.execute(resting, broker=broker, run_key="rest", db=db, timeout=0.3, on_timeout="leave")
+    code, out, _ = run_cli(capsys, "--db", db, "summary", "--run", "rest")
+    assert code == 0 and "  note: 1 order(s) left working at the broker" in out  # the run's notes
     monkeypatch.setattr(kit.api, "make_broker", lambda *a, **k: broker)  # the broker that holds the order
     code, out, err = run_cli(capsys, "--db", db, "cancel", "--run", "rest")
     assert code == 0 and err == ""
