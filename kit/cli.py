@@ -88,6 +88,11 @@ def _ledger(args: argparse.Namespace) -> Ledger:
     return Ledger(args.db)
 
 
+def _run_row(ledger: Ledger, run_id: str) -> dict[str, Any]:
+    """The run's row, read without holding the file (Ledger.run_row is the writer's: it keeps it open)."""
+    return ledger.query("SELECT * FROM runs WHERE run_id = ?", [run_id]).iloc[0].to_dict()
+
+
 def _form(args: argparse.Namespace) -> Format:
     return "json" if args.json else "csv" if args.csv else "table"
 
@@ -127,7 +132,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     ledger = _ledger(args)
     run_id = ledger.resolve_run(args.run)
-    row = ledger.run_row(run_id)
+    row = _run_row(ledger, run_id)
     run = Run(run_id, row["run_key"], row["status"], ledger.orders(run_id), ledger.fills(run_id),
               _notes(ledger, run_id))
     print(run.summary())
@@ -153,7 +158,7 @@ def cmd_tca(args: argparse.Namespace) -> int:
 
     ledger = _ledger(args)
     run_id = ledger.resolve_run(args.run)
-    row = ledger.run_row(run_id)
+    row = _run_row(ledger, run_id)
     print(f"run {row['run_key']} ({run_id}) on {row['broker'] or 'no broker'}: {row['status']}, "
           f"started {timestamp(row['started_at'])} UTC\n")
     print(tca(run_id, args.db))
@@ -170,8 +175,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         raise KitError("say which: --run RUN or --all")
     ledger = _ledger(args)
     run_ids = ledger.working_runs() if args.all else [ledger.resolve_run(args.run)]
-    working = {o.client_order_id: o for r in run_ids for o in ledger.load_orders(r)
-               if o.working and o.submitted_at is not None}
+    try:
+        working = {o.client_order_id: o for r in run_ids for o in ledger.load_orders(r)
+                   if o.working and o.submitted_at is not None}
+    finally:
+        ledger.close()  # load_orders reads through the writer's connection: let go before cancel opens it
     if not working:
         print("nothing was working: " + (f"run {args.run} has no order at the broker" if args.run
                                          else "no run has an order at the broker"))
@@ -244,7 +252,7 @@ def _print_result(result: NotebookRun, db: str | None) -> None:
     print(Run(result.run_id, result.run_key, result.status, ledger.orders(result.run_id),
               ledger.fills(result.run_id), _notes(ledger, result.run_id)).summary())
     if result.error_name:
-        label = "reason" if result.status == "skipped" else "error"
+        label = "reason" if result.status == RunStatus.SKIPPED else "error"
         where = f" in cell {result.cell}" if result.cell is not None else ""
         print(f"  {label}{where}: {result.error_name}: {result.error}")
         if result.traceback:

@@ -30,6 +30,7 @@ from kit.config import db_path
 from kit.config import runs_dir as default_runs_dir
 from kit.errors import KitError
 from kit.ids import check_run_key, run_id_for
+from kit.model import RunStatus
 
 if TYPE_CHECKING:
     from kit.store import Ledger
@@ -60,7 +61,7 @@ class NotebookRun:
 
     run_id: str
     run_key: str
-    status: str  # done | partial | failed | skipped | planned (a dry run)
+    status: str  # a RunStatus: done | partial | failed | skipped | planned (a dry run)
     output_path: Path | None
     error_name: str | None = None
     error: str | None = None
@@ -69,7 +70,7 @@ class NotebookRun:
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status != RunStatus.FAILED
 
 
 def parse_value(text: str) -> Any:
@@ -267,10 +268,11 @@ def _begin(db: Path, run_id: str, run_key: str, started: datetime, info: dict[st
     """Create the run row, or mark an existing run running again with this attempt's notebook details."""
     with _open(db) as ledger:
         if ledger.run_row(run_id) is None:
-            ledger.insert_run({"run_id": run_id, "run_key": run_key, "status": "running",
+            ledger.insert_run({"run_id": run_id, "run_key": run_key, "status": RunStatus.RUNNING,
                                "started_at": started, **info})
         else:
-            ledger.update_run(run_id, status="running", ended_at=None, error_name=None, error=None, **info)
+            ledger.update_run(run_id, status=RunStatus.RUNNING, ended_at=None, error_name=None, error=None,
+                              **info)
 
 
 def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseException | None) -> NotebookRun:
@@ -286,9 +288,9 @@ def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseExcept
     with _open(db) as ledger:
         status = ledger.run_row(run_id)["status"]
         if error is not None:
-            status = "skipped" if values["error_name"] == Skip.__name__ else "failed"
-        elif status == "running":
-            status = "done"  # the notebook ended cleanly without trading under this run_key
+            status = RunStatus.SKIPPED if values["error_name"] == Skip.__name__ else RunStatus.FAILED
+        elif status == RunStatus.RUNNING:
+            status = RunStatus.DONE  # the notebook ended cleanly without trading under this run_key
         ledger.update_run(run_id, status=status, **values)
         row = ledger.run_row(run_id)
     return NotebookRun(run_id, run_key, status, Path(row["output_path"]) if row["output_path"] else None,

@@ -122,6 +122,16 @@ def test_summary_of_the_latest_run_and_of_a_named_one(ledger_with_runs, capsys):
     assert code == 0 and out.startswith("run first (") and "done" in out.splitlines()[0]
 
 
+def test_reading_commands_let_go_of_the_ledger(ledger_with_runs, capsys):
+    """DuckDB lets one process write the file: a read must not keep it from the next run."""
+    for command in (["summary"], ["tca", "--run", "first"], ["runs"], ["orders"], ["fills"],
+                    ["cancel", "--run", "first"]):
+        assert run_cli(capsys, "--db", ledger_with_runs, *command)[0] == 0
+        code = f"import duckdb; duckdb.connect({str(ledger_with_runs)!r})"
+        writer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert writer.returncode == 0, (command, writer.stderr)
+
+
 # ---- JSON and CSV for scripts ----------------------------------------------------------------------------
 def test_json_gives_every_column_with_plain_values(ledger_with_runs, capsys):
     code, out, _ = run_cli(capsys, "--db", ledger_with_runs, "orders", "--json")
