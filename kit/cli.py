@@ -406,6 +406,22 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD, e.g. 2026-12-01") from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds: use a positive number")
+    return seconds
+
+
+def _whole_seconds(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds: use 1 or more")
+    return int(text)
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a count: use 0 (all) or a positive number")
@@ -472,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     kill = add("cancel", cmd_cancel, "kill switch: cancel working orders and wait for the broker's word")
     kill.add_argument("--run", help="run id or run key")
     kill.add_argument("--all", action="store_true", help="every run with working orders")
-    kill.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for confirmations")
+    kill.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for confirmations")
     halt = add("halt", cmd_halt, "stop every new submission until cleared (a file, so it survives restarts)")
     halt.add_argument("reason", nargs="*", help="why, recorded in the halt file")
     halt.add_argument("--clear", action="store_true", help="allow submissions again")
@@ -487,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar=("NAME", "VALUE"), help="a notebook parameter, checked against its parameters "
                                                      "cell")
     run.add_argument("--run-key", help="the run's key (default: <notebook name>-<UTC date>)")
-    run.add_argument("--execution-timeout", type=int, metavar="S", help="seconds each cell may take")
+    run.add_argument("--execution-timeout", type=_whole_seconds, metavar="S",
+                     help="seconds each cell may take")
     run.add_argument("--dry-run", action="store_true", help="plan without sending (KIT_DRY_RUN=1)")
     run.add_argument("--broker", choices=BROKERS, help="sets the notebook's broker parameter")
     params = add("params", cmd_params, "a notebook's parameters, defaults and comments")

@@ -191,6 +191,8 @@ def test_filters_by_status_in_any_case_and_by_date(ledger_with_runs, capsys):
     (["runs", "--date", "2026/12/01"], "kit: argument --date: '2026/12/01' is not a date: use YYYY-MM-DD"),
     (["fills", "--date", "yesterday"], "'yesterday' is not a date"),
     (["runs", "--limit", "-3"], "kit: argument --limit: '-3' is not a count"),
+    (["cancel", "--all", "--timeout", "-1"], "argument --timeout: '-1' is not a number of seconds"),
+    (["run", "nb.ipynb", "--execution-timeout", "0.5"], "'0.5' is not a whole number of seconds"),
     (["run", "nb.ipynb", "--broker", "foo"], "argument --broker: invalid choice: 'foo' (choose from 'mock', "
                                              "'ib')"),
     (["bogus"], "kit: argument COMMAND: invalid choice: 'bogus'"),
