@@ -1,4 +1,4 @@
-"""`kit run` and `kit params`: run a parameterized notebook headlessly with papermill, as one ledger run.
+"""Run a parameterized notebook headlessly with papermill, as one ledger run (`kit run`, `kit params`).
 
 The runner writes the run's row before the kernel starts and finishes it after the kernel is gone, so a
 notebook that fails, times out or kills its kernel is still on record, and papermill's own output notebook
@@ -11,34 +11,40 @@ run starts.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kit.clock import utcnow
 from kit.config import db_path
-from kit.errors import KitError, RunFailed
+from kit.config import runs_dir as default_runs_dir
+from kit.errors import KitError
 from kit.ids import check_run_key, run_id_for
+from kit.model import RunStatus
 
 if TYPE_CHECKING:
-    from kit.schedule import Job
     from kit.store import Ledger
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RUNS_DIR = Path("data/runs")
 # Parameters the runner sets itself, and the option that sets each; `-p` may not set them.
 RESERVED = {"run_key": "--run-key", "db": "--db", "dry_run": "--dry-run"}
+# What a notebook's `broker` parameter may be: the names kit.api.make_broker knows.
+BROKERS = ("mock", "ib")
+# The types a parameter can be checked against before a kernel starts; other annotations are not checked.
+_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+# How much of a failing cell's traceback a run result keeps: enough to see the failing line and its caller.
+TRACEBACK_LINES = 8
 
 
 class Skip(Exception):
@@ -55,14 +61,16 @@ class NotebookRun:
 
     run_id: str
     run_key: str
-    status: str  # done | partial | failed | skipped | planned (a dry run)
+    status: str  # a RunStatus: done | partial | failed | skipped | planned (a dry run)
     output_path: Path | None
     error_name: str | None = None
     error: str | None = None
+    cell: int | None = None  # the failing cell, counted from 1 as Jupyter shows cells
+    traceback: tuple[str, ...] = ()  # the last lines of the failing cell's traceback
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status != RunStatus.FAILED
 
 
 def parse_value(text: str) -> Any:
@@ -70,6 +78,40 @@ def parse_value(text: str) -> Any:
     from papermill.cli import _resolve_type  # private, but it is exactly papermill's rule (pinned 2.7)
 
     return _resolve_type(text)
+
+
+def typed_parameters(notebook: str | Path, texts: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """`-p NAME VALUE` pairs as the notebook's parameters cell types them, checked before any kernel starts.
+
+    A parameter whose default is a string keeps the text as typed (`-p prices_file 2026.csv` stays a str);
+    the others are typed like papermill's `-p`, then checked against the cell (see check_parameters).
+    """
+    declared = notebook_parameters(notebook)
+    values = {}
+    for name, text in texts:
+        expected = _expected_type(declared[name]) if name in declared else None
+        values[name] = text if expected is str else parse_value(text)
+    check_parameters(declared, values)
+    return values
+
+
+def check_parameters(declared: Mapping[str, Mapping[str, str]], given: Mapping[str, Any]) -> None:
+    """Refuse, before a kernel starts, a parameter the notebook does not declare, one kit run sets itself,
+    or a value of the wrong type for the cell's annotation or default (an int passes for a float; None
+    passes where the default is None). A failing cell ten seconds into a run is a worse place to learn it.
+    """
+    for name, value in given.items():
+        if name in RESERVED:
+            raise KitError(f"{name} is set by kit run: use {RESERVED[name]} instead of -p {name}")
+        if name not in declared:
+            raise KitError(f"the notebook has no parameter {name!r}; it has: {', '.join(declared) or 'none'}")
+        parameter = declared[name]
+        expected = _expected_type(parameter)
+        if expected is not None and not _fits(value, expected):
+            raise KitError(f"parameter {name}: {value!r} is not {_article(expected.__name__)} "
+                           f"(the notebook's default is {parameter['default']})")
+    if "broker" in given and given["broker"] not in BROKERS:
+        raise KitError(f"parameter broker: {given['broker']!r} is not a broker; use {' or '.join(BROKERS)}")
 
 
 def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, str]]:
@@ -98,7 +140,7 @@ def execute_notebook(
     db: str | Path | None = None,
     execution_timeout: int | None = None,
     dry_run: bool = False,
-    runs_dir: str | Path = DEFAULT_RUNS_DIR,
+    runs_dir: str | Path | None = None,
 ) -> NotebookRun:
     """Run `notebook` with papermill as the run `run_key` and record it in the ledger; never raises for a
     failing notebook (the result and the run row say what happened), only for a request kit refuses.
@@ -109,7 +151,7 @@ def execute_notebook(
     import papermill
 
     path = _existing(notebook).resolve()
-    started = _utcnow()
+    started = utcnow()
     run_key = check_run_key(run_key or default_run_key(path, started, dry_run))
     run_id = run_id_for(run_key)
     ledger_path = db_path(db).resolve()
@@ -119,7 +161,8 @@ def execute_notebook(
         log.warning("%s has no run_key parameter: its orders are not tied to run %s, and a retry may send "
                     "them again", path.name, run_key)
     recorded = injected | ({"dry_run": True} if dry_run else {})  # a dry run shows, even without a parameter
-    output = (Path(runs_dir) / f"{started:%Y-%m-%d}" / f"{path.stem}-{run_id}.ipynb").resolve()
+    folder = Path(runs_dir or default_runs_dir()) / f"{started:%Y-%m-%d}"
+    output = (folder / f"{path.stem}-{run_id}.ipynb").resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     broker = injected.get("broker", _literal(declared.get("broker", {}).get("default")))
     _begin(ledger_path, run_id, run_key, started, {
@@ -140,17 +183,6 @@ def execute_notebook(
     return _finish(ledger_path, run_id, run_key, output, None)
 
 
-def run_notebook(job: Job, slot: datetime, run_key: str) -> NotebookRun:
-    """The runner `kit schedule` calls for one slot of a job; raises RunFailed so the scheduler reports it.
-
-    `slot` is already in `run_key`, which is what makes a retried slot resume.
-    """
-    result = execute_notebook(job.notebook, job.parameters, run_key=run_key)
-    if not result.ok:
-        raise RunFailed(f"{job.notebook} ({run_key}) failed: {result.error_name}: {result.error}")
-    return result
-
-
 def git_revision(directory: Path) -> str | None:
     """HEAD of the repository holding the notebook, or None outside one (or without git): never an error."""
     try:
@@ -161,54 +193,6 @@ def git_revision(directory: Path) -> str | None:
     return done.stdout.strip() or None
 
 
-# ---- the command line ------------------------------------------------------------------------------------
-def register(commands: argparse._SubParsersAction) -> None:
-    """Add `kit run` and `kit params` to the `kit` command's subparsers."""
-    run = commands.add_parser(
-        "run", help="run a notebook with papermill and record it in the ledger",
-        description="Run NOTEBOOK with papermill; the output notebook goes under data/runs/<UTC date>/. "
-                    "The run key defaults to <notebook name>-<UTC date>, so a retry resumes the run.")
-    run.add_argument("notebook", type=Path)
-    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], dest="parameters",
-                     metavar=("NAME", "VALUE"), help="a notebook parameter, typed like papermill's -p")
-    run.add_argument("--run-key", help="the run's key (default: <notebook name>-<UTC date>)")
-    run.add_argument("--execution-timeout", type=int, metavar="S", help="seconds each cell may take")
-    run.add_argument("--dry-run", action="store_true", help="plan without sending (KIT_DRY_RUN=1)")
-    run.add_argument("--broker", choices=("mock", "ib"), help="sets the notebook's broker parameter")
-    run.set_defaults(handler=cmd_run)
-    params = commands.add_parser("params", help="a notebook's parameters, defaults and comments")
-    params.add_argument("notebook", type=Path)
-    params.set_defaults(handler=cmd_params)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """`kit run`: exit status 0 when the run is done, partial or skipped, 1 when it failed."""
-    parameters = {name: parse_value(value) for name, value in args.parameters}
-    if args.broker is not None:
-        if parameters.get("broker", args.broker) != args.broker:
-            raise KitError(f"--broker {args.broker} and -p broker {parameters['broker']} disagree")
-        parameters["broker"] = args.broker
-    result = execute_notebook(args.notebook, parameters, run_key=args.run_key, db=args.db,
-                              execution_timeout=args.execution_timeout, dry_run=args.dry_run)
-    _print_result(result, args.db)
-    return 0 if result.ok else 1
-
-
-def cmd_params(args: argparse.Namespace) -> int:
-    """`kit params`: the parameters cell, one line per parameter, as it reads in the notebook."""
-    declared = notebook_parameters(args.notebook)
-    if not declared:
-        print(f"{args.notebook} has no parameters cell (a code cell tagged 'parameters')")
-        return 0
-    width = max(len(_declaration(p)) for p in declared.values())
-    for name, parameter in declared.items():
-        notes = [parameter["help"]] if parameter["help"] else []
-        if name in RESERVED:
-            notes.append(f"[kit run sets this: {RESERVED[name]}]")
-        print(f"{_declaration(parameter):<{width}}  # {' '.join(notes)}".rstrip(" #"))
-    return 0
-
-
 # ---- helpers ---------------------------------------------------------------------------------------------
 def _existing(notebook: str | Path) -> Path:
     path = Path(notebook)
@@ -217,8 +201,25 @@ def _existing(notebook: str | Path) -> Path:
     return path
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)  # kit stores naive UTC timestamps
+def _expected_type(parameter: Mapping[str, str]) -> type | None:
+    """The type a parameter's annotation names, else its default's (None: anything goes)."""
+    if parameter["inferred_type_name"] in _TYPES:
+        return _TYPES[parameter["inferred_type_name"]]
+    if parameter["inferred_type_name"] != "None":
+        return None  # an annotation such as "list[str]" or "Optional[int]": papermill knows better
+    default = _literal(parameter["default"])
+    return type(default) if type(default) in _TYPES.values() else None
+
+
+def _fits(value: Any, expected: type) -> bool:
+    """True/False are bools only (Python counts them as ints), and an int is a fine float."""
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
+    return isinstance(value, int | float) if expected is float else isinstance(value, expected)
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def _literal(source: str | None) -> Any:
@@ -241,11 +242,7 @@ def _kernel_parameters(declared: Mapping[str, Any], given: Mapping[str, Any], ru
     A name the notebook does not declare is refused rather than injected: a typo such as `-p brokr ib`
     must not leave the notebook on its default broker.
     """
-    for name in given:
-        if name in RESERVED:
-            raise KitError(f"{name} is set by kit run: use {RESERVED[name]} instead of -p {name}")
-        if name not in declared:
-            raise KitError(f"the notebook has no parameter {name!r}; it has: {', '.join(declared) or 'none'}")
+    check_parameters(declared, given)
     own = {"run_key": run_key, "db": str(db), "dry_run": dry_run}
     return dict(given) | {name: value for name, value in own.items() if name in declared}
 
@@ -271,10 +268,11 @@ def _begin(db: Path, run_id: str, run_key: str, started: datetime, info: dict[st
     """Create the run row, or mark an existing run running again with this attempt's notebook details."""
     with _open(db) as ledger:
         if ledger.run_row(run_id) is None:
-            ledger.insert_run({"run_id": run_id, "run_key": run_key, "status": "running",
+            ledger.insert_run({"run_id": run_id, "run_key": run_key, "status": RunStatus.RUNNING,
                                "started_at": started, **info})
         else:
-            ledger.update_run(run_id, status="running", ended_at=None, error_name=None, error=None, **info)
+            ledger.update_run(run_id, status=RunStatus.RUNNING, ended_at=None, error_name=None, error=None,
+                              **info)
 
 
 def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseException | None) -> NotebookRun:
@@ -283,19 +281,20 @@ def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseExcept
     papermill records a notebook's own exception in the output notebook, but not a cell timeout or a dead
     kernel, so the run row is where all of them are recorded.
     """
-    values: dict[str, Any] = {"ended_at": _utcnow(), "output_path": str(output) if output.exists() else None}
+    values: dict[str, Any] = {"ended_at": utcnow(), "output_path": str(output) if output.exists() else None}
     if error is not None:
         values["error_name"], values["error"] = _describe(error)
+    cell, lines = _where(error, output)
     with _open(db) as ledger:
         status = ledger.run_row(run_id)["status"]
         if error is not None:
-            status = "skipped" if values["error_name"] == Skip.__name__ else "failed"
-        elif status == "running":
-            status = "done"  # the notebook ended cleanly without trading under this run_key
+            status = RunStatus.SKIPPED if values["error_name"] == Skip.__name__ else RunStatus.FAILED
+        elif status == RunStatus.RUNNING:
+            status = RunStatus.DONE  # the notebook ended cleanly without trading under this run_key
         ledger.update_run(run_id, status=status, **values)
         row = ledger.run_row(run_id)
     return NotebookRun(run_id, run_key, status, Path(row["output_path"]) if row["output_path"] else None,
-                       row["error_name"], row["error"])
+                       row["error_name"], row["error"], cell, lines)
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
@@ -305,6 +304,30 @@ def _describe(error: BaseException) -> tuple[str, str]:
     if isinstance(error, PapermillExecutionError):
         return error.ename, error.evalue
     return type(error).__name__, str(error)
+
+
+def _where(error: BaseException | None, output: Path) -> tuple[int | None, tuple[str, ...]]:
+    """The failing cell, numbered from 1 as in the notebook the user wrote, and the last lines of its
+    traceback without colours. None for a timeout or a dead kernel, which papermill ties to no cell."""
+    from papermill.exceptions import PapermillExecutionError, strip_color
+
+    if not isinstance(error, PapermillExecutionError):
+        return None, ()
+    lines = [line for text in error.traceback for line in strip_color(text).splitlines()
+             if line.strip(" -")]  # IPython's rule of dashes says nothing
+    return error.cell_index + 1 - _injected_before(output, error.cell_index), tuple(lines[-TRACEBACK_LINES:])
+
+
+def _injected_before(output: Path, index: int) -> int:
+    """1 if papermill's injected-parameters cell comes before cell `index` of the output notebook (papermill
+    counts cells there, and the user's notebook does not have that cell), else 0."""
+    try:
+        cells = json.loads(output.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    tags = [cell.get("metadata", {}).get("tags", ()) for cell in cells]
+    executed = [t for t in tags if "papermill-error-cell-tag" not in t][:index]  # not papermill's banners
+    return int(any("injected-parameters" in t for t in executed))
 
 
 @contextmanager
@@ -320,16 +343,3 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _print_result(result: NotebookRun, db: str | None) -> None:
-    from kit.engine import Run
-    from kit.store import Ledger
-
-    ledger = Ledger(db)
-    print(Run(result.run_id, result.run_key, result.status, ledger.orders(result.run_id),
-              ledger.fills(result.run_id)).summary())
-    if result.error_name:
-        print(f"  {'reason' if result.status == 'skipped' else 'error'}: {result.error_name}: {result.error}")
-    if result.output_path:
-        print(f"  output notebook: {result.output_path}")

@@ -1,182 +1,36 @@
-"""`kit schedule`: run parameterized notebooks on market time.
+"""`kit schedule`'s shell: run the notebooks whose slots are due, one at a time per job, and remember them.
 
-The decisions (which slots a job has, which slot is due now, the run_key of a slot) are pure functions of
-the job, the time and the last slot run, so they are tested with a fake clock. Around them sits a thin
-shell: a per-job lock that a dead process cannot keep, a small state file, and a loop that sleeps until the
-next slot. croniter reads cron expressions, exchange_calendars knows sessions, holidays and early closes,
-zoneinfo maps local times to UTC across DST.
+The decisions (slots, which one is due, run keys) are pure and live in `kit.slots`. Here sit the parts that
+touch the world: a per-job lock that a dead process cannot keep, a small state file, and a loop that sleeps
+until the next slot. The `kit schedule` command line (kit/cli.py) calls `load_jobs`, `run_once` and
+`run_forever`.
 """
 
 from __future__ import annotations
 
-import argparse
-import bisect
 import fcntl
-import functools
 import json
 import logging
 import os
-import re
-import sys
 import tempfile
 import threading
-import tomllib
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from operator import attrgetter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Literal, NamedTuple, NoReturn, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, Literal, Protocol
 
-import exchange_calendars as xc
-from croniter import CroniterError, croniter
-
-from kit.errors import JobLocked, ScheduleError
+from kit.clock import now_utc
+from kit.config import lock_dir as default_lock_dir
+from kit.config import schedule_state_path
+from kit.errors import JobLocked, KitError, RunFailed, ScheduleError
+from kit.slots import Job, aware_utc, due, next_slot, parse_jobs, run_key
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE = Path("data/schedule.json")
-DEFAULT_LOCK_DIR = Path("data/locks")
-# run_key = name + "-YYYY-MM-DDTHHMMZ": 23 + 17 = 40 characters at most, which leaves room for
-# "-{symbol}-{side}-{n}" in the 64-character client_order_id. No "_": kit.ids refuses it in a run_key.
-MAX_NAME = 23
-_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9-]{{0,{MAX_NAME - 1}}}")
-_AT = re.compile(r"(open|close)(?:([+-])(\d+(?:min|h)))?")
-_DURATION = re.compile(r"(\d+)(min|h)")
-_UNIT = {"min": timedelta(minutes=1), "h": timedelta(hours=1)}
-_MAX_AT_OFFSET = timedelta(hours=12)
-_FIELDS = ("name", "notebook", "parameters", "cron", "at", "timezone", "calendar", "missed", "grace")
-# A UTC offset changes by at most 2 hours, so walking local time 3 hours past a window loses no slot.
-_DST_MARGIN = timedelta(hours=3)
-# Slots fall on whole minutes, so [start, moment + _TICK) is the closed window [start, moment].
-_TICK = timedelta(microseconds=1)
-# Windows searched for the next or latest slot: small first, so the common case stays cheap; none found in
-# nine years means the job never runs (e.g. a cron that only matches exchange holidays).
-_SPANS = tuple(timedelta(days=d) for d in (1, 8, 64, 512, 9 * 366))
 # run_forever also wakes after this long without a slot, so a suspended machine or a clock step is noticed.
-_MAX_WAIT = timedelta(minutes=5)
-
-
-
-
-@dataclass(frozen=True)
-class Job:
-    """One notebook on a schedule. Construction validates, so any Job can be scheduled.
-
-    Exactly one of `cron` (read in `timezone`) or `at` ("open", "close", "close-15min", "open+5min": follows
-    the `calendar`'s actual open and close, early closes included). With `calendar`, a cron slot runs only
-    if its date, in the exchange's time zone, is a session. `missed` says what to do after downtime.
-    """
-
-    name: str
-    notebook: str
-    cron: str | None = None
-    at: str | None = None
-    timezone: str | None = None
-    calendar: str | None = None
-    parameters: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    missed: Literal["skip", "catch_up"] = "skip"
-    grace: timedelta = timedelta(minutes=10)
-
-    def __post_init__(self) -> None:
-        _validate(self)
-        object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
-
-
-def _validate(job: Job) -> None:
-    def fail(name: str, why: str) -> NoReturn:
-        raise ScheduleError(f"job {job.name!r}: {name}: {why}")
-
-    if not isinstance(job.name, str) or not _NAME.fullmatch(job.name):
-        fail("name", f"use 1-{MAX_NAME} letters, digits or '-' (the name starts every run_key)")
-    if not isinstance(job.notebook, str) or not job.notebook.endswith(".ipynb"):
-        fail("notebook", "must be the path of an .ipynb notebook")
-    if not isinstance(job.parameters, Mapping):
-        fail("parameters", 'must be a table, e.g. { broker = "mock" }')
-    from kit.runner import RESERVED  # the runner's own parameters; it refuses them from a job, so do we
-
-    for name in RESERVED.keys() & job.parameters.keys():
-        fail("parameters", f"{name} is set by kit for each run; remove it")
-    if (job.cron is None) == (job.at is None):
-        fail("cron/at", 'give exactly one: cron (a cron expression) or at (e.g. "close-15min")')
-    if job.calendar is not None and job.calendar not in xc.get_calendar_names(include_aliases=True):
-        fail("calendar", f'unknown exchange calendar {job.calendar!r} (e.g. "XNYS", "XPAR")')
-    if job.cron is not None:
-        # Five fields only: croniter reads a 6th as seconds, and run_keys are per minute.
-        if not isinstance(job.cron, str) or len(job.cron.split()) > 5:
-            fail("cron", f"{job.cron!r}: use 5 fields: minute hour day-of-month month day-of-week")
-        try:
-            croniter(job.cron, datetime(2000, 1, 1)).get_next(datetime)
-        except CroniterError as exc:
-            fail("cron", f"{job.cron!r} is not a usable cron expression ({exc})")
-        if job.timezone is None:
-            fail("timezone", 'required with cron: the zone the cron is read in, e.g. "America/New_York"')
-        try:
-            ZoneInfo(job.timezone)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            fail("timezone", f'unknown time zone {job.timezone!r} (an IANA name, e.g. "Europe/Paris")')
-    else:
-        if not isinstance(job.at, str) or not _AT.fullmatch(job.at):
-            fail("at", f'{job.at!r}: use open or close, optionally +/- minutes or hours: "close-15min"')
-        elif abs(_parse_at(job.at)[1]) > _MAX_AT_OFFSET:
-            fail("at", f"{job.at!r}: keep the offset within 12h; use cron for other times")
-        if job.calendar is None:
-            fail("calendar", f'required with at={job.at!r}: whose open and close, e.g. "XNYS"')
-        if job.timezone is not None:
-            fail("timezone", "not used with at (open and close are the exchange's own); remove it")
-    if job.missed not in ("skip", "catch_up"):
-        fail("missed", f'{job.missed!r}: use "skip" or "catch_up"')
-    if not isinstance(job.grace, timedelta) or job.grace <= timedelta(0):
-        fail("grace", 'must be a positive duration such as "10min"')
-
-
-def _parse_at(at: str) -> tuple[Literal["open", "close"], timedelta]:
-    anchor, sign, amount = _AT.fullmatch(at).groups()  # type: ignore[union-attr]  # validated by Job
-    offset = _parse_duration(amount) if amount else timedelta(0)
-    return anchor, -offset if sign == "-" else offset
-
-
-def _parse_duration(text: str) -> timedelta:
-    number, unit = _DURATION.fullmatch(text).groups()  # type: ignore[union-attr]  # matched by the caller
-    return int(number) * _UNIT[unit]
-
-
-def parse_jobs(text: str) -> list[Job]:
-    """Jobs from the text of a TOML job file: one [[job]] table per job.
-
-    Unknown fields are errors rather than ignored, so a typo ("crn") cannot silently change a schedule.
-    """
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScheduleError(f"not valid TOML: {exc}") from exc
-    if set(doc) != {"job"} or not isinstance(doc["job"], list):
-        raise ScheduleError("a job file holds [[job]] tables and nothing else")
-    jobs = [_job_from_table(number, table) for number, table in enumerate(doc["job"], 1)]
-    names = [job.name for job in jobs]
-    for name in names:
-        if names.count(name) > 1:
-            raise ScheduleError(f"job {name!r}: name: used by more than one job")
-    return jobs
-
-
-def _job_from_table(number: int, table: dict[str, Any]) -> Job:
-    label = f"job {table['name']!r}" if "name" in table else f"job #{number}"
-    if unknown := sorted(set(table) - set(_FIELDS)):
-        raise ScheduleError(f"{label}: unknown field(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
-    for required in ("name", "notebook"):
-        if required not in table:
-            raise ScheduleError(f"{label}: {required}: missing")
-    fields = dict(table)
-    if "grace" in fields:
-        if not isinstance(fields["grace"], str) or not _DURATION.fullmatch(fields["grace"]):
-            raise ScheduleError(f'{label}: grace: {fields["grace"]!r}: use minutes or hours, e.g. "10min"')
-        fields["grace"] = _parse_duration(fields["grace"])
-    return Job(**fields)
+MAX_WAIT = timedelta(minutes=5)
 
 
 def load_jobs(path: Path | str) -> list[Job]:
@@ -189,132 +43,33 @@ def load_jobs(path: Path | str) -> list[Job]:
         raise ScheduleError(f"{path}: {exc}") from exc
 
 
-class _Session(NamedTuple):
-    day: date  # the session's date, in the exchange's time zone
-    open: datetime  # UTC
-    close: datetime  # UTC
+def check_notebooks(jobs: Sequence[Job]) -> None:
+    """Refuse to start with a job whose notebook is missing or unreadable, or whose parameters its
+    parameters cell does not accept (as `kit run` checks `-p`): better now than at its slot, hours later."""
+    from kit.runner import check_parameters, notebook_parameters  # lazily: papermill
 
-
-@functools.lru_cache(maxsize=32)
-def _decade(calendar: str, first_year: int) -> tuple[list[_Session], ZoneInfo]:
-    """The sessions of ten years. Building a calendar costs about 0.3 s whatever its span, so each decade is
-    built once per process (a long-running scheduler loads the next one when it gets there) and kept as plain
-    tuples, which are searched far faster than a DataFrame is filtered.
-    """
-    with warnings.catch_warnings():
-        # exchange_calendars 4.13 reads Series.values of tz-aware times, deprecated in pandas 3.1: not ours.
-        warnings.filterwarnings("ignore", "Series.values returning an ndarray", category=DeprecationWarning)
-        cal = xc.get_calendar(calendar, start=f"{first_year}-01-01", end=f"{first_year + 9}-12-31")
-    table = cal.schedule
-    sessions = [
-        _Session(day.date(), opens.to_pydatetime().astimezone(UTC), closes.to_pydatetime().astimezone(UTC))
-        for day, opens, closes in zip(table.index, table["open"], table["close"], strict=True)
-    ]
-    return sessions, cal.tz
-
-
-def _sessions(calendar: str, start: datetime, end: datetime) -> tuple[list[_Session], ZoneInfo]:
-    """Sessions around [start, end); two days of margin cover sessions whose UTC times cross midnight."""
-    first, last = (start - timedelta(days=2)).date(), (end + timedelta(days=2)).date()
-    found: list[_Session] = []
-    for decade in range(first.year // 10 * 10, last.year + 1, 10):
-        sessions, tz = _decade(calendar, decade)
-        lo = bisect.bisect_left(sessions, first, key=attrgetter("day"))
-        found += sessions[lo : bisect.bisect_right(sessions, last, key=attrgetter("day"))]
-    return found, tz
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.utcoffset() is None:
-        raise ValueError(f"{moment} has no time zone; scheduling needs aware datetimes")
-    return moment.astimezone(UTC)
-
-
-def slots(job: Job, start: datetime, end: datetime) -> list[datetime]:
-    """The job's scheduled slots in [start, end), sorted, as UTC datetimes.
-
-    Half-open like range(), so consecutive windows never count a slot twice.
-    """
-    start, end = _utc(start), _utc(end)
-    if job.at is not None:
-        anchor, offset = _parse_at(job.at)
-        sessions, _ = _sessions(job.calendar, start, end)  # type: ignore[arg-type]  # Job: at needs calendar
-        times = [getattr(session, anchor) + offset for session in sessions]
-        return [time for time in times if start <= time < end]
-    # Walk the cron in local wall-clock time, as cron does, then map each time to UTC. fold=0 moves a time
-    # that DST skips forward by the gap and maps a repeated time to its first occurrence: each runs once.
-    tz = ZoneInfo(job.timezone)  # type: ignore[arg-type]  # Job: cron needs timezone
-    walk = croniter(job.cron, (start.astimezone(tz) - _DST_MARGIN).replace(tzinfo=None))
-    stop = (end.astimezone(tz) + _DST_MARGIN).replace(tzinfo=None)
-    found = set()
-    while (local := walk.get_next(datetime)) < stop:
-        slot = local.replace(tzinfo=tz).astimezone(UTC)
-        if start <= slot < end:
-            found.add(slot)
-    if job.calendar is not None:
-        sessions, exchange_tz = _sessions(job.calendar, start, end)
-        days = {session.day for session in sessions}
-        found = {slot for slot in found if slot.astimezone(exchange_tz).date() in days}
-    return sorted(found)
-
-
-def next_slot(job: Job, after: datetime) -> datetime | None:
-    """The job's first slot strictly after `after`; None if it has none in nine years (it never runs)."""
-    start = _utc(after) + _TICK
-    for span in _SPANS:
-        if found := slots(job, start, start + span):
-            return found[0]
-    return None
-
-
-def _latest_slot(job: Job, lo: datetime, hi: datetime) -> datetime | None:
-    """The job's latest slot in [lo, hi], searching back from hi so a long outage costs little."""
-    end = hi + _TICK
-    for span in _SPANS:
-        start = max(lo, end - span)
-        if found := slots(job, start, end):
-            return found[-1]
-        if start == lo:
-            break
-    return None
-
-
-def due(job: Job, now: datetime, last_slot_run: datetime | None) -> datetime | None:
-    """The slot to run at `now`, or None: at most one, never after `now`, never one already run.
-
-    skip: the latest slot, only if it is at most `grace` old; older missed slots are dropped.
-    catch_up: the latest slot after the last one run, however old; missed slots before it are dropped, so an
-    outage leads to one late run, never a burst. A job never run before has missed nothing and behaves as
-    skip: adding a job at 16:00 must not fire its 15:45 slot after the close.
-    """
-    now = _utc(now)
-    last = None if last_slot_run is None else _utc(last_slot_run)
-    if job.missed == "catch_up" and last is not None:
-        slot = _latest_slot(job, last, now)
-    else:
-        slot = _latest_slot(job, now - job.grace, now)
-    if slot is None or (last is not None and slot <= last):
-        return None
-    return slot
-
-
-def run_key(job: Job, slot: datetime) -> str:
-    """The run_key of a job's slot: the same slot always gets the same key, so a retried run resumes.
-
-    The slot is written in UTC, which stays unambiguous when a local hour repeats at the end of DST.
-    """
-    return f"{job.name}-{_utc(slot):%Y-%m-%dT%H%MZ}"
+    for job in jobs:
+        if not Path(job.notebook).is_file():
+            raise ScheduleError(f"job {job.name!r}: notebook: {job.notebook} not found in {Path.cwd()}")
+        try:
+            declared = notebook_parameters(job.notebook)
+        except Exception as exc:  # nbformat's and papermill's own errors for a file that is no notebook
+            raise ScheduleError(f"job {job.name!r}: notebook: cannot read {job.notebook} ({exc})") from exc
+        try:
+            check_parameters(declared, job.parameters)
+        except KitError as exc:
+            raise ScheduleError(f"job {job.name!r}: parameters: {exc}") from exc
 
 
 @contextmanager
-def acquire(job: Job, lock_dir: Path | str = DEFAULT_LOCK_DIR) -> Iterator[None]:
+def acquire(job: Job, lock_dir: Path | str | None = None) -> Iterator[None]:
     """Hold the job's lock for the body, so two runs of one job never overlap; JobLocked at once if held.
 
     flock belongs to the open file, so the kernel drops it when the holder exits or is killed: a crashed run
     leaves no stale lock. The file stays; deleting it would let two processes lock two files of one name.
     The lock is per machine (flock is unreliable on network file systems).
     """
-    path = Path(lock_dir) / f"{job.name}.lock"
+    path = Path(lock_dir or default_lock_dir()) / f"{job.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         try:
@@ -341,8 +96,8 @@ class StateFile:
     so several `kit schedule --once` processes can share it.
     """
 
-    def __init__(self, path: Path | str = DEFAULT_STATE) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path or schedule_state_path())
 
     def last(self, job: str) -> datetime | None:
         value = self._read().get(job)
@@ -350,7 +105,7 @@ class StateFile:
 
     def record(self, job: str, slot: datetime) -> None:
         """Remember `slot` for `job`, unless a later slot is already recorded: the state never goes back."""
-        slot = _utc(slot)
+        slot = aware_utc(slot)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.with_name(self.path.name + ".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -366,39 +121,54 @@ class StateFile:
             os.replace(temporary, self.path)
 
     def _read(self) -> dict[str, str]:
+        def unreadable(why: object) -> ScheduleError:
+            return ScheduleError(f"{self.path}: unreadable scheduler state ({why}); fix or delete it")
+
         try:
             data = json.loads(self.path.read_text())
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            for value in data.values():
-                _utc(datetime.fromisoformat(value))
         except FileNotFoundError:
             return {}
-        except (ValueError, TypeError) as exc:
-            raise ScheduleError(f"{self.path}: unreadable scheduler state ({exc}); fix or delete it") from exc
+        except json.JSONDecodeError as exc:
+            raise unreadable(exc) from exc
+        if not isinstance(data, dict):
+            raise unreadable("not a JSON object")
+        for job, value in data.items():
+            try:
+                moment = datetime.fromisoformat(value)
+            except (TypeError, ValueError) as exc:
+                raise unreadable(f"{job}: {exc}") from exc
+            if moment.utcoffset() is None:
+                raise unreadable(f"{job}: {value} has no time zone")
         return data
 
 
-Runner = Callable[[Job, datetime, str], object]
+Runner = Callable[[Job, datetime, str], Any]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What run_once did with a due job: "ran", "failed" (the runner raised) or "locked" (already running)."""
+    """What run_once did with a due job: "ran", "failed" (the runner raised) or "locked" (already running).
+
+    `run_status` is the run's own status when the runner returned one (done, partial, skipped, planned).
+    """
 
     job: str
     slot: datetime
     run_key: str
     status: Literal["ran", "failed", "locked"]
     error: str | None = None
+    run_status: str | None = None
 
 
-def run_once(
-    jobs: Sequence[Job], now: datetime, state: State, runner: Runner, lock_dir: Path | str = DEFAULT_LOCK_DIR
-) -> list[Outcome]:
+Report = Callable[[Outcome], None]
+
+
+def run_once(jobs: Sequence[Job], now: datetime, state: State, runner: Runner,
+             lock_dir: Path | str | None = None, report: Report | None = None) -> list[Outcome]:
     """Run every job due at `now`, one after another, each under its lock; what `--once` does.
 
     Decisions use `now` throughout, so a long first job delays the next one but does not cancel it.
+    `report` hears each outcome as it happens, so a long tick shows its progress.
     """
     outcomes = []
     for job in jobs:
@@ -409,11 +179,14 @@ def run_once(
             with acquire(job, lock_dir):
                 # Decide again under the lock: another process may have run the slot since we looked.
                 slot = due(job, now, state.last(job.name))
-                if slot is not None:
-                    outcomes.append(_run(job, slot, state, runner))
+                outcome = None if slot is None else _run(job, slot, state, runner)
         except JobLocked as exc:
             log.warning("%s; slot %s not started", exc, run_key(job, slot))
-            outcomes.append(Outcome(job.name, slot, run_key(job, slot), "locked"))
+            outcome = Outcome(job.name, slot, run_key(job, slot), "locked", str(exc))
+        if outcome is not None:
+            outcomes.append(outcome)
+            if report is not None:
+                report(outcome)
     return outcomes
 
 
@@ -421,20 +194,16 @@ def _run(job: Job, slot: datetime, state: State, runner: Runner) -> Outcome:
     key = run_key(job, slot)
     log.info("job %s: running %s with run_key %s", job.name, job.notebook, key)
     try:
-        runner(job, slot, key)
+        result = runner(job, slot, key)
     except Exception as exc:
-        log.exception("job %s: failed; run it again with run_key %s and it resumes", job.name, key)
+        log.debug("job %s failed", job.name, exc_info=True)
         outcome = Outcome(job.name, slot, key, "failed", f"{type(exc).__name__}: {exc}")
     else:
-        outcome = Outcome(job.name, slot, key, "ran")
+        outcome = Outcome(job.name, slot, key, "ran", run_status=getattr(result, "status", None))
     # A failed slot counts as run: notebook errors are seldom transient, and unattended retries of a trading
     # notebook would hide them. A crash never gets here, so the next tick resumes that slot by its run_key.
     state.record(job.name, slot)
     return outcome
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def run_forever(
@@ -442,9 +211,10 @@ def run_forever(
     runner: Runner,
     *,
     state: State,
-    lock_dir: Path | str = DEFAULT_LOCK_DIR,
-    clock: Callable[[], datetime] = _now,
+    lock_dir: Path | str | None = None,
+    clock: Callable[[], datetime] = now_utc,
     wait: Callable[[float], bool] | None = None,
+    report: Report | None = None,
 ) -> None:
     """Run jobs at their slots until `wait` returns True (pass a stop Event's `wait`).
 
@@ -453,48 +223,24 @@ def run_forever(
     """
     wait = wait or threading.Event().wait
     while True:
-        run_once(jobs, clock(), state, runner, lock_dir)
+        run_once(jobs, clock(), state, runner, lock_dir, report)
         now = clock()
         upcoming = [slot for job in jobs if (slot := next_slot(job, now)) is not None]
-        wake = min([*upcoming, now + _MAX_WAIT])
+        wake = min([*upcoming, now + MAX_WAIT])
         log.debug("sleeping until %s", wake)
         if wait(max((wake - now).total_seconds(), 0.0)):
             return
 
 
-def _default_runner() -> Runner:
-    from kit.runner import run_notebook  # lazily: it imports papermill and Jupyter
+def run_notebook(job: Job, slot: datetime, key: str) -> Any:
+    """kit's runner for one slot of a job: the notebook through `kit run`'s papermill runner, as `key`.
 
-    return run_notebook
-
-
-def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int:
-    """`kit schedule FILE [--once] [--state PATH] [--lock-dir DIR]`.
-
-    Returns 0, 1 if a run failed (so cron mails it), 2 for a bad job file or state. `runner` defaults to
-    kit's papermill runner.
+    `slot` is already in `key`, which is what makes a retried slot resume. A failed run raises RunFailed,
+    so run_once reports it.
     """
-    parser = argparse.ArgumentParser(prog="kit schedule", description="Run notebooks on market time.")
-    parser.add_argument("file", type=Path, help="TOML job file of [[job]] tables")
-    parser.add_argument("--once", action="store_true", help="run what is due now and exit (for cron)")
-    parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="last slot run per job (JSON)")
-    parser.add_argument("--lock-dir", type=Path, default=DEFAULT_LOCK_DIR, help="per-job lock files")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        jobs = load_jobs(args.file)
-        for job in jobs:
-            if not Path(job.notebook).is_file():
-                raise ScheduleError(f"job {job.name!r}: notebook: {job.notebook} not found in {Path.cwd()}")
-        runner = runner or _default_runner()
-        state = StateFile(args.state)
-        if args.once:
-            outcomes = run_once(jobs, _now(), state, runner, args.lock_dir)
-            return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
-        run_forever(jobs, runner, state=state, lock_dir=args.lock_dir)
-    except ScheduleError as exc:
-        print(f"kit schedule: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    from kit.runner import execute_notebook  # lazily: it imports papermill and Jupyter
+
+    result = execute_notebook(job.notebook, job.parameters, run_key=key)
+    if not result.ok:
+        raise RunFailed(f"{job.notebook} ({key}): {result.error_name}: {result.error}")
+    return result

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pinned = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
-    listed = set(re.findall(r"^\s+- ([A-Za-z0-9_.-]+==[^\s]+)\s*$", (ROOT / "environment.yml").read_text(),
-                            re.MULTILINE))
+    listed = set(re.findall(r"^\s+- ([A-Za-z0-9_.-]+(?:==|>=)[^\s]+)\s*$",
+                            (ROOT / "environment.yml").read_text(), re.MULTILINE))
     assert listed == pinned
     python = re.search(r"python=(\d+\.\d+)", (ROOT / "environment.yml").read_text()).group(1)
     assert project["requires-python"] == f">={python}"

@@ -6,7 +6,6 @@ one to two seconds each; the notebooks under tests/notebooks are as small as the
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
@@ -19,6 +18,7 @@ import duckdb
 import pytest
 
 from kit import runner
+from kit.cli import main
 from kit.errors import KitError
 
 MOMENTUM = Path(__file__).resolve().parents[1] / "notebooks" / "momentum.ipynb"
@@ -32,12 +32,8 @@ def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def kit(*argv: str | Path) -> int:
-    """`kit ARGV` as kit/cli.py wires it: a top-level --db, then the runner's subcommands."""
-    parser = argparse.ArgumentParser(prog="kit")
-    parser.add_argument("--db")
-    runner.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.handler(args)
+    """`kit ARGV`, in process."""
+    return main([str(a) for a in argv])
 
 
 def row(db: Path, run_key: str) -> dict[str, Any]:
@@ -85,10 +81,18 @@ def test_momentum_is_archived_recorded_and_resumed_without_sending_twice(db: Pat
     assert count(db, submitted, first["run_id"]) == orders
 
 
-def test_a_failing_notebook_is_recorded_with_its_error_and_exits_non_zero(db: Path, tmp_path: Path):
+def test_a_failing_notebook_is_recorded_with_its_error_and_exits_non_zero(db: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture):
     notebook = tmp_path / "failing.ipynb"  # outside any git repository: no revision, and no complaint
     notebook.write_bytes((NOTEBOOKS / "failing.ipynb").read_bytes())
     assert kit("--db", db, "run", notebook, "--run-key", "failing-1") == 1
+
+    out = capsys.readouterr().out
+    # The cell as the user's notebook counts it (markdown, parameters, then this one), not papermill's
+    # output notebook, which has an injected-parameters cell more; then the end of the traceback.
+    assert "  error in cell 3: ValueError: no prices for 2026-11-21\n" in out
+    traceback = out.split("last lines of its traceback:\n")[1]
+    assert 'raise ValueError("no prices for 2026-11-21")' in traceback and "\x1b[" not in traceback
 
     failed = row(db, "failing-1")
     assert failed["status"] == "failed" and failed["ended_at"] is not None
@@ -152,11 +156,26 @@ def test_params_lists_names_defaults_and_comments(capsys: pytest.CaptureFixture)
     (["-p", "db", "x.duckdb"], "use --db"),
     (["--broker", "ib", "-p", "broker", "mock"], "disagree"),
     (["--run-key", "no spaces"], "not usable"),
+    (["-p", "capital", "abc"],
+     "parameter capital: 'abc' is not a float (the notebook's default is 1_000_000.0)"),
+    (["-p", "lookback", "2.5"], "parameter lookback: 2.5 is not an int"),
+    (["-p", "top_n", "True"], "parameter top_n: True is not an int"),
+    (["-p", "broker", "foo"], "parameter broker: 'foo' is not a broker; use mock or ib"),
 ])
-def test_refused_requests_write_nothing(db: Path, argv: list[str], message: str):
-    with pytest.raises(KitError, match=message):
-        kit("--db", db, "run", MOMENTUM, *argv)
-    assert not db.exists()
+def test_refused_requests_exit_2_before_any_kernel_and_write_nothing(
+        db: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture):
+    assert kit("--db", db, "run", MOMENTUM, *argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("kit: ") and message in err and "Traceback" not in err
+    assert not db.exists() and not Path("data").exists()  # no run row, no output notebook
+
+
+def test_parameters_are_typed_by_the_notebooks_defaults():
+    typed = runner.typed_parameters(MOMENTUM, [("capital", "500000"), ("prices_file", "2026.csv"),
+                                               ("broker", "ib"), ("timeout", "90")])
+    assert typed == {"capital": 500000, "prices_file": "2026.csv", "broker": "ib", "timeout": 90}
+    with pytest.raises(KitError, match="no parameter 'nope'"):
+        runner.typed_parameters(MOMENTUM, [("nope", "1")])
 
 
 def test_parameter_values_are_typed_like_papermill():

@@ -18,25 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kit.cli import main
+from kit.errors import JobLocked, ScheduleError
 from kit.ids import check_run_key
-from kit.schedule import (
-    MAX_NAME,
-    Job,
-    JobLocked,
-    Outcome,
-    ScheduleError,
-    StateFile,
-    acquire,
-    due,
-    load_jobs,
-    main,
-    next_slot,
-    parse_jobs,
-    run_forever,
-    run_key,
-    run_once,
-    slots,
-)
+from kit.schedule import Outcome, StateFile, acquire, load_jobs, run_forever, run_once
+from kit.slots import MAX_NAME, Job, due, next_slot, parse_jobs, run_key, slots
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = Path(__file__).parent / "expected" / "schedule"
@@ -180,7 +166,7 @@ def test_next_slot_skips_holidays_and_gives_up_on_a_job_that_never_runs():
 
 
 def test_naive_datetimes_are_refused():
-    with pytest.raises(ValueError, match="no time zone"):
+    with pytest.raises(ScheduleError, match="no time zone"):
         due(CLOSE, datetime(2026, 11, 25, 20, 50), None)
 
 
@@ -236,7 +222,8 @@ def test_run_key_is_deterministic_short_and_per_slot():
 
 HOLDER = """
 import sys, time
-from kit.schedule import Job, acquire
+from kit.schedule import acquire
+from kit.slots import Job
 job = Job(name=sys.argv[1], notebook="n.ipynb", at="close-15min", calendar="XNYS")
 with acquire(job, sys.argv[2]):
     print("held", flush=True)
@@ -254,9 +241,9 @@ def test_lock_held_by_another_process_blocks_the_run_until_that_process_dies(tmp
             pass
         state, runner, now = MemoryState(), Recorder(), utc(2026, 11, 25, 20, 46)
         slot = utc(2026, 11, 25, 20, 45)
-        assert run_once([CLOSE], now, state, runner, tmp_path) == [
-            Outcome(CLOSE.name, slot, run_key(CLOSE, slot), "locked")
-        ]
+        [locked] = run_once([CLOSE], now, state, runner, tmp_path)
+        assert locked == Outcome(CLOSE.name, slot, run_key(CLOSE, slot), "locked", locked.error)
+        assert f"already running (pid {holder.pid}" in locked.error
         assert runner.calls == [] and state.data == {}
     finally:
         holder.kill()  # SIGKILL: no cleanup code runs, the kernel alone releases the lock
@@ -470,32 +457,68 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path: Path, text: str):
 # --- the command line -------------------------------------------------------------------------------------
 
 
+NOTEBOOK_WITH_PARAMETERS = {
+    "cells": [{"cell_type": "code", "execution_count": None, "id": "p", "metadata": {"tags": ["parameters"]},
+               "outputs": [], "source": ['broker = "mock"\n', "capital = 1.0\n", "run_key = None"]}],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
 def write_jobs(tmp_path: Path, **changes: object) -> list[str]:
     """A job file with one job (GOOD + changes) whose notebook exists; returns `--once` arguments for it."""
     notebook = tmp_path / "job.ipynb"
-    notebook.write_text("{}")
+    notebook.write_text(json.dumps(NOTEBOOK_WITH_PARAMETERS))
     (tmp_path / "jobs.toml").write_text(toml(**{"notebook": str(notebook), **changes}))
     paths = ("--state", str(tmp_path / "state.json"), "--lock-dir", str(tmp_path / "locks"))
     return [str(tmp_path / "jobs.toml"), "--once", *paths]
 
 
-def test_main_once_runs_what_is_due_now(tmp_path: Path):
-    args = write_jobs(tmp_path, name="every-minute", cron="* * * * *", timezone="UTC")
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """Stands in for kit's papermill runner in `kit schedule`."""
     runner = Recorder()
-    assert main(args, runner=runner) == 0
-    assert main(args, runner=runner) == 0
-    keys = [key for _, _, key in runner.calls]
+    monkeypatch.setattr("kit.schedule.run_notebook", runner)
+    return runner
+
+
+def test_once_runs_what_is_due_now_and_says_so(tmp_path: Path, recorder: Recorder,
+                                                capsys: pytest.CaptureFixture[str], monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    args = write_jobs(tmp_path, name="every-minute", cron="* * * * *", timezone="UTC")
+    assert main(["schedule", *args]) == 0
+    out = capsys.readouterr().out
+    jobs, *_ = out.split(" start ")
+    assert "every-minute" in jobs and "* * * * * UTC" in jobs and "next slot" in jobs  # the jobs table
+    key = recorder.calls[0][2]
+    assert f"ran     every-minute  {key}" in out
+    assert main(["schedule", *args]) == 0
+    keys = [key for _, _, key in recorder.calls]
     assert 1 <= len(keys) <= 2 and len(set(keys)) == len(keys)  # 2 only if a minute turned in between
-    assert StateFile(tmp_path / "state.json").last("every-minute") == runner.calls[-1][1]
+    assert StateFile(tmp_path / "state.json").last("every-minute") == recorder.calls[-1][1]
     (tmp_path / "state.json").unlink()
-    assert main(args, runner=Recorder(fail={"every-minute"})) == 1
+    recorder.fail = {"every-minute"}
+    assert main(["schedule", *args]) == 1
+    assert "failed  every-minute" in capsys.readouterr().out and "RuntimeError: notebook raised"
 
 
-def test_main_uses_kits_papermill_runner_by_default(tmp_path: Path):
-    never = write_jobs(
-        tmp_path, cron="0 12 25 12 *", timezone="UTC", calendar="XNYS"
-    )  # Christmas: no session
-    assert main(never) == 0
+def test_once_with_nothing_due_says_so_and_shows_the_next_slot(tmp_path: Path, recorder: Recorder,
+                                                               capsys: pytest.CaptureFixture[str]):
+    never = write_jobs(tmp_path, cron="0 12 25 12 *", timezone="UTC", calendar="XNYS")  # Christmas
+    assert main(["schedule", *never]) == 0
+    out = capsys.readouterr().out
+    assert "never" in out and "nothing due" in out and recorder.calls == []
+    monthly = write_jobs(tmp_path, cron="0 12 1 * *", timezone="UTC")
+    assert main(["schedule", *monthly]) == 0
+    upcoming = next_slot(load_jobs(tmp_path / "jobs.toml")[0], datetime.now(UTC))
+    assert f"{upcoming:%Y-%m-%d %H:%M} UTC" in capsys.readouterr().out
+
+
+def test_the_default_runner_is_kits_papermill_runner():
+    from kit import runner, schedule
+
+    assert schedule.run_notebook.__module__ == "kit.schedule"
+    assert "execute_notebook" in schedule.run_notebook.__code__.co_names and runner.execute_notebook
 
 
 @pytest.mark.parametrize(
@@ -503,15 +526,19 @@ def test_main_uses_kits_papermill_runner_by_default(tmp_path: Path):
     [
         ({"timezone": None}, "jobs.toml: job 'bad-job': timezone: required with cron"),
         ({"notebook": "gone.ipynb"}, "job 'bad-job': notebook: gone.ipynb not found"),
+        ({"parameters": {"capital": "abc"}},
+         "job 'bad-job': parameters: parameter capital: 'abc' is not a float"),
+        ({"parameters": {"brokr": "ib"}}, "job 'bad-job': parameters: the notebook has no parameter 'brokr'"),
     ],
 )
-def test_main_refuses_a_bad_job_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, object], message: str
+def test_a_bad_job_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recorder: Recorder, changes: dict[str, object],
+    message: str
 ):
-    runner = Recorder()
-    assert main(write_jobs(tmp_path, **changes), runner=runner) == 2
-    assert message in capsys.readouterr().err
-    assert runner.calls == []
+    assert main(["schedule", *write_jobs(tmp_path, **changes)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kit: ") and message in err and "Traceback" not in err
+    assert recorder.calls == []
 
 
 # --- properties -------------------------------------------------------------------------------------------
