@@ -102,7 +102,7 @@ def frame(rows: list[Row], columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 def sql_list(values: frozenset[str] | set[str]) -> str:
-    """A SQL IN list of string constants, in a stable order: ('NEW', 'PARTIAL', 'SUBMITTED')."""
+    """A SQL IN list of string constants, sorted so the SQL text is stable: ('a', 'b')."""
     return "(" + ", ".join(f"'{value}'" for value in sorted(values)) + ")"
 
 
