@@ -34,8 +34,6 @@ OnTimeout = Literal["cancel", "leave"]
 IDLE_RELEASE = 0.25
 # Seconds a run keeps listening after its cancels are confirmed, for fills that raced the cancel.
 LATE_FILL_GRACE = 0.5
-# Broker notices that say what happened to the run as a whole; they go into the run's notes.
-LOGGED_NOTICES = RUN_NOTICES
 
 
 @dataclass
@@ -61,7 +59,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        filled = int((self.orders["status"] == "FILLED").sum()) if len(self.orders) else 0
+        filled = int((self.orders["status"] == Status.FILLED).sum()) if len(self.orders) else 0
         lines = [f"run {self.run_key} ({self.run_id}): {self.status}",
                  f"  orders: {len(self.orders)} ({filled} filled)   fills: {len(self.fills)}"]
         if len(self.orders):
@@ -331,7 +329,7 @@ class Engine:
 
     # ---- event folding -------------------------------------------------------------------------------
     def _apply(self, event: Event) -> None:
-        if isinstance(event, BrokerNotice) and event.code in LOGGED_NOTICES:
+        if isinstance(event, BrokerNotice) and event.code in RUN_NOTICES:  # the run's notes say these
             self.notes.append(f"{event.at:%H:%M:%S} {event.code}: {event.message}"
                               + (f" ({event.client_order_id})" if event.client_order_id else ""))
         outcome = self.book.apply(event)

@@ -30,6 +30,16 @@ from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
 
 log = logging.getLogger("kit.ledger")
 
+# Fills written before the ledger stored execution keys (schema 1, or a journal of that time) came with
+# kit's one id rule then, "<key>.<revision>": it is applied to them once, here, and nowhere else.
+LEGACY_FILL_KEYS = r"""UPDATE fills SET
+    execution_key = CASE WHEN regexp_matches(exec_id, '^.+\.[0-9]+$')
+                    THEN regexp_extract(exec_id, '^(.+)\.[0-9]+$', 1) ELSE exec_id END,
+    revision = CASE WHEN regexp_matches(exec_id, '^.+\.[0-9]+$')
+               THEN coalesce(TRY_CAST(regexp_extract(exec_id, '\.([0-9]+)$', 1) AS BIGINT), 0)
+               ELSE 0 END
+    WHERE execution_key IS NULL"""
+
 # Each migration moves the schema one version forward; a ledger is never migrated backwards.
 MIGRATIONS: list[list[str]] = [
     [
@@ -55,16 +65,10 @@ MIGRATIONS: list[list[str]] = [
     ],
     [
         # Which fills are revisions of one execution is the broker's to say (Fill.key, Fill.revision), so
-        # the ledger stores it instead of re-deriving it from exec ids. Fills written before this version
-        # all came with kit's one id rule then ("<key>.<revision>"): it is applied once, here.
+        # the ledger stores it instead of re-deriving it from exec ids.
         "ALTER TABLE fills ADD COLUMN execution_key VARCHAR",
         "ALTER TABLE fills ADD COLUMN revision BIGINT",
-        r"""UPDATE fills SET
-            execution_key = CASE WHEN regexp_matches(exec_id, '^.+\.[0-9]+$')
-                            THEN regexp_extract(exec_id, '^(.+)\.[0-9]+$', 1) ELSE exec_id END,
-            revision = CASE WHEN regexp_matches(exec_id, '^.+\.[0-9]+$')
-                       THEN coalesce(TRY_CAST(regexp_extract(exec_id, '\.([0-9]+)$', 1) AS BIGINT), 0)
-                       ELSE 0 END""",
+        LEGACY_FILL_KEYS,
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -156,13 +160,23 @@ class Batch:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Batch:
-        return cls(events=record["events"],
-                   orders={o["client_order_id"]: o for o in record["orders"]},
-                   fills={f["exec_id"]: f for f in record["fills"]},
+        orders = [_by_name(o, ORDER_COLUMNS) for o in record["orders"]]
+        fills = [_by_name(f, FILL_COLUMNS) for f in record["fills"]]
+        return cls(events=[_by_name(e, EVENT_COLUMNS) for e in record["events"]],
+                   orders={o["client_order_id"]: o for o in orders},
+                   fills={f["exec_id"]: f for f in fills},
                    replaced_fills=set(record["replaced_fills"]), runs=record["runs"])
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+def _by_name(row: Row | list[Any], columns: tuple[str, ...]) -> Row:
+    """A journaled row; a journal written by kit before rows had names holds lists in column order (and no
+    execution key: LEGACY_FILL_KEYS gives its fills theirs once they are written)."""
+    if isinstance(row, dict):
+        return row
+    return dict.fromkeys(columns) | dict(zip(columns, row, strict=False))
 
 
 # A batch of up to this many rows per table goes in as one list per column (unnest) instead of a DataFrame:
@@ -249,6 +263,7 @@ class Ledger:
                 for record in records:
                     self._apply(Batch.from_record(record))
                 if records:
+                    self.con.execute(LEGACY_FILL_KEYS)  # fills of a journal older than execution keys
                     log.warning("wrote %d batch(es) that waited in %s", len(records), self.journal.path)
         except BaseException:
             self.close()  # a refused or failed ledger must not stay locked by this process

@@ -244,6 +244,19 @@ def test_fills_written_before_execution_keys_existed_get_them_from_the_migration
     assert set(order.fills) == {"0001.5f.01", "plain"} and order.fills["0001.5f.01"].revision == 2
 
 
+def test_a_journal_written_before_rows_had_names_is_still_replayed(db):
+    """Rows journaled by an older kit are lists in column order, their fills without execution keys."""
+    order = an_order()
+    order.fills["a.01"] = a_fill(order, "a.01.02", 100, 10.0)
+    row, fill = order_row(order), fill_row(order, order.fills["a.01"])
+    Ledger(db).open().close()
+    Ledger(db).journal.append({"events": [], "orders": [list(row.values())],
+                               "fills": [list(fill.values())[:11]], "replaced_fills": [], "runs": {}})
+    with Ledger(db) as ledger:
+        loaded = ledger.load_orders("r1")[0]
+    assert loaded.fills == {"a.01": order.fills["a.01"]} and loaded.filled_quantity == 100
+
+
 # ---- schema versions ------------------------------------------------------------------------------------
 
 
