@@ -7,27 +7,26 @@ The imperative shell around kit.state. It waits on the broker's event queue, nev
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any, Literal
 
 import pandas as pd
 
-from kit.brokers.base import Broker
+from kit.brokers.base import RUN_NOTICES, Broker
+from kit.clock import utcnow
 from kit.config import halted
 from kit.crashpoints import crash_point
 from kit.errors import HaltedError, LiveAccountError, PayloadConflictError
 from kit.ids import run_id_for
-from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Execution, Order, Rejected, Status, Submitted
+from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Order, Rejected, RunStatus, Status, Submitted
 from kit.planner import Plan
-from kit.state import Effect, OrderBook, Outcome, run_status
-from kit.store import FILL_COLUMNS, ORDER_COLUMNS, Batch, Ledger, event_row, fill_row, frame, order_row
+from kit.recorder import Recorder, fill_row, order_row
+from kit.state import OrderBook, run_status
+from kit.store import FILL_COLUMNS, ORDER_COLUMNS, Ledger, frame
 
 log = logging.getLogger("kit.engine")
 OnTimeout = Literal["cancel", "leave"]
@@ -35,14 +34,6 @@ OnTimeout = Literal["cancel", "leave"]
 IDLE_RELEASE = 0.25
 # Seconds a run keeps listening after its cancels are confirmed, for fills that raced the cancel.
 LATE_FILL_GRACE = 0.5
-# Broker notices that say what happened to the run as a whole; they go into the run's notes.
-LOGGED_NOTICES = frozenset({"disconnected", "reconnected", "reconnect_failed", "sync_incomplete",
-                            "unacknowledged", "cancel_impossible", "resent"})
-
-
-def utcnow() -> datetime:
-    """kit stores naive UTC timestamps throughout."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -68,7 +59,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        filled = int((self.orders["status"] == "FILLED").sum()) if len(self.orders) else 0
+        filled = int((self.orders["status"] == Status.FILLED).sum()) if len(self.orders) else 0
         lines = [f"run {self.run_key} ({self.run_id}): {self.status}",
                  f"  orders: {len(self.orders)} ({filled} filled)   fills: {len(self.fills)}"]
         if len(self.orders):
@@ -89,89 +80,6 @@ class Run:
                 + self.orders.reindex(columns=columns).to_html(index=False, na_rep=""))
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # dataclasses.fields() per event is slow; names per class
-_UPDATED_AT = ORDER_COLUMNS.index("updated_at")
-
-
-def _field_names(cls: type) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
-
-
-def _detail(event: Event, effect: Effect) -> dict[str, Any]:
-    if isinstance(event, Execution):
-        fill = event.fill
-        detail = {name: getattr(fill, name) for name in _field_names(type(fill)) if name != "client_order_id"}
-    else:
-        detail = {name: getattr(event, name) for name in _field_names(type(event))
-                  if name not in ("at", "client_order_id")}
-    detail["effect"] = str(effect)
-    return detail
-
-
-class Recorder:
-    """Turns applied events into ledger rows and writes them a batch at a time."""
-
-    def __init__(self, ledger: Ledger, run_id: str):
-        self.ledger = ledger
-        self.run_id = run_id
-        self.seq = ledger.next_seq(run_id)
-        self.batch = Batch()
-        # Orders changed by events since the last flush, with their updated_at then: their rows are built once
-        # per flush instead of once per event (see record).
-        self._changed: dict[str, tuple[Order, datetime]] = {}
-        self.journaled = False
-        self.notes: list[str] = []
-
-    def _event(self, client_order_id: str | None, at: datetime, kind: str, status: str | None,
-               detail: dict[str, Any]) -> None:
-        self.batch.events.append(event_row(uuid.uuid4().hex, self.run_id, client_order_id, self.seq, at,
-                                           kind, status, detail))
-        self.seq += 1
-
-    def record(self, event: Event, outcome: Outcome) -> None:
-        order = outcome.order
-        self._event(getattr(event, "client_order_id", None) or (order and order.client_order_id), event.at,
-                    event.kind, str(order.status) if order else None, _detail(event, outcome.effect))
-        if order is not None and outcome.effect in (Effect.APPLIED, Effect.CORRECTION):
-            # The row is built at flush from the order as it is then: only an event that is not written (a
-            # status that changes nothing) can change it meanwhile, and then only updated_at, kept from now.
-            self._changed[order.client_order_id] = (order, order.updated_at)
-        if outcome.fill is not None and order is not None:
-            self.batch.fills[outcome.fill.exec_id] = fill_row(order, outcome.fill)
-        if outcome.replaced_exec_id:
-            self.batch.fills.pop(outcome.replaced_exec_id, None)
-            self.batch.replaced_fills.add(outcome.replaced_exec_id)
-
-    def order(self, order: Order, kind: str, at: datetime, **detail: Any) -> None:
-        self._event(order.client_order_id, at, kind, str(order.status), detail)
-        self._changed.pop(order.client_order_id, None)
-        self.batch.orders[order.client_order_id] = order_row(order)
-
-    def note(self, kind: str, at: datetime, client_order_id: str | None = None, **detail: Any) -> None:
-        self._event(client_order_id, at, kind, None, detail)
-
-    def run(self, **values: Any) -> None:
-        self.batch.runs.setdefault(self.run_id, {}).update(values)
-
-    def flush(self) -> None:
-        for client_order_id, (order, updated_at) in self._changed.items():
-            row = order_row(order)
-            self.batch.orders[client_order_id] = (*row[:_UPDATED_AT], updated_at, *row[_UPDATED_AT + 1:])
-        self._changed.clear()
-        if not self.batch:
-            return
-        if not self.ledger.write(self.batch) and not self.journaled:
-            self.journaled = True
-            message = (f"the ledger {self.ledger.path} is held by another process ({self.ledger.holder}); "
-                       f"events are kept in {self.ledger.journal.path} and written when it is free")
-            log.warning(message)
-            self.notes.append(message)
-        self.batch = Batch()
-
-
 class Engine:
     def __init__(self, plan: Plan, broker: Broker, ledger: Ledger, *, timeout: float = 60.0,
                  on_timeout: OnTimeout = "cancel", cancel_timeout: float = 10.0, allow_live: bool = False,
@@ -185,7 +93,7 @@ class Engine:
         self.run_id = run_id_for(plan.run_key)
         self.book = OrderBook()
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.open: set[str] = set()  # submitted orders that can still change: working or missing commission
+        self.open: set[str] = set()  # orders at the broker not settled yet: working or missing a commission
         self.notes: list[str] = []
 
     # ---- the run -------------------------------------------------------------------------------------
@@ -202,13 +110,13 @@ class Engine:
         now = utcnow()
         planned = {intent.client_order_id for intent in self.plan.orders}
         for order in previous:
-            if _unsent(order) and order.status is Status.NEW and order.client_order_id not in planned:
+            if not order.at_broker and order.status is Status.NEW and order.client_order_id not in planned:
                 self._apply(Rejected(order.client_order_id, now, "superseded: not in the plan executed "
                                      f"(hash {self.plan.hash}); never sent"))
         for intent, breaches in zip(self.plan.orders, self.plan.breaches, strict=True):
             existing = self.book.orders.get(intent.client_order_id)
-            if existing is not None and not (_unsent(existing) and (existing.intent != intent or
-                                                                    existing.status is not Status.NEW)):
+            if existing is not None and not (not existing.at_broker and (existing.intent != intent or
+                                                                         existing.status is not Status.NEW)):
                 continue
             order = Order(intent=intent, run_id=self.run_id, created_at=now, updated_at=now)
             self.book.add(order)
@@ -253,7 +161,7 @@ class Engine:
 
     async def _what_if(self) -> None:
         """Dry run: ask the broker what the orders would cost (IB: margin and commission), send nothing."""
-        orders = [o for o in self.book.orders.values() if o.submitted_at is None and o.working]
+        orders = [o for o in self.book.orders.values() if not o.at_broker and o.can_fill]
         if not orders:
             return
         await self._connected()
@@ -266,7 +174,7 @@ class Engine:
             await self._disconnect()
 
     async def _cancel_run(self) -> None:
-        working = [o for o in self.book.orders.values() if o.submitted_at is not None and o.working]
+        working = [o for o in self.book.orders.values() if o.working]
         if not working:
             self.notes.append("no working orders to cancel")
             return
@@ -286,9 +194,8 @@ class Engine:
     async def _trade(self) -> None:
         orders = list(self.book.orders.values())
         # A cancelled order is asked about again too: IB can fill it after confirming the cancel.
-        to_sync = [o for o in orders if o.submitted_at is not None
-                   and (_unsettled(o) or o.status is Status.CANCELLED)]
-        to_send = [o for o in orders if o.submitted_at is None and o.working]
+        to_sync = [o for o in orders if o.at_broker and (not o.settled or o.status is Status.CANCELLED)]
+        to_send = [o for o in orders if not o.at_broker and o.can_fill]
         if not to_sync and not to_send:
             return
         await self._connected()
@@ -346,7 +253,7 @@ class Engine:
                 self.notes.append(f"{order.client_order_id} was sent earlier but the broker does not list "
                                   "it; it was not sent again")
         self._drain()
-        self.open = {c for c in self.open if _unsettled(self.book.orders[c])}  # a cancelled one may be done
+        self.open = {c for c in self.open if not self.book.orders[c].settled}  # a cancelled one may be done
         self.recorder.flush()
         return resend
 
@@ -422,13 +329,13 @@ class Engine:
 
     # ---- event folding -------------------------------------------------------------------------------
     def _apply(self, event: Event) -> None:
-        if isinstance(event, BrokerNotice) and event.code in LOGGED_NOTICES:
+        if isinstance(event, BrokerNotice) and event.code in RUN_NOTICES:  # the run's notes say these
             self.notes.append(f"{event.at:%H:%M:%S} {event.code}: {event.message}"
                               + (f" ({event.client_order_id})" if event.client_order_id else ""))
         outcome = self.book.apply(event)
         self.recorder.record(event, outcome)
         order = outcome.order
-        if order is not None and order.client_order_id in self.open and not _unsettled(order):
+        if order is not None and order.client_order_id in self.open and order.settled:
             self.open.discard(order.client_order_id)
 
     def _drain(self) -> None:
@@ -441,7 +348,7 @@ class Engine:
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def _check_payloads(self, previous: list[Order]) -> None:
-        known = {o.client_order_id: o.intent for o in previous if not _unsent(o)}
+        known = {o.client_order_id: o.intent for o in previous if o.at_broker}
         conflicts = []
         for intent in self.plan.orders:
             old = known.get(intent.client_order_id)
@@ -467,21 +374,22 @@ class Engine:
             self.ledger.insert_run({
                 "run_id": self.run_id, "run_key": self.plan.run_key, "notebook": self.info.notebook,
                 "notebook_hash": self.info.notebook_hash, "parameters": _json(self.info.parameters),
-                "broker": self.broker.name, "account": self.broker.account or None, "status": "running",
+                "broker": self.broker.name, "account": self.broker.account or None,
+                "status": RunStatus.RUNNING,
                 "started_at": now, "git_revision": self.info.git_revision, "kit_version": version("kit"),
                 "output_path": self.info.output_path,
             })
         else:
-            self.ledger.update_run(self.run_id, status="running", broker=self.broker.name, ended_at=None,
-                                   error_name=None, error=None)
+            self.ledger.update_run(self.run_id, status=RunStatus.RUNNING, broker=self.broker.name,
+                                   ended_at=None, error_name=None, error=None)
         self.recorder.note(kind or ("run_resumed" if resuming else "run_started"), now, **detail)
 
     def _finish(self, error: BaseException | None) -> None:
         now = utcnow()
-        status = "planned" if self.dry_run else run_status(list(self.book.orders.values()))
+        status = RunStatus.PLANNED if self.dry_run else run_status(list(self.book.orders.values()))
         if error is not None:
             if not self._any_fill():
-                status = "failed"
+                status = RunStatus.FAILED
             self.recorder.note("run_error", now, error=type(error).__name__, message=str(error))
         self.recorder.note("run_finished", now, status=status, notes=self.notes)
         self.recorder.run(status=status, ended_at=now, error_name=type(error).__name__ if error else None,
@@ -498,16 +406,6 @@ class Engine:
         fills = [fill_row(o, f) for o in orders for f in sorted(o.fills.values(), key=lambda f: f.time)]
         return Run(self.run_id, self.plan.run_key, self.status, frame([order_row(o) for o in orders],
                    ORDER_COLUMNS), frame(fills, FILL_COLUMNS), self.notes)
-
-
-def _unsent(order: Order) -> bool:
-    """Never handed to a broker: still only a plan."""
-    return order.submitted_at is None and not order.fills
-
-
-def _unsettled(order: Order) -> bool:
-    """Still expecting something from the broker: quantity that can fill, or a fill without commission."""
-    return order.working or any(f.commission is None for f in order.fills.values())
 
 
 def _json(value: Any) -> str:

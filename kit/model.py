@@ -27,7 +27,7 @@ class Status(StrEnum):
 
 
 # The order lifecycle facts, defined once: everything else (engine, ledger SQL, kit cancel, reconcile) uses
-# these sets instead of listing statuses.
+# these sets, and Order's predicates below, instead of listing statuses.
 TERMINAL = frozenset({Status.FILLED, Status.CANCELLED, Status.REJECTED})
 OPEN_STATUSES = frozenset(Status) - TERMINAL  # an order in one of these can still fill
 
@@ -73,7 +73,12 @@ class OrderIntent:
 
 @dataclass(frozen=True, slots=True)
 class Fill:
-    """One execution. exec_id is the broker's; a correction carries the same base with a higher suffix."""
+    """One execution, under the broker's exec_id.
+
+    A broker that corrects executions says which ones belong together: a fill with the same `key` and a
+    higher `revision` replaces the one before (the broker's translator derives both from its own ids; the
+    core never parses an id). Without a key, a fill stands alone. An unknown commission is None or NaN.
+    """
 
     exec_id: str
     client_order_id: str
@@ -83,6 +88,18 @@ class Fill:
     commission: float | None = None
     currency: str = ""
     exchange: str = ""
+    key: str | None = None
+    revision: int = 0
+
+    @property
+    def execution_key(self) -> str:
+        """What a correction of this execution shares with it."""
+        return self.key or self.exec_id
+
+    @property
+    def commission_known(self) -> bool:
+        commission = self.commission
+        return commission is not None and commission == commission  # NaN: the broker left it unset
 
 
 # ---- normalized broker events -------------------------------------------------------------------------
@@ -190,7 +207,7 @@ class Order:
     created_at: datetime
     updated_at: datetime
     status: Status = Status.NEW
-    fills: dict[str, Fill] = field(default_factory=dict)  # exec-id base -> latest revision
+    fills: dict[str, Fill] = field(default_factory=dict)  # execution_key -> latest revision
     broker_order_id: str | None = None
     perm_id: str | None = None
     reason: str = ""
@@ -208,8 +225,9 @@ class Order:
 
     @property
     def remaining_quantity(self) -> float:
-        """FIX LeavesQty: what can still fill. Zero once the order is done, whatever the status word."""
-        if self.status in (Status.CANCELLED, Status.REJECTED):
+        """FIX LeavesQty: what can still fill. Zero once the order is terminal (a fill completes it, or the
+        broker ended it)."""
+        if self.status in TERMINAL:
             return 0.0
         return max(self.intent.quantity - self.filled_quantity, 0.0)
 
@@ -225,11 +243,31 @@ class Order:
 
     @property
     def commission(self) -> float:
-        return math.fsum(f.commission or 0.0 for f in self.fills.values())
+        """The sum of the fills' commissions; NaN while any of them is unknown (never a partial sum)."""
+        if not all(f.commission_known for f in self.fills.values()):
+            return math.nan
+        return math.fsum(f.commission for f in self.fills.values())  # type: ignore[misc]
+
+    # ---- the lifecycle facts: the one definition of each, used by the engine, the ledger and reconcile ----
+    @property
+    def at_broker(self) -> bool:
+        """Handed to a broker (or filled there): no longer just a plan, so never sent again blindly."""
+        return self.submitted_at is not None or bool(self.fills)
+
+    @property
+    def can_fill(self) -> bool:
+        """Quantity is left that a broker could still execute (FIX LeavesQty > 0), sent or not."""
+        return self.remaining_quantity > 0
 
     @property
     def working(self) -> bool:
-        return self.remaining_quantity > 0
+        """At a broker and able to fill: what a cancel is for and what a run waits on."""
+        return self.at_broker and self.remaining_quantity > 0
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more is expected from the broker: it cannot fill, and every fill's commission is known."""
+        return not self.can_fill and all(f.commission_known for f in self.fills.values())
 
     def copy(self) -> Order:
         return replace(self, fills=dict(self.fills))

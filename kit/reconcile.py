@@ -1,25 +1,26 @@
-"""`kit reconcile`: the broker's truth against the ledger, as a table of breaks; `--adopt` takes the broker's.
+"""Reconcile: the broker's truth against the ledger, as a table of breaks; `adopt=True` takes the broker's.
 
 The broker replays what it has for a run's orders (open and completed orders, today's executions and their
 commissions) as ordinary events. Folded into a copy of the ledger's orders by the same core that runs
-every order, they show what the ledger lacks; with --adopt they are applied and recorded, each change with
+every order, they show what the ledger lacks; with adopt they are applied and recorded, each change with
 an audit event. What the ledger has and the broker does not (a fill IB does not list) is reported, never
 deleted: that needs a person.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from kit.brokers.base import Broker
-from kit.engine import Recorder, utcnow
+from kit.clock import utcnow
 from kit.model import Event, Execution, Order
+from kit.recorder import Recorder
 from kit.state import Effect, OrderBook
 from kit.store import Ledger
 
@@ -42,9 +43,12 @@ class Reconciliation:
         return "\n".join(lines)
 
 
-def compare(before: dict[str, Order], after: dict[str, Order], known: set[str],
-            broker_execs: set[str]) -> list[dict[str, Any]]:
-    """Breaks between the ledger's orders and the same orders after the broker's replay. Pure."""
+def compare(before: dict[str, Order], after: dict[str, Order], known: set[str], broker_execs: set[str],
+            today: date) -> list[dict[str, Any]]:
+    """Breaks between the ledger's orders and the same orders after the broker's replay. Pure.
+
+    `today` (UTC) bounds what the broker can be asked for: it lists only the current day's executions, so
+    only a fill of today that it does not list is a break."""
     breaks = []
     for coid, old in before.items():
         new = after[coid]
@@ -54,7 +58,7 @@ def compare(before: dict[str, Order], after: dict[str, Order], known: set[str],
             breaks.append({"run_id": run, "client_order_id": coid, "kind": kind, "ledger": ledger,
                            "broker": broker})
 
-        if old.submitted_at is None:
+        if not old.at_broker:
             continue
         if coid not in known:
             if old.working:
@@ -69,10 +73,10 @@ def compare(before: dict[str, Order], after: dict[str, Order], known: set[str],
             if mine is None or mine.exec_id != fill.exec_id:
                 add("missing_fill", mine.exec_id if mine else None,
                     f"{fill.exec_id} {fill.quantity:g}@{fill.price:g}")
-            elif mine.commission is None and fill.commission is not None:
+            elif not mine.commission_known and fill.commission_known:
                 add("missing_commission", None, f"{fill.exec_id} {fill.commission:g}")
         for fill in old.fills.values():
-            if fill.exec_id not in broker_execs and fill.time.date() == utcnow().date():
+            if fill.exec_id not in broker_execs and fill.time.date() == today:
                 add("fill_not_at_broker", f"{fill.exec_id} {fill.quantity:g}@{fill.price:g}", None)
     return breaks
 
@@ -84,8 +88,7 @@ async def reconcile_async(run: str | None = None, *, broker: str | Broker | None
     ledger = Ledger(db)
     await asyncio.to_thread(ledger.open)
     with ledger:
-        run_ids = [ledger.resolve_run(run)] if run else ledger.query(
-            "SELECT DISTINCT run_id FROM orders WHERE submitted_at >= current_date")["run_id"].tolist()
+        run_ids = [ledger.resolve_run(run)] if run else ledger.runs_sent_on(utcnow().date())
         broker_name = broker if isinstance(broker, str) or broker is None else broker.name
         orders = [o for r in run_ids for o in ledger.load_orders(r)]
         if broker is None and run_ids:
@@ -99,7 +102,7 @@ async def reconcile_async(run: str | None = None, *, broker: str | Broker | None
         the_broker.bind(queue.put_nowait)
         await the_broker.connect()
         try:
-            known = await the_broker.sync([o for o in orders if o.submitted_at is not None])
+            known = await the_broker.sync([o for o in orders if o.at_broker])
             held = await the_broker.positions() if the_broker.keeps_positions else None
         finally:
             events = []
@@ -119,9 +122,11 @@ async def reconcile_async(run: str | None = None, *, broker: str | Broker | None
                 adopted += 1
         for recorder in recorders.values():
             recorder.flush()
-        breaks = compare(before, book.orders, known, broker_execs)
+        today = utcnow().date()
+        breaks = compare(before, book.orders, known, broker_execs, today)
         if adopt:  # what remains after adopting: only what needs a person
-            breaks = compare({c: o.copy() for c, o in book.orders.items()}, book.orders, known, broker_execs)
+            breaks = compare({c: o.copy() for c, o in book.orders.items()}, book.orders, known, broker_execs,
+                             today)
         positions = _positions(ledger, the_broker.name, held)
     return Reconciliation(pd.DataFrame(breaks, columns=BREAK_COLUMNS), positions, adopted)
 
@@ -136,20 +141,9 @@ def _positions(ledger: Ledger, broker: str, held: dict[str, float] | None) -> pd
 
 
 def reconcile(run: str | None = None, **options: Any) -> Reconciliation:
+    """The blocking form of reconcile_async (options: broker=, db=, adopt=); `kit reconcile` prints
+    str(result) and exits 1 while breaks remain."""
     from kit.api import _run
 
     return _run(reconcile_async(run, **options))
 
-
-def cmd_reconcile(args: argparse.Namespace) -> int:
-    result = reconcile(args.run, broker=args.broker, db=args.db, adopt=args.adopt)
-    print(result)
-    return 1 if len(result.breaks) else 0
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    sub = commands.add_parser("reconcile", help="broker versus ledger: a breaks table (exit 1 while any)")
-    sub.add_argument("--run", help="run id or run key (default: every run with orders sent today)")
-    sub.add_argument("--broker", choices=["ib", "mock"], help="default: the run's broker")
-    sub.add_argument("--adopt", action="store_true", help="take the broker's truth; audit every change")
-    sub.set_defaults(handler=cmd_reconcile)

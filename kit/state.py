@@ -19,6 +19,7 @@ from kit.model import (
     Fill,
     Order,
     Rejected,
+    RunStatus,
     Status,
     StatusUpdate,
     Submitted,
@@ -45,8 +46,8 @@ TRANSITIONS: dict[tuple[Status, Signal], Status] = {
     (N, Signal.REJECT): R, (S, Signal.REJECT): R, (P, Signal.REJECT): R,
     # A fill after a cancel confirmation is real: record it, and if it completes the order, it filled.
     (C, Signal.FILL_ALL): F,
-    # Only a correction (.02 replacing .01) can lower the filled quantity of a FILLED order; the status
-    # follows the quantity, as if the corrected execution had arrived first.
+    # Only a correction (a higher revision of an execution) can lower the filled quantity of a FILLED
+    # order; the status follows the quantity, as if the corrected execution had arrived first.
     (F, Signal.FILL_PART): P,
 }  # fmt: skip
 del N, S, P, F, C, R
@@ -54,14 +55,6 @@ del N, S, P, F, C, R
 
 def next_status(status: Status, signal: Signal) -> Status:
     return TRANSITIONS.get((status, signal), status)
-
-
-def split_exec_id(exec_id: str) -> tuple[str, int]:
-    """IB exec ids end in a revision ("…01.01" then the correction "…01.02"); base + revision."""
-    base, _, last = exec_id.rpartition(".")
-    if base and last.isdigit():
-        return base, int(last)
-    return exec_id, 0
 
 
 class Effect(StrEnum):
@@ -92,12 +85,13 @@ class OrderBook:
 
     orders: dict[str, Order] = field(default_factory=dict)
     pending_commissions: dict[str, Commission] = field(default_factory=dict)
-    exec_owner: dict[str, str] = field(default_factory=dict)  # exec_id -> client_order_id
+    # exec_id -> (client_order_id, execution_key): where a commission report of that exec_id belongs
+    exec_owner: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def add(self, order: Order) -> None:
         self.orders[order.client_order_id] = order
         for fill in order.fills.values():
-            self.exec_owner[fill.exec_id] = order.client_order_id
+            self.exec_owner[fill.exec_id] = (order.client_order_id, fill.execution_key)
 
     def apply(self, event: Event) -> Outcome:
         if isinstance(event, Commission):
@@ -129,12 +123,12 @@ class OrderBook:
         raise TypeError(f"not a kit event: {event!r}")
 
     def _execution(self, order: Order, fill: Fill, event: Execution) -> Outcome:
-        base, revision = split_exec_id(fill.exec_id)
-        current = order.fills.get(base)
+        key = fill.execution_key
+        current = order.fills.get(key)
         if current is not None:
             if current.exec_id == fill.exec_id:
                 return Outcome(Effect.DUPLICATE, order)
-            if split_exec_id(current.exec_id)[1] > revision:
+            if current.revision > fill.revision:
                 return Outcome(Effect.STALE, order)
         pending = self.pending_commissions.pop(fill.exec_id, None)
         if pending is not None:
@@ -142,8 +136,8 @@ class OrderBook:
         elif fill.commission is None and current is not None:
             # Until the correction's own report arrives, the corrected execution keeps the commission paid.
             fill = _with_commission(fill, None, current.commission)
-        order.fills[base] = fill
-        self.exec_owner[fill.exec_id] = order.client_order_id
+        order.fills[key] = fill
+        self.exec_owner[fill.exec_id] = (order.client_order_id, key)
         signal = Signal.FILL_ALL if order.filled_quantity >= order.intent.quantity else Signal.FILL_PART
         self._move(order, signal)
         self._touch(order, event, Effect.APPLIED)
@@ -152,21 +146,21 @@ class OrderBook:
         return Outcome(Effect.CORRECTION, order, fill, replaced_exec_id=current.exec_id)
 
     def _commission(self, event: Commission) -> Outcome:
-        owner = self.exec_owner.get(event.exec_id)
-        order = self.orders.get(owner) if owner else None
-        if order is None:
+        coid, key = self.exec_owner.get(event.exec_id, (None, None))
+        order = self.orders.get(coid) if coid else None
+        if order is None or key is None:
             if event.exec_id in self.pending_commissions:
                 return Outcome(Effect.DUPLICATE)
             self.pending_commissions[event.exec_id] = event
             return Outcome(Effect.PENDING)
-        base, _ = split_exec_id(event.exec_id)
-        fill = order.fills.get(base)
+        fill = order.fills.get(key)
         if fill is None or fill.exec_id != event.exec_id:
             return Outcome(Effect.STALE, order)  # the report of a superseded revision
-        if fill.commission == event.commission and fill.currency == (event.currency or fill.currency):
+        same_currency = fill.currency == (event.currency or fill.currency)
+        if _same_amount(fill.commission, event.commission) and same_currency:
             return Outcome(Effect.DUPLICATE, order)
         fill = _with_commission(fill, event)
-        order.fills[base] = fill
+        order.fills[key] = fill
         self._touch(order, event, Effect.APPLIED)
         return Outcome(Effect.APPLIED, order, fill)
 
@@ -193,21 +187,26 @@ def _take_ids(order: Order, broker_order_id: str | None, perm_id: str | None) ->
     return changed
 
 
+def _same_amount(a: float | None, b: float | None) -> bool:
+    """Equal, with an unknown (NaN, IB's unset value) equal to another unknown: a repeat changes nothing."""
+    return a == b or (a is not None and b is not None and a != a and b != b)
+
+
 def _with_commission(fill: Fill, report: Commission | None, amount: float | None = None) -> Fill:
     if report is None:
         return replace(fill, commission=amount)
     return replace(fill, commission=report.commission, currency=fill.currency or report.currency)
 
 
-def run_status(orders: list[Order]) -> str:
+def run_status(orders: list[Order]) -> RunStatus:
     """failed: nothing filled; done: every order fully filled; partial: anything else.
 
     Derived from filled quantities, not status words. A run with no orders had nothing to do: done.
     """
     if not orders:
-        return "done"
+        return RunStatus.DONE
     if not any(o.filled_quantity > 0 for o in orders):
-        return "failed"
+        return RunStatus.FAILED
     if all(o.filled_quantity >= o.intent.quantity for o in orders):
-        return "done"
-    return "partial"
+        return RunStatus.DONE
+    return RunStatus.PARTIAL

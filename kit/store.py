@@ -8,14 +8,14 @@ review notebook does not lock out the next run.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,12 +26,19 @@ from kit.config import db_path, setting
 from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError
 from kit.journal import Journal
-from kit.model import Fill, Order, OrderIntent, Side, Status
-from kit.state import split_exec_id
+from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
 
 log = logging.getLogger("kit.ledger")
 
-
+# Fills written before the ledger stored execution keys (schema 1, or a journal of that time) came with
+# kit's one id rule then, "<key>.<revision>": it is applied to them once, here, and nowhere else.
+LEGACY_FILL_KEYS = r"""UPDATE fills SET
+    execution_key = CASE WHEN regexp_matches(exec_id, '^.+\.[0-9]+$')
+                    THEN regexp_extract(exec_id, '^(.+)\.[0-9]+$', 1) ELSE exec_id END,
+    revision = CASE WHEN regexp_matches(exec_id, '^.+\.[0-9]+$')
+               THEN coalesce(TRY_CAST(regexp_extract(exec_id, '\.([0-9]+)$', 1) AS BIGINT), 0)
+               ELSE 0 END
+    WHERE execution_key IS NULL"""
 
 # Each migration moves the schema one version forward; a ledger is never migrated backwards.
 MIGRATIONS: list[list[str]] = [
@@ -56,6 +63,13 @@ MIGRATIONS: list[list[str]] = [
             event_id VARCHAR PRIMARY KEY, run_id VARCHAR, client_order_id VARCHAR, seq BIGINT,
             "at" TIMESTAMP, kind VARCHAR, status VARCHAR, detail VARCHAR)""",
     ],
+    [
+        # Which fills are revisions of one execution is the broker's to say (Fill.key, Fill.revision), so
+        # the ledger stores it instead of re-deriving it from exec ids.
+        "ALTER TABLE fills ADD COLUMN execution_key VARCHAR",
+        "ALTER TABLE fills ADD COLUMN revision BIGINT",
+        LEGACY_FILL_KEYS,
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -67,9 +81,9 @@ ORDER_COLUMNS = (
 )
 FILL_COLUMNS = (
     "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
-    "currency", "exchange", "time",
+    "currency", "exchange", "time", "execution_key", "revision",
 )
-EVENT_COLUMNS = ("event_id", "run_id", "client_order_id", "seq", "\"at\"", "kind", "status", "detail")
+EVENT_COLUMNS = ("event_id", "run_id", "client_order_id", "seq", "at", "kind", "status", "detail")
 RUN_COLUMNS = (
     "run_id", "run_key", "notebook", "notebook_hash", "parameters", "broker", "account", "status",
     "started_at", "ended_at", "error_name", "error", "git_revision", "kit_version", "output_path",
@@ -79,32 +93,32 @@ RUN_COLUMNS = (
 _TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "ended_at"}
 _NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", "avg_fill_price",
             "commission", "decision_price", "arrival_price", "price"}
+_INTEGERS = {"revision", "seq"}
+Row = dict[str, Any]  # one row of a table, by column name
 
 
-def frame(rows: list[tuple], columns: tuple[str, ...]) -> pd.DataFrame:
+def frame(rows: list[Row], columns: tuple[str, ...]) -> pd.DataFrame:
     """Rows as a DataFrame with the dtypes a ledger read gives, so a run's tables look the same either way."""
     result = pd.DataFrame.from_records(rows, columns=list(columns))
-    dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else "str" for c in columns}
+    dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else
+              "int64" if c in _INTEGERS else "str" for c in columns}
     return result.astype(dtypes)
 
 
-def order_row(order: Order) -> tuple:
-    intent = order.intent
-    return (
-        intent.client_order_id, order.run_id, intent.symbol, str(intent.side), intent.quantity,
-        intent.order_type, intent.limit_price, intent.tif, intent.sec_type, intent.exchange,
-        intent.currency, intent.primary_exchange, str(order.status), order.filled_quantity,
-        order.remaining_quantity, order.avg_fill_price, order.commission, order.broker_order_id,
-        order.perm_id, order.reason, intent.decision_price, order.arrival_price, order.submitted_at,
-        order.created_at, order.updated_at,
-    )
+def sql_list(values: frozenset[str] | set[str]) -> str:
+    """A SQL IN list of string constants, sorted so the SQL text is stable: ('a', 'b')."""
+    return "(" + ", ".join(f"'{value}'" for value in sorted(values)) + ")"
 
 
-def fill_row(order: Order, fill: Fill) -> tuple:
-    return (
-        fill.exec_id, fill.client_order_id, order.run_id, order.intent.symbol, str(order.intent.side),
-        fill.quantity, fill.price, fill.commission, fill.currency, fill.exchange, fill.time,
-    )
+# Order.at_broker and Order.working, in the orders table's terms: the ledger's queries use these.
+AT_BROKER_SQL = "(submitted_at IS NOT NULL OR filled_quantity > 0)"
+WORKING_SQL = f"({AT_BROKER_SQL} AND status IN {sql_list(OPEN_STATUSES)})"
+
+
+def working_mask(orders: pd.DataFrame) -> pd.Series:
+    """Order.working for the rows of an orders frame (a ledger read or Run.orders)."""
+    at_broker = orders["submitted_at"].notna() | (orders["filled_quantity"] > 0)
+    return at_broker & orders["status"].isin(OPEN_STATUSES)
 
 
 def _none(value: Any) -> Any:
@@ -122,17 +136,17 @@ def _order_from_row(row: dict[str, Any], fills: list[Fill]) -> Order:
         intent=intent, run_id=row["run_id"], created_at=row["created_at"], updated_at=row["updated_at"],
         status=Status(row["status"]), broker_order_id=row["broker_order_id"], perm_id=row["perm_id"],
         reason=row["reason"] or "", arrival_price=_none(row["arrival_price"]),
-        submitted_at=row["submitted_at"], fills={split_exec_id(f.exec_id)[0]: f for f in fills},
+        submitted_at=row["submitted_at"], fills={f.execution_key: f for f in fills},
     )
 
 
 @dataclass
 class Batch:
-    """Everything one flush writes, in one transaction."""
+    """Everything one flush writes, in one transaction. Rows are keyed by column name (kit.recorder)."""
 
-    events: list[tuple] = field(default_factory=list)
-    orders: dict[str, tuple] = field(default_factory=dict)  # latest row per order
-    fills: dict[str, tuple] = field(default_factory=dict)
+    events: list[Row] = field(default_factory=list)
+    orders: dict[str, Row] = field(default_factory=dict)  # latest row per order
+    fills: dict[str, Row] = field(default_factory=dict)
     replaced_fills: set[str] = field(default_factory=set)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> columns to update
 
@@ -146,13 +160,23 @@ class Batch:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Batch:
-        return cls(events=[tuple(e) for e in record["events"]],
-                   orders={o[0]: tuple(o) for o in record["orders"]},
-                   fills={f[0]: tuple(f) for f in record["fills"]},
+        orders = [_by_name(o, ORDER_COLUMNS) for o in record["orders"]]
+        fills = [_by_name(f, FILL_COLUMNS) for f in record["fills"]]
+        return cls(events=[_by_name(e, EVENT_COLUMNS) for e in record["events"]],
+                   orders={o["client_order_id"]: o for o in orders},
+                   fills={f["exec_id"]: f for f in fills},
                    replaced_fills=set(record["replaced_fills"]), runs=record["runs"])
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+def _by_name(row: Row | list[Any], columns: tuple[str, ...]) -> Row:
+    """A journaled row; a journal written by kit before rows had names holds lists in column order (and no
+    execution key: LEGACY_FILL_KEYS gives its fills theirs once they are written)."""
+    if isinstance(row, dict):
+        return row
+    return dict.fromkeys(columns) | dict(zip(columns, row, strict=False))
 
 
 # A batch of up to this many rows per table goes in as one list per column (unnest) instead of a DataFrame:
@@ -160,14 +184,18 @@ class Batch:
 SMALL_BATCH = 256
 
 
-def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple],
+def _quoted(columns: tuple[str, ...]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)  # "at" is a DuckDB keyword
+
+
+def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[Row],
                   replace: bool) -> None:
     """INSERT OR REPLACE / OR IGNORE of a few rows, keyed by the first column, with the same result as the
     DataFrame path: NaN is stored as NULL, a row replaces its key's row whole, a known key is skipped.
     DuckDB's ON CONFLICT costs more per statement than finding the keys first, so the keys are looked up
     (or deleted) and the rest is a plain INSERT."""
     key = columns[0]
-    keys = [row[0] for row in rows]
+    keys = [row[key] for row in rows]
     where = f"{key} IN ({', '.join('?' * len(keys))})"  # a list of values: looked up in the key's index
     if replace:
         con.execute(f"DELETE FROM {table} WHERE {where}", keys)
@@ -175,24 +203,15 @@ def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str
         taken = {k for (k,) in con.execute(f"SELECT {key} FROM {table} WHERE {where}", keys).fetchall()}
         fresh = []
         for row in rows:  # like OR IGNORE: the first of a repeated key wins
-            if row[0] not in taken:
-                taken.add(row[0])
+            if row[key] not in taken:
+                taken.add(row[key])
                 fresh.append(row)
         rows = fresh
         if not rows:
             return
-    values = [[None if v != v else v for v in column] for column in zip(*rows, strict=True)]  # NaN -> NULL
+    values = [[None if v != v else v for v in map(itemgetter(c), rows)] for c in columns]  # NaN -> NULL
     unnests = ", ".join(f"unnest(${i})" for i in range(1, len(columns) + 1))
-    con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {unnests}", values)
-
-
-# json.dumps(detail, default=str) builds this encoder on every call, and every event makes a row.
-_detail_json = json.JSONEncoder(default=str).encode
-
-
-def event_row(event_id: str, run_id: str, client_order_id: str | None, seq: int, at: datetime,
-              kind: str, status: str | None, detail: dict[str, Any]) -> tuple:
-    return (event_id, run_id, client_order_id, seq, at, kind, status, _detail_json(detail))
+    con.execute(f"INSERT INTO {table} ({_quoted(columns)}) SELECT {unnests}", values)
 
 
 class Ledger:
@@ -244,6 +263,7 @@ class Ledger:
                 for record in records:
                     self._apply(Batch.from_record(record))
                 if records:
+                    self.con.execute(LEGACY_FILL_KEYS)  # fills of a journal older than execution keys
                     log.warning("wrote %d batch(es) that waited in %s", len(records), self.journal.path)
         except BaseException:
             self.close()  # a refused or failed ledger must not stay locked by this process
@@ -321,7 +341,8 @@ class Ledger:
             fills.setdefault(row["client_order_id"], []).append(Fill(
                 exec_id=row["exec_id"], client_order_id=row["client_order_id"], quantity=row["quantity"],
                 price=row["price"], time=row["time"], commission=_none(row["commission"]),
-                currency=row["currency"] or "", exchange=row["exchange"] or "",
+                currency=row["currency"] or "", exchange=row["exchange"] or "", key=row["execution_key"],
+                revision=row["revision"] or 0,
             ))
         return [
             _order_from_row(row, fills.get(row["client_order_id"], []))
@@ -382,7 +403,7 @@ class Ledger:
         crash_point("ledger.committed")
 
     @staticmethod
-    def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[tuple],
+    def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[Row],
                 verb: str) -> None:
         if len(rows) <= SMALL_BATCH and verb in ("INSERT OR IGNORE", "INSERT OR REPLACE"):
             _insert_small(con, table, columns, rows, verb == "INSERT OR REPLACE")
@@ -390,7 +411,7 @@ class Ledger:
         frame = pd.DataFrame.from_records(rows, columns=list(columns))
         con.register("_kit_batch", frame)
         try:
-            con.execute(f"{verb} INTO {table} ({', '.join(columns)}) SELECT * FROM _kit_batch")
+            con.execute(f"{verb} INTO {table} ({_quoted(columns)}) SELECT * FROM _kit_batch")
         finally:
             con.unregister("_kit_batch")
 
@@ -466,9 +487,8 @@ class Ledger:
             f"SELECT o.symbol, sum({sign} * o.quantity) FROM fills o JOIN runs r USING (run_id) "
             "WHERE r.broker = ? GROUP BY o.symbol", [broker])
         working = self.query(
-            f"SELECT o.symbol, sum({sign} * o.remaining_quantity) FROM orders o JOIN runs r USING (run_id) "
-            "WHERE r.broker = ? AND o.submitted_at IS NOT NULL "
-            "AND o.status IN ('NEW', 'SUBMITTED', 'PARTIAL') GROUP BY o.symbol", [broker])
+            f"SELECT o.symbol, sum({sign} * o.remaining_quantity) FROM orders o WHERE o.run_id IN "
+            f"(SELECT run_id FROM runs WHERE broker = ?) AND {WORKING_SQL} GROUP BY o.symbol", [broker])
         return ({str(k): float(v) for k, v in positions.itertuples(index=False) if v},
                 {str(k): float(v) for k, v in working.itertuples(index=False) if v})
 
@@ -477,15 +497,20 @@ class Ledger:
         (orders never sent are plans that re-planning replaces)."""
         if not self.path.exists() and self._con is None:
             return {}
-        frame = self.query("SELECT symbol, side, count(*) FROM orders WHERE run_id = ? AND (submitted_at "
-                           "IS NOT NULL OR filled_quantity > 0) GROUP BY ALL", [run_id])
+        frame = self.query(f"SELECT symbol, side, count(*) FROM orders WHERE run_id = ? AND {AT_BROKER_SQL} "
+                           "GROUP BY ALL", [run_id])
         return {(str(a), str(b)): int(n) for a, b, n in frame.itertuples(index=False)}
 
     def working_runs(self) -> list[str]:
         """Runs that still have orders at a broker: the kill switch's `--all`."""
-        frame = self.query("SELECT DISTINCT run_id FROM orders WHERE submitted_at IS NOT NULL AND "
-                           "status IN ('NEW', 'SUBMITTED', 'PARTIAL') ORDER BY run_id")
+        frame = self.query(f"SELECT DISTINCT run_id FROM orders WHERE {WORKING_SQL} ORDER BY run_id")
         return [str(r) for r in frame["run_id"]]
+
+    def runs_sent_on(self, day: date) -> list[str]:
+        """Runs with orders handed to a broker on `day` (UTC): what reconcile checks by default."""
+        rows = self.con.execute("SELECT DISTINCT run_id FROM orders WHERE submitted_at >= ? AND submitted_at "
+                                "< ? + INTERVAL 1 DAY ORDER BY run_id", [day, day]).fetchall()
+        return [str(r) for (r,) in rows]
 
     def resolve_run(self, run: str | None) -> str:
         """A run id or a run key -> run id; None -> the latest run."""

@@ -101,7 +101,8 @@ def test_a_run_waits_for_a_ledger_held_at_its_start(tmp_path, caplog):
 
 
 def test_a_journal_left_by_a_locked_out_run_is_written_by_the_next_reader(tmp_path):
-    from kit.store import Batch, event_row
+    from kit.recorder import event_row
+    from kit.store import Batch
 
     db = tmp_path / "kit.duckdb"
     Ledger(db).open().close()

@@ -2,8 +2,9 @@
 
 After each: no order reached the gateway twice, every execution is in the ledger exactly once with its
 commission, and every order's status and quantities are the gateway's. The kill points are inside kit
-(KIT_CRASH_AT, kit.crashpoints) and on the wire (the gateway kills kit just before it sends or right after
-it receives a given message, so kit dies between, say, an execution and its commission).
+(kit.crashpoints, armed only by tests/crash_launcher.py) and on the wire (the gateway kills kit just before
+it sends or right after it receives a given message, so kit dies between, say, an execution and its
+commission).
 `make crash-soak` runs a longer randomized version (KIT_CRASH_SOAK=N).
 """
 
@@ -64,13 +65,13 @@ def gateway():
 
 
 def start_kit(gw: Any, db: Path, crash_at: str | None = None) -> subprocess.Popen[str]:
-    spec = {"port": gw.port, "db": str(db), "run_key": "crash", "targets": BASKET, "client_id": 21}
+    """kit in a child process; with `crash_at`, through the launcher that arms that crash point."""
+    spec = json.dumps({"port": gw.port, "db": str(db), "run_key": "crash", "targets": BASKET,
+                       "client_id": 21})
+    command = ["-m", "tests.crash_launcher", crash_at, spec] if crash_at else ["-m", "tests.ib_driver", spec]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("KIT_CRASH_AT", None)
-    if crash_at:
-        env["KIT_CRASH_AT"] = crash_at
-    return subprocess.Popen([sys.executable, "-m", "tests.ib_driver", json.dumps(spec)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def kill_on_the_wire(gw: Any, direction: str, name: str, nth: int, victim: list[int]) -> None:
@@ -171,3 +172,14 @@ def test_randomized_crash_soak(tmp_path):
                 direction, name, _ = rng.choice(ON_THE_WIRE)
                 crash_then_resume(gw, tmp_path / f"soak-{round_}.duckdb",
                                   wire=(direction, name, rng.randint(1, 3)))
+
+
+def test_no_environment_variable_makes_kit_kill_itself(tmp_path):
+    """Fault injection is out of a live process's reach: only the test launcher arms a crash point, so the
+    variable that once did (KIT_CRASH_AT) is just a variable."""
+    code = ("import sys, kit, pandas as pd; print(kit.execute(pd.DataFrame({'symbol': ['AAPL'], 'quantity': "
+            "[5]}), prices={'AAPL': 10.0}, run_key='env', db=sys.argv[1], timeout=10).status)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KIT_CRASH_AT": "engine.before_submit"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "kit.duckdb")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "done"), done.stderr[-2000:]

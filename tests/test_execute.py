@@ -4,20 +4,21 @@ twice, payload conflicts, batched writes, corrections, late fills, timeouts, and
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import math
 
 import pandas as pd
 import pytest
 
 import kit
 import kit.store
-from kit.brokers.base import Broker
 from kit.brokers.mock import MockBroker
+from kit.clock import utcnow
 from kit.engine import Engine
 from kit.errors import BrokerUnavailableError, PayloadConflictError
 from kit.ids import run_id_for
 from kit.model import Accepted, Cancelled, Commission, Execution, Fill, OrderIntent
 from kit.store import Ledger
+from tests.support import ScriptedBroker
 
 PRICES = {"AAPL": 190.0, "MSFT": 410.0, "TTE": 61.5}
 TARGETS = pd.DataFrame({"symbol": ["AAPL", "MSFT"], "side": ["BUY", "SELL"], "quantity": [100, 30]})
@@ -28,47 +29,16 @@ def lmt(symbol: str, side: str, quantity: float, limit: float) -> pd.DataFrame:
                          "limit_price": [limit]})
 
 
-def now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-class ScriptedBroker(Broker):
-    """Answers each order with a fixed script of events, as a real broker's session might deliver them."""
-
-    name = "scripted"
-    account = "DU000001"
-
-    def __init__(self, script):
-        super().__init__()
-        self.script = script
-        self.submitted: list[str] = []
-        self.cancel_requests: list[str] = []
-
-    async def connect(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def submit(self, order: OrderIntent) -> None:
-        self.submitted.append(order.client_order_id)
-        for event in self.script(order):
-            self.emit(event)
-
-    async def cancel(self, client_order_id: str) -> None:
-        self.cancel_requests.append(client_order_id)
-
-    async def sync(self, orders) -> set[str]:
-        return set()
-
-
-def execution(order: OrderIntent, exec_id: str, quantity: float, price: float) -> Execution:
-    at = now()
-    return Execution(Fill(exec_id, order.client_order_id, quantity, price, at, currency="USD"), at)
+def execution(order: OrderIntent, exec_id: str, quantity: float, price: float, *, key: str | None = None,
+              revision: int = 0) -> Execution:
+    at = utcnow()
+    fill = Fill(exec_id, order.client_order_id, quantity, price, at, currency="USD", key=key,
+                revision=revision)
+    return Execution(fill, at)
 
 
 def fee(order: OrderIntent, exec_id: str, amount: float) -> Commission:
-    return Commission(exec_id, amount, "USD", now(), order.client_order_id)
+    return Commission(exec_id, amount, "USD", utcnow(), order.client_order_id)
 
 
 # ---- the Run ------------------------------------------------------------------------------------------
@@ -263,7 +233,7 @@ def test_the_order_is_in_the_ledger_before_the_broker_sees_it(db):
 
     def script(order):
         seen.append(kit.ledger(db).orders())
-        return [Accepted(order.client_order_id, now()), execution(order, "x.01", order.quantity, 10.0),
+        return [Accepted(order.client_order_id, utcnow()), execution(order, "x.01", order.quantity, 10.0),
                 fee(order, "x.01", 1.0)]
 
     kit.execute(TARGETS.iloc[:1], broker=ScriptedBroker(script), run_key="k", db=db, timeout=5)
@@ -274,10 +244,10 @@ def test_the_order_is_in_the_ledger_before_the_broker_sees_it(db):
 def test_a_corrected_execution_replaces_the_one_it_corrects_and_an_early_commission_is_joined(db):
     def script(order):
         return [
-            Accepted(order.client_order_id, now(), broker_order_id="11", perm_id="5001"),
-            execution(order, "0001.01.01", order.quantity, 190.0),
+            Accepted(order.client_order_id, utcnow(), broker_order_id="11", perm_id="5001"),
+            execution(order, "0001.01.01", order.quantity, 190.0, key="0001.01", revision=1),
             fee(order, "0001.01.02", 1.10),  # the correction's commission, before the correction
-            execution(order, "0001.01.02", order.quantity, 190.05),  # .02 corrects .01
+            execution(order, "0001.01.02", order.quantity, 190.05, key="0001.01", revision=2),  # corrects .01
             fee(order, "0001.01.01", 1.00),  # the superseded report, last
         ]
 
@@ -295,9 +265,9 @@ def test_a_corrected_execution_replaces_the_one_it_corrects_and_an_early_commiss
 def test_a_fill_after_the_cancel_is_still_recorded(db):
     def script(order):
         return [
-            Accepted(order.client_order_id, now()),
+            Accepted(order.client_order_id, utcnow()),
             execution(order, "a.01", 40, 190.0), fee(order, "a.01", 1.0),
-            Cancelled(order.client_order_id, now(), "cancelled by the desk"),
+            Cancelled(order.client_order_id, utcnow(), "cancelled by the desk"),
             execution(order, "b.01", 20, 190.2), fee(order, "b.01", 1.0),
         ]
 
@@ -312,7 +282,7 @@ def test_a_fill_after_the_cancel_is_still_recorded(db):
 def test_a_duplicate_execution_from_the_broker_is_recorded_once(db):
     def script(order):
         fill = execution(order, "a.01", order.quantity, 190.0)
-        return [Accepted(order.client_order_id, now()), fill, fee(order, "a.01", 1.0), fill,
+        return [Accepted(order.client_order_id, utcnow()), fill, fee(order, "a.01", 1.0), fill,
                 fee(order, "a.01", 1.0)]
 
     run = kit.execute(TARGETS.iloc[:1], broker=ScriptedBroker(script), run_key="k", db=db, timeout=5)
@@ -338,7 +308,7 @@ def test_a_partially_filled_order_cancelled_at_the_timeout_makes_the_run_partial
 
 
 def test_a_cancel_the_broker_never_confirms_is_reported(db):
-    broker = ScriptedBroker(lambda order: [Accepted(order.client_order_id, now())])
+    broker = ScriptedBroker(lambda order: [Accepted(order.client_order_id, utcnow())])
 
     async def go():
         with Ledger(db) as ledger:
@@ -374,3 +344,39 @@ def test_rerunning_a_run_with_a_cancelled_order_flags_nothing_and_sends_nothing(
     again = kit.execute(lmt, broker=fresh, run_key="cx", db=db, timeout=0.1)
     assert fresh.submitted == [] and list(again.orders["status"]) == ["CANCELLED"]
     assert not any("does not list" in note for note in again.notes)
+
+
+# ---- unknown commissions ----------------------------------------------------------------------------------
+
+
+def test_a_fill_with_an_unknown_commission_is_followed_until_the_real_one_arrives(db):
+    """IB's unset commission (NaN) does not settle a fill: the run waits for the real report."""
+
+    def script(order):
+        asyncio.get_running_loop().call_later(0.2, broker.emit, fee(order, "a.01", 1.25))
+        return [Accepted(order.client_order_id, utcnow()), execution(order, "a.01", order.quantity, 190.0),
+                fee(order, "a.01", math.nan)]
+
+    broker = ScriptedBroker(script)
+    run = kit.execute(TARGETS.iloc[:1], broker=broker, run_key="k", db=db, timeout=5)
+    assert run.status == "done"
+    assert run.fills["commission"].tolist() == [1.25] and run.orders.iloc[0]["commission"] == 1.25
+    assert kit.ledger(db).fills(run.run_id)["commission"].tolist() == [1.25]
+
+
+def test_a_commission_that_stays_unknown_is_nan_in_the_ledger_and_in_tca(db):
+    def script(order):
+        return [Accepted(order.client_order_id, utcnow()), execution(order, "a.01", 60, 190.0),
+                fee(order, "a.01", 1.0), execution(order, "b.01", 40, 190.0), fee(order, "b.01", math.nan)]
+
+    targets = TARGETS.iloc[:1].assign(decision_price=189.5)
+    run = kit.execute(targets, broker=ScriptedBroker(script), run_key="k", db=db, timeout=0.3)
+    assert run.status == "done"  # filled; only its cost is unknown
+    assert run.orders["commission"].isna().all()
+    ledger = kit.ledger(db)
+    assert ledger.fills(run.run_id).set_index("exec_id")["commission"].isna().to_dict() == {
+        "a.01": False, "b.01": True}
+    assert ledger.orders(run.run_id)["commission"].isna().all()
+    costs = kit.tca(run.run_id, db=db)
+    assert costs.orders["commission"].isna().all() and costs.summary["commission"].isna().all()
+    assert costs.summary["shortfall"].isna().all()  # a partial sum would pass for the whole cost

@@ -13,16 +13,11 @@ import pytest
 
 from kit.gateway import Faults, GatewayConfig, run_gateway_in_thread
 from tests.ib_driver import execute
+from tests.support import FAR_LIMIT, IB_BASKET
 
 ROOT = Path(__file__).resolve().parents[1]
 INSYNC_PYTHON = ROOT / ".venv-insync" / "bin" / "python"
-BASKET = {
-    "symbol": ["AAPL", "MSFT", "TTE"],
-    "side": ["BUY", "SELL", "BUY"],
-    "quantity": [300, 120, 40],
-    "currency": ["USD", "USD", "EUR"],
-    "primary_exchange": ["NASDAQ", "NASDAQ", "SBF"],
-}
+BASKET = IB_BASKET
 
 
 @pytest.fixture(params=["ib_async", "ib_insync"])
@@ -132,7 +127,7 @@ def test_commissions_duplicates_and_corrections_leave_one_fill_per_execution(lib
 
 
 def test_timeout_cancels_with_ibs_confirmation_or_leaves_working(library, gateway, tmp_path):
-    lmt = {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [10], "order_type": ["LMT"], "limit_price": [1.0]}
+    lmt = FAR_LIMIT
     result = drive(library, gateway, tmp_path, lmt, timeout=0.5)
     order = by_id(result)["ib-test-AAPL-BUY"]
     assert order["status"] == "CANCELLED" and order["filled_quantity"] == 0
@@ -249,7 +244,7 @@ def test_an_order_ib_drops_silently_is_flagged_never_assumed_cancelled(gateway, 
 @pytest.mark.parametrize("gateway", [GatewayConfig(faults=Faults(withhold_exec_details_end=True))],
                          indirect=True)
 def test_a_withheld_exec_details_end_does_not_stop_a_resume_and_nothing_is_resent(gateway, tmp_path):
-    lmt = {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [10], "order_type": ["LMT"], "limit_price": [1.0]}
+    lmt = FAR_LIMIT
     first = drive("ib_async", gateway, tmp_path, lmt, timeout=0.3, on_timeout="leave", sync_timeout=1.0,
                   connect_timeout=1.0)
     assert by_id(first)["ib-test-AAPL-BUY"]["status"] == "SUBMITTED"

@@ -1,8 +1,11 @@
 """IB's raw messages -> kit events: the rules that make kit trust executions, not status words."""
 
+import math
 from datetime import datetime
 
-from kit.brokers.ib_events import UNSET_DOUBLE, Translator
+import pytest
+
+from kit.brokers.ib_events import UNSET_DOUBLE, Translator, split_exec_id
 from kit.model import Accepted, BrokerNotice, Cancelled, Commission, Execution, Rejected, StatusUpdate
 
 AT = datetime(2026, 11, 20, 15, 0)
@@ -71,11 +74,32 @@ def test_other_runs_orders_and_their_commissions_are_ignored():
     assert t.open_order(99, 3, 1, "other-run-X-BUY", "Submitted", AT) == []
 
 
-def test_commission_may_arrive_first_and_unset_means_zero():
+def test_commission_may_arrive_first_and_unset_means_unknown_not_zero():
     t = translator()
     early = t.commission("e.01.01", 1.25, "USD", AT)
     assert kinds(early) == [Commission] and early[0].commission == 1.25
-    assert t.commission("e.01.02", UNSET_DOUBLE, "USD", AT)[0].commission == 0.0
+    assert math.isnan(t.commission("e.01.02", UNSET_DOUBLE, "USD", AT)[0].commission)
+
+
+@pytest.mark.parametrize("exec_id,expected", [
+    ("0000e0d5.65f1a2b3.01.01", ("0000e0d5.65f1a2b3.01", 1)),
+    ("0000e0d5.65f1a2b3.01.02", ("0000e0d5.65f1a2b3.01", 2)),
+    ("plain", ("plain", 0)),
+    ("ends.with.", ("ends.with.", 0)),
+    (".5", (".5", 0)),
+])
+def test_ib_exec_ids_end_in_their_revision(exec_id, expected):
+    assert split_exec_id(exec_id) == expected
+
+
+def test_an_execution_carries_ibs_revision_rule_as_a_key_and_a_revision():
+    """The core sees only Fill.key and Fill.revision: IB's ".01" -> ".02" rule stays here."""
+    t = translator()
+    first, correction = (t.execution(exec_id=f"0001.5f.01.{n:02d}", order_id=11, perm_id=555, client_id=7,
+                                     order_ref="k-AAPL-BUY", shares=10, price=1.0, time=AT, currency="USD",
+                                     exchange="", at=AT)[0].fill for n in (1, 2))
+    assert (first.key, first.revision) == ("0001.5f.01", 1)
+    assert (correction.key, correction.revision) == ("0001.5f.01", 2)
 
 
 def test_an_execution_replayed_before_its_order_was_tracked_still_gets_its_commission():

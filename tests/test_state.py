@@ -1,12 +1,13 @@
 """The pure core: the transition table, the fill aggregator (OrderBook.apply) and run finalization.
 
 Unit tests pin the rules a user relies on; hypothesis checks the invariants over generated streams of
-executions with duplicates, corrections (.02 replacing .01), commissions before or after their execution,
-and every arrival order.
+executions with duplicates, corrections (a higher revision of the same execution key, as the broker says),
+commissions before or after their execution, and every arrival order.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import pytest
@@ -14,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kit.model import (
+    OPEN_STATUSES,
+    TERMINAL,
     Accepted,
     BrokerNotice,
     Cancelled,
@@ -23,12 +26,13 @@ from kit.model import (
     Order,
     OrderIntent,
     Rejected,
+    RunStatus,
     Side,
     Status,
     StatusUpdate,
     Submitted,
 )
-from kit.state import TRANSITIONS, Effect, OrderBook, Signal, next_status, run_status, split_exec_id
+from kit.state import TRANSITIONS, Effect, OrderBook, Signal, next_status, run_status
 
 T0 = datetime(2026, 11, 21, 14, 30)
 COID = "k-AAPL-BUY"
@@ -52,8 +56,15 @@ def book_with(*orders: Order) -> OrderBook:
 
 
 def execution(exec_id: str, quantity: float, price: float, seconds: float = 1, coid: str = COID,
-              currency: str = "USD") -> Execution:
-    return Execution(Fill(exec_id, coid, quantity, price, at(seconds), currency=currency), at(seconds))
+              currency: str = "USD", *, key: str | None = None, revision: int = 0) -> Execution:
+    """An execution; `key` and `revision` are what a broker says about corrections (none: it stands alone)."""
+    fill = Fill(exec_id, coid, quantity, price, at(seconds), currency=currency, key=key, revision=revision)
+    return Execution(fill, at(seconds))
+
+
+def revision(key: str, n: int, quantity: float, price: float, seconds: float = 1) -> Execution:
+    """Revision n of execution `key`, with an exec id of the broker's own making."""
+    return execution(f"{key}.{n:02d}", quantity, price, seconds, key=key, revision=n)
 
 
 def commission(exec_id: str, amount: float, seconds: float = 1, coid: str | None = COID) -> Commission:
@@ -210,8 +221,8 @@ def test_a_fill_with_a_known_exec_id_changes_nothing():
 def test_a_correction_replaces_the_execution_it_corrects():
     order = make_order(100)
     book = book_with(order)
-    book.apply(execution("e1.01", 50, 10.0, 1))
-    outcome = book.apply(execution("e1.02", 40, 10.5, 2))
+    book.apply(revision("e1", 1, 50, 10.0, 1))
+    outcome = book.apply(revision("e1", 2, 40, 10.5, 2))
     assert outcome.effect is Effect.CORRECTION
     assert outcome.replaced_exec_id == "e1.01" and outcome.fill.exec_id == "e1.02"
     assert [f.exec_id for f in order.fills.values()] == ["e1.02"]
@@ -221,8 +232,8 @@ def test_a_correction_replaces_the_execution_it_corrects():
 def test_an_older_revision_after_its_correction_is_stale():
     order = make_order(100)
     book = book_with(order)
-    book.apply(execution("e1.02", 40, 10.5, 2))
-    outcome = book.apply(execution("e1.01", 50, 10.0, 1))
+    book.apply(revision("e1", 2, 40, 10.5, 2))
+    outcome = book.apply(revision("e1", 1, 50, 10.0, 1))
     assert outcome.effect is Effect.STALE and outcome.fill is None
     assert (order.filled_quantity, order.avg_fill_price) == (40, 10.5)
 
@@ -232,9 +243,9 @@ def test_a_correction_that_lowers_the_quantity_reopens_a_filled_order():
     exactly as if the corrected execution had arrived first."""
     order = make_order(50)
     book = book_with(order)
-    book.apply(execution("e1.01", 50, 10.0, 1))
+    book.apply(revision("e1", 1, 50, 10.0, 1))
     assert order.status is Status.FILLED
-    book.apply(execution("e1.02", 40, 10.0, 2))
+    book.apply(revision("e1", 2, 40, 10.0, 2))
     assert order.filled_quantity == 40 and order.remaining_quantity == 10
     assert order.status is Status.PARTIAL
 
@@ -263,24 +274,64 @@ def test_commission_after_its_execution_updates_the_fill():
 def test_the_commission_of_a_superseded_revision_is_stale_and_the_correction_keeps_the_paid_one():
     order = make_order(100)
     book = book_with(order)
-    book.apply(execution("e1.01", 50, 10.0, 1))
+    book.apply(revision("e1", 1, 50, 10.0, 1))
     book.apply(commission("e1.01", 1.0, 2))
-    book.apply(execution("e1.02", 50, 10.2, 3))
+    book.apply(revision("e1", 2, 50, 10.2, 3))
     assert order.commission == 1.0  # until the correction's own report arrives
     assert book.apply(commission("e1.01", 1.0, 4)).effect is Effect.STALE
     book.apply(commission("e1.02", 1.1, 5))
     assert order.commission == 1.1
 
 
-@pytest.mark.parametrize("exec_id,expected", [
-    ("0000e0d5.65f1a2b3.01.01", ("0000e0d5.65f1a2b3.01", 1)),
-    ("0000e0d5.65f1a2b3.01.02", ("0000e0d5.65f1a2b3.01", 2)),
-    ("plain", ("plain", 0)),
-    ("ends.with.", ("ends.with.", 0)),
-    (".5", (".5", 0)),
-])
-def test_split_exec_id(exec_id, expected):
-    assert split_exec_id(exec_id) == expected
+def test_the_core_reads_no_exec_id_only_the_key_and_revision_the_broker_gives():
+    """Two executions whose ids merely look like revisions are two fills; a key makes a correction."""
+    order = make_order(100)
+    book = book_with(order)
+    book.apply(execution("e1.01", 30, 10.0, 1))
+    assert book.apply(execution("e1.02", 20, 10.0, 2)).effect is Effect.APPLIED
+    assert order.filled_quantity == 50
+    book.apply(execution("first", 10, 10.0, 3, key="x", revision=1))
+    outcome = book.apply(execution("second", 5, 10.0, 4, key="x", revision=2))
+    assert outcome.effect is Effect.CORRECTION and outcome.replaced_exec_id == "first"
+    assert order.filled_quantity == 55
+
+
+def test_an_unknown_commission_is_nan_until_the_real_one_arrives():
+    """IB's unset commission arrives as NaN: the fill is not settled, a repeat is a duplicate, and the real
+    report replaces it; the order's commission is NaN meanwhile, never a partial sum."""
+    order = make_order(100)
+    book = book_with(order)
+    book.apply(execution("e1", 60, 10.0, 1))
+    book.apply(commission("e1", 1.0, 1))
+    book.apply(execution("e2", 40, 10.0, 2))
+    assert book.apply(commission("e2", math.nan, 2)).effect is Effect.APPLIED
+    assert not order.can_fill and not order.settled
+    assert math.isnan(order.commission)
+    assert book.apply(commission("e2", math.nan, 3)).effect is Effect.DUPLICATE
+    assert book.apply(commission("e2", 0.75, 4)).effect is Effect.APPLIED
+    assert order.settled and order.commission == 1.75
+
+
+# ---- the lifecycle predicates -----------------------------------------------------------------------------
+
+
+def test_an_order_is_at_the_broker_once_handed_over_and_working_while_it_can_fill_there():
+    order = make_order(100)
+    book = book_with(order)
+    assert not order.at_broker and order.can_fill and not order.working  # a plan: nothing to cancel
+    book.apply(Submitted(COID, at(1)))
+    assert order.at_broker and order.working and not order.settled
+    book.apply(execution("e1", 100, 10.0, 2))
+    assert not order.working and not order.settled  # filled, its commission still to come
+    book.apply(commission("e1", 1.0, 3))
+    assert order.settled
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_working_means_an_open_status_at_the_broker(status):
+    order = make_order(100, status=status)
+    order.submitted_at = T0
+    assert order.working is (status in OPEN_STATUSES) is not (status in TERMINAL)
 
 
 # ---- run finalization -----------------------------------------------------------------------------------
@@ -304,7 +355,7 @@ def finished(quantity: float, filled: float, status: Status) -> Order:
     ([], "done"),  # nothing to do is not a failure: a re-run that finds nothing missing
 ])
 def test_run_status(orders, expected):
-    assert run_status(orders) == expected
+    assert run_status(orders) is RunStatus(expected)
 
 
 def test_run_status_reads_quantities_not_status_words():
@@ -335,11 +386,11 @@ def fill_streams(draw: st.DrawFn, *, corrections: bool = True) -> tuple[float, l
             break
         cap = draw(st.integers(1, room))
         room -= cap
-        for revision in range(1, (draw(st.integers(1, 3)) if corrections else 1) + 1):
-            exec_id = f"e{base}.{revision:02d}"
+        for n in range(1, (draw(st.integers(1, 3)) if corrections else 1) + 1):
+            exec_id = f"e{base}.{n:02d}"
             seconds = len(events)
             events.append(execution(exec_id, draw(st.integers(1, cap)), draw(prices), seconds,
-                                    currency=draw(st.sampled_from(["USD", ""]))))
+                                    currency=draw(st.sampled_from(["USD", ""])), key=f"e{base}", revision=n))
             fee = draw(st.integers(0, 500)) / 100
             events.append(commission(exec_id, fee, seconds, coid=draw(st.sampled_from([COID, None]))))
     return quantity, events
@@ -350,9 +401,9 @@ def final_fills(events: list) -> dict[str, Execution]:
     latest: dict[str, Execution] = {}
     for event in events:
         if isinstance(event, Execution):
-            base, revision = split_exec_id(event.fill.exec_id)
-            if base not in latest or split_exec_id(latest[base].fill.exec_id)[1] < revision:
-                latest[base] = event
+            key = event.fill.execution_key
+            if key not in latest or latest[key].fill.revision < event.fill.revision:
+                latest[key] = event
     return latest
 
 
@@ -434,9 +485,9 @@ lifecycle_events = st.sampled_from([
     Cancelled(COID, at(5), "by request"),
     Rejected(COID, at(5), "margin"),
     BrokerNotice(at(3), 399, "warning", COID),
-    execution("a.01", 30, 10.0, 3),
-    execution("a.02", 20, 10.5, 4),
-    execution("b.01", 70, 11.0, 4),
+    revision("a", 1, 30, 10.0, 3),
+    revision("a", 2, 20, 10.5, 4),
+    revision("b", 1, 70, 11.0, 4),
     commission("a.01", 1.0, 4),
     commission("b.01", 1.5, 4),
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import duckdb
@@ -12,7 +13,8 @@ import kit
 import kit.store
 from kit.errors import KitError
 from kit.model import Fill, Order, OrderIntent, Side, Status
-from kit.store import Batch, Ledger, event_row, fill_row, order_row
+from kit.recorder import event_row, fill_row, order_row
+from kit.store import Batch, Ledger, working_mask
 
 T0 = datetime(2026, 11, 21, 14, 30, 0, 123456)
 
@@ -24,8 +26,10 @@ def an_order(coid: str = "k-AAPL-BUY", run_id: str = "r1", **intent) -> Order:
 
 def a_fill(order: Order, exec_id: str, quantity: float, price: float, commission: float | None = 1.0,
            seconds: int = 1) -> Fill:
+    """exec_id "<key>.<revision>", the key and revision given explicitly, as a broker's translator does."""
+    key, _, revision = exec_id.rpartition(".")
     return Fill(exec_id, order.client_order_id, quantity, price, T0 + timedelta(seconds=seconds),
-                commission=commission, currency="USD", exchange="NYSE")
+                commission=commission, currency="USD", exchange="NYSE", key=key, revision=int(revision))
 
 
 def write(ledger: Ledger, orders: list[Order], events: int = 0) -> None:
@@ -127,9 +131,9 @@ def test_a_batch_is_one_transaction(db):
         broken = Batch()
         broken.events.append(event_row("ev9", "r1", None, 9, T0, "note", None, {}))
         broken.orders["k-MSFT-BUY"] = order_row(an_order("k-MSFT-BUY"))
-        bad = list(fill_row(order, a_fill(order, "z.01.01", 1, 1.0)))
-        bad[1] = None  # client_order_id is NOT NULL: the whole batch must be refused
-        broken.fills["z.01.01"] = tuple(bad)
+        # client_order_id is NOT NULL: the whole batch must be refused
+        orphan = fill_row(order, a_fill(order, "z.01.01", 1, 1.0)) | {"client_order_id": None}
+        broken.fills["z.01.01"] = orphan
         with pytest.raises(duckdb.Error):
             ledger.write(broken)
         assert ledger.events()["event_id"].tolist() == ["ev0", "ev1"]
@@ -193,6 +197,64 @@ def test_next_seq_continues_a_run_s_trail(db):
         write(ledger, [], events=3)
         assert ledger.next_seq("r1") == 4
         assert ledger.next_seq("r2") == 1
+
+
+def test_an_unknown_commission_is_null_in_the_ledger_not_zero(db):
+    order = an_order()
+    order.fills["a.01"] = a_fill(order, "a.01.01", 60, 10.0, commission=1.0)
+    order.fills["b.01"] = a_fill(order, "b.01.01", 40, 10.0, commission=math.nan)  # IB left it unset
+    with Ledger(db) as ledger:
+        write(ledger, [order])
+        loaded = ledger.load_orders("r1")[0]
+    nulls = kit.ledger(db).query("SELECT exec_id FROM fills WHERE commission IS NULL")["exec_id"].tolist()
+    assert nulls == ["b.01.01"]
+    assert kit.ledger(db).orders("r1")["commission"].isna().all()  # the order's sum is unknown too
+    assert not loaded.fills["b.01"].commission_known and math.isnan(loaded.commission)
+
+
+@pytest.mark.parametrize("status", list(Status))
+@pytest.mark.parametrize("sent", [True, False])
+def test_the_ledger_s_working_orders_are_the_orders_that_are_working(db, status, sent):
+    """WORKING_SQL (kit cancel --all, the mock's book) and working_mask (frames) mean Order.working."""
+    order = an_order()
+    order.status, order.submitted_at = status, T0 if sent else None
+    with Ledger(db) as ledger:
+        insert_run(ledger)
+        write(ledger, [order])
+        assert (ledger.working_runs() == ["r1"]) is order.working
+        assert bool(ledger.book("mock")[1]) is order.working
+    assert working_mask(kit.ledger(db).orders("r1")).tolist() == [order.working]
+
+
+def test_fills_written_before_execution_keys_existed_get_them_from_the_migration(db, monkeypatch):
+    """A ledger of schema 1 stored no execution key: the migration derives it once from the exec ids,
+    as kit then did, so a resumed run still recognises a correction of an old fill."""
+    monkeypatch.setattr(kit.store, "MIGRATIONS", kit.store.MIGRATIONS[:1])
+    with Ledger(db) as ledger:
+        write(ledger, [an_order()])
+        for exec_id in ("0001.5f.01.02", "plain"):
+            ledger.con.execute("INSERT INTO fills VALUES (?, 'k-AAPL-BUY', 'r1', 'AAPL', 'BUY', 10, 1.0, "
+                               "0.5, 'USD', 'NYSE', ?)", [exec_id, T0])
+    monkeypatch.undo()
+    with Ledger(db) as ledger:
+        fills = ledger.fills("r1").set_index("exec_id")
+        order = ledger.load_orders("r1")[0]
+    assert fills.loc["0001.5f.01.02", ["execution_key", "revision"]].tolist() == ["0001.5f.01", 2]
+    assert fills.loc["plain", ["execution_key", "revision"]].tolist() == ["plain", 0]
+    assert set(order.fills) == {"0001.5f.01", "plain"} and order.fills["0001.5f.01"].revision == 2
+
+
+def test_a_journal_written_before_rows_had_names_is_still_replayed(db):
+    """Rows journaled by an older kit are lists in column order, their fills without execution keys."""
+    order = an_order()
+    order.fills["a.01"] = a_fill(order, "a.01.02", 100, 10.0)
+    row, fill = order_row(order), fill_row(order, order.fills["a.01"])
+    Ledger(db).open().close()
+    Ledger(db).journal.append({"events": [], "orders": [list(row.values())],
+                               "fills": [list(fill.values())[:11]], "replaced_fills": [], "runs": {}})
+    with Ledger(db) as ledger:
+        loaded = ledger.load_orders("r1")[0]
+    assert loaded.fills == {"a.01": order.fills["a.01"]} and loaded.filled_quantity == 100
 
 
 # ---- schema versions ------------------------------------------------------------------------------------

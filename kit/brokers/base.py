@@ -8,10 +8,29 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 
 from kit.model import BrokerEvent, Order, OrderIntent
 
 EventSink = Callable[[BrokerEvent], None]
+
+
+class Notice(StrEnum):
+    """What a broker says about the session as a whole, as a BrokerNotice code. Broker-neutral: each
+    broker maps its own world onto these; its own codes (IB's 2104, ...) stay its own and decide nothing."""
+
+    DISCONNECTED = "disconnected"  # the connection was lost; the broker is reconnecting
+    RECONNECTED = "reconnected"  # back; what happened meanwhile is replayed as ordinary events
+    RECONNECT_FAILED = "reconnect_failed"  # gave up reconnecting
+    SYNC_INCOMPLETE = "sync_incomplete"  # a listing of orders and executions was cut short
+    UNACKNOWLEDGED = "unacknowledged"  # an order the broker neither acknowledged nor lists
+    CANCEL_IMPOSSIBLE = "cancel_impossible"  # this session cannot cancel that order
+    RESENT = "resent"  # an order lost before it reached the broker was placed again
+    NOT_WORKING = "not_working"  # a cancel of an order that is no longer working: nothing to do
+
+
+# The notices a run's notes report: each changes what the user should know about the run.
+RUN_NOTICES = frozenset(Notice) - {Notice.NOT_WORKING}
 
 
 class Broker(ABC):

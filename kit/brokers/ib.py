@@ -11,12 +11,13 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
-from kit.brokers.base import Broker
+from kit.brokers.base import Broker, Notice
 from kit.brokers.ib_events import Translator, naive_utc
+from kit.clock import utcnow
 from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
 from kit.model import BrokerEvent, BrokerNotice, Order, OrderIntent, Rejected
@@ -34,10 +35,6 @@ def ib_library(name: str | None = None) -> ModuleType:
         except ImportError:
             continue
     raise KitError("the IB broker needs ib_async (pip install ib_async) or ib_insync")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class IBBroker(Broker):
@@ -116,14 +113,15 @@ class IBBroker(Broker):
 
     def _on_api_start(self) -> None:
         """Said as soon as a reconnect's handshake is done, before IB replays what happened meanwhile."""
-        self.emit(BrokerNotice(_now(), "reconnected", "reconnected to IB; listing orders and executions"))
+        self.emit(BrokerNotice(utcnow(), Notice.RECONNECTED,
+                               "reconnected to IB; listing orders and executions"))
 
     def _on_disconnected(self) -> None:
         assert self._up is not None
         self._up.clear()
         if self._closing:
             return
-        self.emit(BrokerNotice(_now(), "disconnected", "the connection to IB was lost; reconnecting"))
+        self.emit(BrokerNotice(utcnow(), Notice.DISCONNECTED, "the connection to IB was lost; reconnecting"))
         self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -139,7 +137,7 @@ class IBBroker(Broker):
                 break
             except (OSError, TimeoutError, ConnectionError):
                 if loop.time() + delay > give_up:
-                    self.emit(BrokerNotice(_now(), "reconnect_failed",
+                    self.emit(BrokerNotice(utcnow(), Notice.RECONNECT_FAILED,
                                            f"could not reconnect to IB in {attempts} attempts over "
                                            f"{self.reconnect_for:g}s"))
                     return
@@ -147,6 +145,9 @@ class IBBroker(Broker):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 5.0)
         if not self._closing:
+            # A restarted gateway may hand out a nextValidId below ids this client already used, and IB
+            # refuses a used orderId (103): new orders continue after the highest one placed.
+            self.ib.client.updateReqId(max(self.translator.by_order_id, default=0) + 1)
             await self._fetch_orders(executions=True)
             self._replace_lost()
 
@@ -159,7 +160,7 @@ class IBBroker(Broker):
             return
         for coid, (order, contract, session) in list(self._placed.items()):
             if session < self._session and coid not in self.translator.seen:
-                self.emit(BrokerNotice(_now(), "resent", "IB never received this order before the "
+                self.emit(BrokerNotice(utcnow(), Notice.RESENT, "IB never received this order before the "
                                        "connection dropped; placed again", coid))
                 self._place(order, contract)
 
@@ -219,19 +220,19 @@ class IBBroker(Broker):
         if getattr(order, "whatIf", False):
             return []
         return self.translator.open_order(order_id, order.clientId, order.permId, order.orderRef or "",
-                                          state.status, _now())
+                                          state.status, utcnow())
 
     def _completed_order(self, contract: Any, order: Any, state: Any) -> list[BrokerEvent]:
         return self.translator.completed_order(order.permId, order.orderRef or "", state.status,
-                                               getattr(state, "completedStatus", "") or "", _now())
+                                               getattr(state, "completedStatus", "") or "", utcnow())
 
     def _order_status(self, order_id: int, status: str, filled: float, remaining: float, avg: float,
                       perm_id: int, parent_id: int, last: float, client_id: int, why_held: str,
                       *rest: Any) -> list[BrokerEvent]:
-        return self.translator.order_status(order_id, status, perm_id, client_id, why_held, _now())
+        return self.translator.order_status(order_id, status, perm_id, client_id, why_held, utcnow())
 
     def _exec_details(self, req_id: int, contract: Any, execution: Any) -> list[BrokerEvent]:
-        now = _now()
+        now = utcnow()
         stamped = naive_utc(execution.time, now)
         # IB stamps executions to the second. A live fill received within that second happened between the
         # stamp and its receipt: the receipt time is the closer estimate, and fill latencies stay honest.
@@ -243,10 +244,10 @@ class IBBroker(Broker):
             at=now)
 
     def _commission_report(self, report: Any) -> list[BrokerEvent]:
-        return self.translator.commission(report.execId, report.commission, report.currency, _now())
+        return self.translator.commission(report.execId, report.commission, report.currency, utcnow())
 
     def _error(self, req_id: int, code: int, message: str, *rest: Any) -> list[BrokerEvent]:
-        return self.translator.error(req_id, code, message, _now())
+        return self.translator.error(req_id, code, message, utcnow())
 
     def _on_request_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         if contract is not None and code == 200:
@@ -296,7 +297,7 @@ class IBBroker(Broker):
         contract = self.contracts[self._contract_key(order)]
         if contract is None:
             reason = self.contract_errors.get(order.symbol, "no security definition found")
-            self.emit(Rejected(order.client_order_id, _now(), reason))
+            self.emit(Rejected(order.client_order_id, utcnow(), reason))
             return
         await self._ready()
         self._place(order, contract)
@@ -329,14 +330,14 @@ class IBBroker(Broker):
     async def _look_up(self, client_order_id: str) -> None:
         await self._fetch_orders()
         if client_order_id not in self.translator.seen:
-            self.emit(BrokerNotice(_now(), "unacknowledged",
+            self.emit(BrokerNotice(utcnow(), Notice.UNACKNOWLEDGED,
                                    f"IB has not acknowledged this order after {self.ack_timeout:g}s and does "
                                    "not list it; it is not assumed cancelled", client_order_id))
 
     async def cancel(self, client_order_id: str) -> None:
         order_id = self.translator.order_id_of.get(client_order_id)
         if order_id is None:
-            self.emit(BrokerNotice(_now(), "cancel_impossible",
+            self.emit(BrokerNotice(utcnow(), Notice.CANCEL_IMPOSSIBLE,
                                    "no IB orderId known for this client, so it cannot be cancelled from here",
                                    client_order_id))
             return
@@ -409,7 +410,7 @@ class IBBroker(Broker):
             self.sync_is_complete = True
         except TimeoutError:
             self.sync_is_complete = False
-            self.emit(BrokerNotice(_now(), "sync_incomplete", "IB did not finish listing orders and "
+            self.emit(BrokerNotice(utcnow(), Notice.SYNC_INCOMPLETE, "IB did not finish listing orders and "
                                    f"executions within {self.sync_timeout:g}s"))
 
 

@@ -8,6 +8,7 @@ from executions; status words are recorded, never trusted for fills.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -28,6 +29,17 @@ CANCELLED = frozenset({"Cancelled", "ApiCancelled"})
 # Errors that mean IB refused the order: it never worked and cannot fill.
 REJECTIONS = frozenset({103, 200, 201, 203, 10311})
 UNSET_DOUBLE = 1.7976931348623157e308
+
+
+def split_exec_id(exec_id: str) -> tuple[str, int]:
+    """IB's exec ids end in a revision ("…01.01", then its correction "…01.02"): (key, revision).
+
+    The one place that reads IB's id format: the core only sees Fill.key and Fill.revision.
+    """
+    base, _, last = exec_id.rpartition(".")
+    if base and last.isdigit():
+        return base, int(last)
+    return exec_id, 0
 
 
 def naive_utc(moment: datetime | str | None, default: datetime) -> datetime:
@@ -122,13 +134,16 @@ class Translator:
         self.seen.add(coid)
         self.foreign_execs.discard(exec_id)  # seen before this run tracked its order (IB's startup replay)
         self._learn(coid, order_id, perm_id, client_id)
-        fill = Fill(exec_id, coid, float(shares), float(price), time, currency=currency, exchange=exchange)
+        key, revision = split_exec_id(exec_id)
+        fill = Fill(exec_id, coid, float(shares), float(price), time, currency=currency, exchange=exchange,
+                    key=key, revision=revision)
         return [Execution(fill, at)]
 
     def commission(self, exec_id: str, commission: float, currency: str, at: datetime) -> list[BrokerEvent]:
         if exec_id in self.foreign_execs:
             return []
-        amount = 0.0 if commission >= UNSET_DOUBLE else float(commission)
+        # IB's unset double means it did not say: unknown (NaN), never a commission of zero.
+        amount = math.nan if commission >= UNSET_DOUBLE else float(commission)
         return [Commission(exec_id, amount, currency, at)]
 
     def error(self, req_id: int, code: int, message: str, at: datetime) -> list[BrokerEvent]:

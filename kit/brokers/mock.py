@@ -12,11 +12,11 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import pandas as pd
 
-from kit.brokers.base import Broker
+from kit.brokers.base import Broker, Notice
+from kit.clock import utcnow
 from kit.model import (
     Accepted,
     BrokerEvent,
@@ -133,22 +133,22 @@ class MockBroker(Broker):
         working = _Working(order, number, split(order.quantity, _pieces(self.partial_fills, rng), rng))
         self.orders[order.client_order_id] = working
         if order.symbol not in self.prices:
-            self._tell(working, Rejected(order.client_order_id, self._now(), "price_unavailable"))
+            self._tell(working, Rejected(order.client_order_id, utcnow(), "price_unavailable"))
             working.cancelled = True
             return
-        self._tell(working, Accepted(order.client_order_id, self._now(),
+        self._tell(working, Accepted(order.client_order_id, utcnow(),
                                      broker_order_id=str(len(self.submitted)), perm_id=str(number)))
         self._maybe_fill(working)
 
     async def cancel(self, client_order_id: str) -> None:
         working = self.orders.get(client_order_id)
         if working is None or working.done:
-            notice = BrokerNotice(self._now(), "not_working", "cancel of an order that is not working",
+            notice = BrokerNotice(utcnow(), Notice.NOT_WORKING, "cancel of an order that is not working",
                                   client_order_id)
             self._call(0, self.emit, notice)
             return
         working.cancelled = True
-        self._tell(working, Cancelled(client_order_id, self._now(), "cancelled by request"))
+        self._tell(working, Cancelled(client_order_id, utcnow(), "cancelled by request"))
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         price = self.prices.get(order.symbol)
@@ -209,21 +209,18 @@ class MockBroker(Broker):
         intent = working.intent
         price = self.prices[intent.symbol]
         quantity = working.chunks[index]
-        exec_id = f"mock.{working.number:08x}.{index + 1:02d}.01"
-        at = self._now()
+        key = f"mock.{working.number:08x}.{index + 1:02d}"  # the mock never corrects: revision 1 of each
+        exec_id = f"{key}.01"
+        at = utcnow()
         working.fills_sent += 1
         if working.done:
             working.scheduled = False
         for event in (Execution(Fill(exec_id, intent.client_order_id, quantity, price, at,
-                                     currency=intent.currency, exchange="MOCK"), at),
+                                     currency=intent.currency, exchange="MOCK", key=key, revision=1), at),
                       Commission(exec_id, self.commission(quantity, price), intent.currency, at,
                                  intent.client_order_id)):
             working.sent.append(event)
             self.emit(event)
-
-    @staticmethod
-    def _now() -> datetime:
-        return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _pieces(pieces: int | tuple[int, int], rng: random.Random) -> int:
