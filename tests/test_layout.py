@@ -38,8 +38,7 @@ def imported(tree: ast.Module, *, top_level_only: bool) -> set[str]:
 
 def test_argparse_lives_only_in_the_command_line_module():
     users = {name for name, tree in modules().items() if "argparse" in imported(tree, top_level_only=False)}
-    # kit/reconcile.py's leftover register() is removed in the core engineer's branch; drop it here then.
-    assert users - {"reconcile"} == OWN_PARSER
+    assert users == OWN_PARSER
 
 
 def test_the_scheduler_decisions_touch_no_file_clock_or_lock():
