@@ -46,6 +46,12 @@ class GatewayConfig:
     fill_latency: float = 0.01
     commission_per_share: float = 0.005
     min_commission: float = 1.0
+    #: IB's fixed pricing charges the minimum once per order, so later partial fills of a small order pay
+    #: 0; off, every execution pays at least the minimum.
+    min_commission_per_order: bool = False
+    #: IB's pacing limit: a client's messages beyond this many within one second are answered with error
+    #: 100 and not acted on. None: no limit.
+    max_messages_per_second: int | None = 50
     #: What-if margin: these fractions of the account's gross position value (initial, maintenance).
     init_margin_rate: float = 0.25
     maint_margin_rate: float = 0.20
