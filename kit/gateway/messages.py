@@ -271,7 +271,8 @@ def position(p: Position) -> Message:
     inst = p.instrument
     return _msg(
         "position", 61, 3, p.account, inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "",
-        inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity, p.avg_cost,
+        inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity,
+        round(p.avg_cost, 8),
     )  # fmt: skip
 
 
@@ -286,8 +287,8 @@ def portfolio(p: Position, market_price: float) -> Message:
     return _msg(
         "updatePortfolio", 7, 8, inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "",
         inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity, market_price,
-        round(value, 2), p.avg_cost, round(value - p.quantity * p.avg_cost, 2), round(p.realized_pnl, 2),
-        p.account,
+        round(value, 2), round(p.avg_cost, 8), round(value - p.quantity * p.avg_cost, 2),
+        round(p.realized_pnl, 2), p.account,
     )  # fmt: skip
 
 

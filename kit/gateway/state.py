@@ -99,8 +99,10 @@ class Order:
 
     @property
     def avg_fill_price(self) -> float:
+        """The volume-weighted average of the effective executions, rounded to 8 places like execDetails'
+        avgPrice (no binary noise such as 190.01199999999997)."""
         filled = self.filled
-        return sum(e.shares * e.price for e in self.fills) / filled if filled else 0.0
+        return round(sum(e.shares * e.price for e in self.fills) / filled, 8) if filled else 0.0
 
     @property
     def last_fill_price(self) -> float:
