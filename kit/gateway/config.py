@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import available_timezones
 
 from kit.gateway.faults import Faults
 from kit.gateway.instruments import DEFAULT_INSTRUMENTS, Instrument
@@ -77,6 +78,8 @@ class GatewayConfig:
         missing_fx = {inst.currency for inst in self.instruments} - set(self.fx)
         if missing_fx:
             problems.append(f"fx has no rate for {sorted(missing_fx)}")
+        if self.faults.time_zone != "UTC" and self.faults.time_zone not in available_timezones():
+            problems.append(f"faults.time_zone {self.faults.time_zone!r} is not an IANA time zone")
         if problems:
             raise ValueError("invalid gateway config: " + "; ".join(problems))
 
@@ -95,8 +98,9 @@ class GatewayConfig:
             kwargs["restricted_exchanges"] = frozenset(kwargs["restricted_exchanges"])
         if "faults" in kwargs:
             faults = dict(kwargs["faults"])
-            if isinstance(faults.get("drop_orders"), list):
-                faults["drop_orders"] = frozenset(faults["drop_orders"])
+            for rule in ("drop_orders", "bare_inactive"):  # lists of orderRefs in TOML
+                if isinstance(faults.get(rule), list):
+                    faults[rule] = frozenset(faults[rule])
             kwargs["faults"] = Faults(**faults)
         return cls(**kwargs)
 

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kit.gateway.config import GatewayConfig
+from kit.gateway.faults import Faults
 from kit.gateway.instruments import ContractSpec, Market
 from kit.gateway.state import Book, ExecFilter, OrderRequest, RateMeter, Rejection, split
 
@@ -246,6 +247,8 @@ def test_rate_meter_counts_the_most_messages_in_any_second():
 def test_config_is_validated():
     with pytest.raises(ValueError, match=r"accounts.*partial_fills"):
         GatewayConfig(accounts=(), partial_fills=0)
+    with pytest.raises(ValueError, match="time_zone 'Mars/Olympus'"):
+        GatewayConfig(faults=Faults(time_zone="Mars/Olympus"))
     with pytest.raises(ValueError, match="unknown gateway settings"):
         GatewayConfig.from_dict({"sede": 1})
     config = GatewayConfig.from_dict(
@@ -256,9 +259,13 @@ def test_config_is_validated():
             "instruments": [
                 {"symbol": "X", "con_id": 1, "primary_exchange": "NYSE", "currency": "USD", "price": 9}
             ],
-            "faults": {"drop_orders": ["a"], "commission_delay": 0.5},
+            "faults": {"drop_orders": ["a"], "commission_delay": 0.5, "bare_inactive": ["b"],
+                       "time_zone": "US/Eastern", "zoneless_times": True},
+            "min_commission_per_order": True,
         }
     )
+    assert config.faults.bare_inactive == frozenset({"b"}) and config.faults.time_zone == "US/Eastern"
+    assert config.faults.zoneless_times and config.min_commission_per_order
     assert config.accounts == ("DU1", "DU2") and config.restricted_exchanges == frozenset({"IBIS"})
     assert [i.symbol for i in config.instruments] == ["X"]
     assert config.faults.drop_orders == frozenset({"a"}) and config.faults.commission_delay == 0.5
