@@ -74,6 +74,8 @@ class Handlers:
         req_id = Fields(fields, start=1 if fields[0] == "3" else 2).integer() if about_order else -1
         text = f"Max rate of messages per second has been exceeded:max={limit} rec={rate} (1)"
         log.info("pacing: client %s sent %d messages within a second", conn.client_id, rate)
+        assert conn.client_id is not None
+        self.book.paced[conn.client_id] += 1
         self.gw.send(conn, m.error(req_id, 100, text))
         return True
 

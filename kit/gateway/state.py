@@ -244,6 +244,8 @@ class Book:
         self.dropped: list[tuple[int, OrderRequest]] = []
         #: Inbound message rates per clientId.
         self.inbound: dict[int, RateMeter] = {}
+        #: Messages refused with error 100 (over the pacing limit) per clientId: kit's own pacing keeps it 0.
+        self.paced: Counter[int] = Counter()
         self._superseded: set[str] = set()
         self._by_client_id: dict[tuple[int, int], Order] = {}
         self._max_ids: dict[int, int] = {}

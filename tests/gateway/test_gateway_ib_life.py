@@ -267,5 +267,5 @@ def test_pacing_answers_error_100_beyond_50_messages_a_second():
         ib.waitOnUpdate(timeout=2)
         while sum(code == 100 for _, code in errors) < 20:
             assert ib.waitOnUpdate(timeout=5)
-        assert gw.state.inbound[3].count >= 70
+        assert gw.state.inbound[3].count >= 70 and gw.state.paced[3] >= 20
         ib.disconnect()

@@ -57,6 +57,7 @@ def test_ib_official_client_session(name, version):
     with run_gateway_in_thread(GatewayConfig(seed=5)) as gw:
         out = drive(python, "session", gw.port)
         book = gw.call(lambda: {o.order_ref: o for o in gw.state.orders.values()})
+        refused = gw.call(lambda: gw.state.paced[5])
 
     assert out.get("failure") is None and out["decode_problems"] == []
     assert out["server_version"] == version  # 9.81 speaks at most 157 and is served there
@@ -97,7 +98,7 @@ def test_ib_official_client_session(name, version):
     # pacing: a burst of 60 is answered with error 100 beyond IB's 50 a second; the rest are served
     paced = [e for e in out["errors"] if e[1] == 100]
     assert paced and all("Max rate of messages per second has been exceeded" in e[2] for e in paced)
-    assert out["current_times"] + len(paced) == 60
+    assert out["current_times"] + len(paced) == 60 and refused == len(paced)
 
 
 def test_ib_10x_client_reads_every_server_version_157_to_178():
