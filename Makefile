@@ -2,12 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 INSYNC := .venv-insync
+IBAPI := .venv-ibapi
+IBAPI10 := .venv-ibapi10
 BIN := $(VENV)/bin
 RUN_KEY ?= demo-$(shell date -u +%Y-%m-%d)
 KIT_DB ?= data/kit.duckdb
 export KIT_DB
 
-.PHONY: demo demo-ib test crash-soak lint bench clean insync
+.PHONY: demo demo-ib test crash-soak lint bench clean insync ibapi
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,22 @@ $(INSYNC)/.installed: pyproject.toml
 
 insync: $(INSYNC)/.installed
 
+# IB's own Python clients, for the gateway's conformance suite (tests/gateway/test_gateway_ibapi.py): the
+# `ibapi` 9.81.1.post1 that IB published on PyPI (speaks v100..157), and a current 10.x build of IB's TWS API
+# source republished by a third party as `ibapi-latest` (see docs/gateway.md). Both install a top-level
+# `ibapi`, so each has its own environment; neither needs kit.
+$(IBAPI)/.installed:
+	test -x $(IBAPI)/bin/python || $(PYTHON) -m venv $(IBAPI)
+	$(IBAPI)/bin/python -m pip install --quiet ibapi==9.81.1.post1
+	touch $@
+
+$(IBAPI10)/.installed:
+	test -x $(IBAPI10)/bin/python || $(PYTHON) -m venv $(IBAPI10)
+	$(IBAPI10)/bin/python -m pip install --quiet ibapi-latest==10.51.1
+	touch $@
+
+ibapi: $(IBAPI)/.installed $(IBAPI10)/.installed
+
 demo: $(VENV)/.installed
 	$(BIN)/kit run notebooks/momentum.ipynb --run-key $(RUN_KEY) -p broker mock
 	$(BIN)/kit summary --run $(RUN_KEY)
@@ -38,7 +56,7 @@ demo-ib: $(VENV)/.installed
 		$(BIN)/kit run notebooks/momentum.ipynb --run-key $(RUN_KEY)-ib -p broker ib
 	$(BIN)/kit summary --run $(RUN_KEY)-ib
 
-test: $(VENV)/.installed $(INSYNC)/.installed
+test: $(VENV)/.installed $(INSYNC)/.installed $(IBAPI)/.installed $(IBAPI10)/.installed
 	$(BIN)/ruff check .
 	KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q tests
 	KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q --nbval-lax notebooks
@@ -55,4 +73,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(INSYNC) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INSYNC) $(IBAPI) $(IBAPI10) .pytest_cache .ruff_cache .hypothesis

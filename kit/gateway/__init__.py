@@ -1,5 +1,6 @@
-"""kit's simulated IB Gateway: speaks the TWS socket protocol (server version 176) to the real ib_async and
-ib_insync clients over loopback, so kit's IB path is tested without TWS or IB Gateway. See docs/gateway.md.
+"""kit's simulated IB Gateway: speaks the TWS socket protocol (server versions 157 to 178) to the real
+ib_async, ib_insync and IB's own ibapi clients over loopback, so kit's IB path is tested without TWS or IB
+Gateway. See docs/gateway.md.
 """
 
 from kit.gateway.config import GatewayConfig

@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import available_timezones
 
 from kit.gateway.faults import Faults
 from kit.gateway.instruments import DEFAULT_INSTRUMENTS, Instrument
@@ -46,6 +47,12 @@ class GatewayConfig:
     fill_latency: float = 0.01
     commission_per_share: float = 0.005
     min_commission: float = 1.0
+    #: IB's fixed pricing charges the minimum once per order, so later partial fills of a small order pay
+    #: 0; off, every execution pays at least the minimum.
+    min_commission_per_order: bool = False
+    #: IB's pacing limit: a client's messages beyond this many within one second are answered with error
+    #: 100 and not acted on. None: no limit.
+    max_messages_per_second: int | None = 50
     #: What-if margin: these fractions of the account's gross position value (initial, maintenance).
     init_margin_rate: float = 0.25
     maint_margin_rate: float = 0.20
@@ -71,6 +78,8 @@ class GatewayConfig:
         missing_fx = {inst.currency for inst in self.instruments} - set(self.fx)
         if missing_fx:
             problems.append(f"fx has no rate for {sorted(missing_fx)}")
+        if self.faults.time_zone != "UTC" and self.faults.time_zone not in available_timezones():
+            problems.append(f"faults.time_zone {self.faults.time_zone!r} is not an IANA time zone")
         if problems:
             raise ValueError("invalid gateway config: " + "; ".join(problems))
 
@@ -89,8 +98,9 @@ class GatewayConfig:
             kwargs["restricted_exchanges"] = frozenset(kwargs["restricted_exchanges"])
         if "faults" in kwargs:
             faults = dict(kwargs["faults"])
-            if isinstance(faults.get("drop_orders"), list):
-                faults["drop_orders"] = frozenset(faults["drop_orders"])
+            for rule in ("drop_orders", "bare_inactive"):  # lists of orderRefs in TOML
+                if isinstance(faults.get(rule), list):
+                    faults[rule] = frozenset(faults[rule])
             kwargs["faults"] = Faults(**faults)
         return cls(**kwargs)
 

@@ -43,16 +43,29 @@ class Faults:
     fill_after_cancel: bool = False
     #: After rejecting an order (201, 10311), also report it with orderStatus Inactive.
     inactive_after_reject: bool = False
+    #: Matching orders (a DropRule, like drop_orders) are reported Inactive with no error, as IB does for an
+    #: order that cannot work now: they stay open and cancellable but never fill.
+    bare_inactive: DropRule = field(default_factory=frozenset)
+    #: Warn every accepted order with 10349 ("Order TIF was set to DAY based on order preset"); it keeps
+    #: working and fills (ib_async marks it Cancelled locally: 10349 is not in its warning list).
+    tif_preset_notice: bool = False
+    #: Refuse a limit price off the instrument's tick with 110 (no order is created).
+    reject_off_tick: bool = False
+    #: Refuse a quantity that is not whole shares with 321 (no order is created).
+    reject_fractional_size: bool = False
+    #: TWS's login time zone: execution and completed times, and the connect reply's time, are in it.
+    time_zone: str = "UTC"
+    #: Execution times without the zone name (``20261201 09:30:00``), as some TWS versions send them.
+    zoneless_times: bool = False
+    #: Partial fills of one order share ``prefix.seq`` and count the part: ``….01.01``, ``….02.01``, ...
+    #: (off: each execution has its own seq). A correction still raises the last number.
+    exec_id_parts: bool = False
 
     def drops(self, order_ref: str, rng: random.Random) -> bool:
-        rule = self.drop_orders
-        if callable(rule):
-            return bool(rule(order_ref))
-        if isinstance(rule, float | int):
-            return rng.random() < rule
-        if isinstance(rule, str):  # one orderRef, not a collection of its characters
-            return order_ref == rule
-        return order_ref in rule
+        return _matches(self.drop_orders, order_ref, rng)
+
+    def goes_inactive(self, order_ref: str, rng: random.Random) -> bool:
+        return _matches(self.bare_inactive, order_ref, rng)
 
     def trips(self, name: str, tag: str = "") -> bool:
         """Does this event fire ``disconnect_on``? Disarms the knob when it does."""
@@ -70,3 +83,13 @@ class Faults:
             return True
         self.disconnect_after_messages -= 1
         return False
+
+
+def _matches(rule: DropRule, order_ref: str, rng: random.Random) -> bool:
+    if callable(rule):
+        return bool(rule(order_ref))
+    if isinstance(rule, float | int):
+        return rng.random() < rule
+    if isinstance(rule, str):  # one orderRef, not a collection of its characters
+        return order_ref == rule
+    return order_ref in rule

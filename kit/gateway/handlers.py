@@ -1,10 +1,12 @@
 """What the gateway does with each request: read it, act on the book, answer in IB's message sequences.
 
-Sequences follow what the real clients rely on (wire-protocol reference, sections 2 and 5): openOrder with
-the permId before any execution of an order; each live fill as execDetails, orderStatus, commissionReport;
-a cancel as openOrder, orderStatus Cancelled and notice 202. The message-level fault knobs (commission
-timing, duplicates, corrections, dropped orders, withheld execDetailsEnd, late fills, Inactive) are applied
-here; connection-level ones in the server.
+Sequences follow IB's and what the real clients rely on (wire-protocol reference, sections 2, 5 and 7): an
+accepted order as openOrder and orderStatus PreSubmitted, then Submitted (openOrder carries the permId
+before any execution); each live fill as execDetails, orderStatus, commissionReport; a cancel as orderStatus
+PendingCancel, then openOrder and orderStatus Cancelled (ApiCancelled if never transmitted) and notice 202;
+a client over IB's pacing limit gets error 100. The message-level fault knobs (commission timing,
+duplicates, corrections, dropped orders, withheld execDetailsEnd, late fills, Inactive, 10349, time
+formats) are applied here; connection-level ones in the server.
 
 Live order messages go to the connection of the client that placed the order, whichever connection that is
 when they are sent; replies to a request go to the connection that made it.
@@ -15,11 +17,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from kit.gateway import messages as m
 from kit.gateway.instruments import UNKNOWN_CONTRACT, ContractSpec, Instrument
-from kit.gateway.protocol import Fields, RequestError, parse_exec_filter, parse_mkt_data, parse_place_order
+from kit.gateway.protocol import (
+    Fields,
+    RequestError,
+    format_time,
+    parse_exec_filter,
+    parse_mkt_data,
+    parse_place_order,
+)
 from kit.gateway.state import Execution, Order, OrderRequest, Rejection
 
 if TYPE_CHECKING:
@@ -51,6 +61,28 @@ class Handlers:
         self.book = gw.state
         self._rng = random.Random(gw.config.seed)  # for probabilistic drop_orders
         self._fill_timers: dict[int, asyncio.TimerHandle] = {}
+        #: permIds whose acceptance was reported (a modification is not announced again).
+        self._announced: set[int] = set()
+
+    def paced(self, conn: Connection, fields: list[str], rate: int) -> bool:
+        """IB's pacing: a message beyond the limit within one second is answered with error 100 (about the
+        order, for an order request) and not acted on. True when the message was refused."""
+        limit = self.gw.config.max_messages_per_second
+        if limit is None or rate <= limit:
+            return False
+        about_order = fields[:1] in (["3"], ["4"]) and len(fields) > 2
+        req_id = Fields(fields, start=1 if fields[0] == "3" else 2).integer() if about_order else -1
+        text = f"Max rate of messages per second has been exceeded:max={limit} rec={rate} (1)"
+        log.info("pacing: client %s sent %d messages within a second", conn.client_id, rate)
+        assert conn.client_id is not None
+        self.book.paced[conn.client_id] += 1
+        self.gw.send(conn, m.error(req_id, 100, text))
+        return True
+
+    def _time(self, t: datetime) -> str:
+        """An execution or completion time as this gateway's TWS writes it (its zone, named or not)."""
+        faults = self.gw.faults
+        return format_time(t, faults.time_zone, named=not faults.zoneless_times)
 
     def dispatch(self, conn: Connection, fields: list[str]) -> None:
         """Handle one request; a bad or unknown request is logged, never fatal."""
@@ -151,7 +183,7 @@ class Handlers:
 
     def placeOrder(self, conn: Connection, fields: list[str]) -> None:
         assert conn.client_id is not None
-        req = parse_place_order(fields)
+        req = parse_place_order(fields, conn.version)
         if req.what_if:
             self._what_if(conn, req)
             return
@@ -167,6 +199,16 @@ class Handlers:
             if result.order is not None and result.order.status == "Inactive":
                 self.gw.send(conn, m.order_status(result.order))
             return
+        new = result.perm_id not in self._announced
+        self._announced.add(result.perm_id)
+        if new and faults.tif_preset_notice:
+            result.tif = "DAY"
+            text = "Order TIF was set to DAY based on order preset."
+            self.gw.send(conn, m.error(req.order_id, 10349, text))
+        if new and result.transmit and result.is_working:  # IB reports PreSubmitted first
+            self._send_order(result, "PreSubmitted")
+        if new and result.is_working and faults.goes_inactive(req.order_ref, self._rng):
+            self.book.set_inactive(result)
         self._send_order(result)
         self._schedule(result)
 
@@ -180,9 +222,10 @@ class Handlers:
             raise RequestError(req.order_id, result.code, result.message)
         self.gw.send(conn, m.open_order(result.order, result))
 
-    def _send_order(self, order: Order) -> None:
-        self.gw.send_to_client(order.client_id, m.open_order(order))
-        self.gw.send_to_client(order.client_id, m.order_status(order))
+    def _send_order(self, order: Order, status: str | None = None) -> None:
+        """openOrder and orderStatus of the order, in its status or the one given (a step it went through)."""
+        self.gw.send_to_client(order.client_id, m.open_order(order, status=status))
+        self.gw.send_to_client(order.client_id, m.order_status(order, status=status))
 
     def _schedule(self, order: Order) -> None:
         """Fill the order's next slice after the fill latency, if it can fill and is not already due to."""
@@ -210,9 +253,10 @@ class Handlers:
         faults, client_id = self.gw.faults, e.order.client_id
         if faults.commission_before_execution:
             self._send_commission(e)
-        self.gw.send_to_client(client_id, m.exec_details(-1, e))
+        details = m.exec_details(-1, e, self._time(e.time))
+        self.gw.send_to_client(client_id, details)
         if faults.duplicate_exec_details:
-            self.gw.send_to_client(client_id, m.exec_details(-1, e))
+            self.gw.send_to_client(client_id, details)
         for msg in between or []:
             self.gw.send_to_client(client_id, msg)
         if not faults.commission_before_execution:
@@ -238,6 +282,9 @@ class Handlers:
     def cancelOrder(self, conn: Connection, fields: list[str]) -> None:
         assert conn.client_id is not None
         order_id = Fields(fields, start=2).integer()
+        order = self.book.find(conn.client_id, order_id)
+        if order is not None and order.is_open and order.transmit:
+            self.gw.send_to_client(order.client_id, m.order_status(order, status="PendingCancel"))
         result = self.book.cancel(conn.client_id, order_id)
         if isinstance(result, Rejection):
             raise RequestError(order_id, result.code, result.message)
@@ -245,6 +292,8 @@ class Handlers:
 
     def reqGlobalCancel(self, conn: Connection, fields: list[str]) -> None:
         for order in self.book.open_orders():
+            if order.transmit:
+                self.gw.send_to_client(order.client_id, m.order_status(order, status="PendingCancel"))
             self.book.cancel(order.client_id, order.order_id)
             self._cancelled(order)
 
@@ -271,14 +320,15 @@ class Handlers:
 
     def reqCompletedOrders(self, conn: Connection, fields: list[str]) -> None:
         for order in self.book.completed_orders():
-            self.gw.send(conn, m.completed_order(order))
+            completed = self._time(order.completed_time) if order.completed_time else ""
+            self.gw.send(conn, m.completed_order(order, completed))
         self.gw.send(conn, m.completed_orders_end())
 
     def reqExecutions(self, conn: Connection, fields: list[str]) -> None:
         req_id, execution_filter = parse_exec_filter(fields)
         for e in self.book.executions:
             if execution_filter.matches(e):
-                self.gw.send(conn, m.exec_details(req_id, e))
+                self.gw.send(conn, m.exec_details(req_id, e, self._time(e.time)))
                 self.gw.send(conn, m.commission_report(e))
         if not self.gw.faults.withhold_exec_details_end:
             self.gw.send(conn, m.exec_details_end(req_id))

@@ -1,8 +1,11 @@
-"""Builders of the messages the gateway sends, in their server-version-176 layouts.
+"""Builders of the messages the gateway sends, in the layouts of every server version from 157 to 178.
 
 Field counts matter: ib_insync silently drops an execDetails, commissionReport, position or updatePortfolio
-whose count is off, and both clients fail on a short openOrder, completedOrder or contractDetails. Each
-builder spells its layout out field by field, grouped as in the wire-protocol reference, section 3.
+whose count is off, and every client fails on a short openOrder, completedOrder or contractDetails. Each
+builder spells its layout out field by field, grouped as in the wire-protocol reference, section 3; a field
+that only some server versions carry is wrapped in ``since(v, x)`` or ``until(v, x)``, and
+``Message.wire(version)`` gives the fields one connection's version carries (as IB's own decoder.py and
+orderdecoder.py read them: e.g. faProfile until 176, pendingPriceRevision since 178).
 
 A ``Message`` carries its name and a tag (an order status, an error code), which is what the
 ``disconnect_on`` fault matches: 'orderStatus', 'orderStatus:Filled', 'error:201'.
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from kit.gateway.instruments import Instrument
-from kit.gateway.protocol import UNSET_DOUBLE, encode, format_time
+from kit.gateway.protocol import MAX_VERSION, MIN_VERSION, UNSET_DOUBLE, encode
 from kit.gateway.state import Execution, Order, Position, WhatIf
 
 #: An unset value of each kind, for readability of the long layouts below.
@@ -24,14 +27,39 @@ NONE = 0  # an empty count
 
 
 @dataclass(frozen=True)
+class Gated:
+    """A field carried only by server versions ``low`` to ``high`` (inclusive)."""
+
+    low: int
+    high: int
+    value: object
+
+
+def since(version: int, value: object) -> Gated:
+    return Gated(version, MAX_VERSION, value)
+
+
+def until(version: int, value: object) -> Gated:
+    return Gated(MIN_VERSION, version, value)
+
+
+@dataclass(frozen=True)
 class Message:
     name: str
-    fields: tuple[str, ...]
+    fields: tuple[str | Gated, ...]
     tag: str = ""
+
+    def wire(self, version: int) -> list[str]:
+        """The fields a connection speaking ``version`` gets."""
+        return [
+            f if isinstance(f, str) else encode(f.value)
+            for f in self.fields
+            if isinstance(f, str) or f.low <= version <= f.high
+        ]
 
 
 def _msg(name: str, *values: object, tag: str = "") -> Message:
-    return Message(name, tuple(encode(v) for v in values), tag)
+    return Message(name, tuple(v if isinstance(v, Gated) else encode(v) for v in values), tag)
 
 
 def _contract(inst: Instrument, exchange: str) -> tuple[object, ...]:
@@ -52,8 +80,9 @@ def managed_accounts(accounts: tuple[str, ...]) -> Message:
 
 
 def error(req_id: int, code: int, text: str) -> Message:
-    """reqId is the order id or request id the error is about, -1 for notices; no advancedOrderRejectJson."""
-    return _msg("error", 4, 2, req_id, code, text, "", tag=str(code))
+    """reqId is the order id or request id the error is about, -1 for notices; advancedOrderRejectJson (since
+    166) is empty."""
+    return _msg("error", 4, 2, req_id, code, text, since(166, ""), tag=str(code))
 
 
 def current_time(t: datetime) -> Message:
@@ -66,10 +95,11 @@ def current_time(t: datetime) -> Message:
 def contract_details(req_id: int, inst: Instrument, exchange: str) -> Message:
     exchanges = inst.exchanges
     return _msg(
-        "contractDetails", 10, req_id,
+        "contractDetails", 10, until(163, 8), req_id,  # a version field until 163
         inst.symbol, inst.sec_type, "", 0.0, "", exchange, inst.currency, inst.symbol,
         inst.trading_class,  # marketName
-        inst.trading_class, inst.con_id, inst.min_tick, "",  # multiplier
+        inst.trading_class, inst.con_id, inst.min_tick,
+        until(163, 1), "",  # mdSizeMultiplier (until 163), multiplier
         "DAY,GTC,IOC,LMT,MKT",  # orderTypes
         ",".join(exchanges), 1, 0,  # validExchanges, priceMagnifier, underConId
         inst.long_name, inst.primary_exchange, "",  # contractMonth
@@ -79,7 +109,9 @@ def contract_details(req_id: int, inst: Instrument, exchange: str) -> Message:
         NONE,  # secIdList
         1, "", "",  # aggGroup, underSymbol, underSecType
         ",".join("26" for _ in exchanges),  # marketRuleIds
-        "", "COMMON", 0.0001, 0.0001, 100,  # realExpirationDate, stockType, min/increment/suggested size
+        "", "COMMON",  # realExpirationDate, stockType
+        Gated(163, 163, 0.0001),  # sizeMinTick, at 163 only
+        since(164, 0.0001), since(164, 0.0001), since(164, 100),  # min/increment/suggested size
     )  # fmt: skip
 
 
@@ -102,17 +134,18 @@ def tick_snapshot_end(req_id: int) -> Message:
 # orders
 
 
-def open_order(order: Order, estimate: WhatIf | None = None) -> Message:
+def open_order(order: Order, estimate: WhatIf | None = None, status: str | None = None) -> Message:
     """openOrder: 128 fields for a plain non-combo order. With an ``estimate`` it is the answer to a what-if:
     whatIf 1 and numeric margin and commission fields (ib_async float()s initMarginChange and completes the
-    what-if request only when it is set)."""
+    what-if request only when it is set). ``status`` overrides the order's (a step it went through)."""
+    status = status or order.status
     return _msg(
         "openOrder", 5, order.order_id, *_contract(order.instrument, order.exchange),
         order.action, order.quantity, order.order_type, order.limit_price, UNSET,  # auxPrice
         order.tif, "", order.account, "", 0,  # ocaGroup, account, openClose, origin
         order.order_ref, order.client_id, order.perm_id,
         NO, NO, 0.0, "", "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime, sharesAllocation
-        "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile
+        "", "", "", until(176, ""),  # faGroup, faMethod, faPercentage, faProfile (until 176)
         "", "", "", UNSET, "",  # modelCode, goodTillDate, rule80A, percentOffset, settlingFirm
         0, "", "", 0,  # shortSaleSlot, designatedLocation, exemptCode, auctionStrategy
         UNSET, UNSET, UNSET, UNSET, UNSET,  # startingPrice, stockRefPrice, delta, stockRangeLower/Upper
@@ -125,16 +158,16 @@ def open_order(order: Order, estimate: WhatIf | None = None) -> Message:
         "",  # hedgeType
         NO, "", "", NO, NO,  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld, deltaNeutral
         "",  # algoStrategy
-        NO, estimate is not None, order.status,  # solicited, whatIf, status
+        NO, estimate is not None, status,  # solicited, whatIf, status
         *_estimate(order, estimate),  # margins before, change, after; commission ... warningText
         NO, NO,  # randomizeSize, randomizePrice
         NONE,  # conditions
         "", UNSET, UNSET, UNSET, UNSET, UNSET, UNSET, 0,  # adjusted order fields
         "", "", "",  # softDollarTier
         UNSET, NO, NO, NO, NO,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer, discretionaryUpTo, PMA
-        UNSET, NO, NO,  # duration, postToAts, autoCancelParent
-        UNSET, UNSET, UNSET, UNSET, UNSET,  # minTradeQty ... midOffsetAtHalf
-        tag=order.status,
+        since(158, UNSET), since(160, NO), since(162, NO),  # duration, postToAts, autoCancelParent
+        *_peg_best_offsets(),
+        tag=status,
     )  # fmt: skip
 
 
@@ -150,12 +183,13 @@ def _estimate(order: Order, estimate: WhatIf | None) -> tuple[object, ...]:
     return (*before, *change, *after, fee, fee, fee, order.instrument.currency, "")  # warningText
 
 
-def order_status(order: Order) -> Message:
-    """orderStatus (no version field); clientId is the placing client's."""
+def order_status(order: Order, status: str | None = None) -> Message:
+    """orderStatus (no version field); clientId is the placing client's. ``status`` overrides the order's."""
+    status = status or order.status
     return _msg(
-        "orderStatus", 3, order.order_id, order.status, order.filled, order.remaining,
+        "orderStatus", 3, order.order_id, status, order.filled, order.remaining,
         order.avg_fill_price, order.perm_id, 0, order.last_fill_price, order.client_id, "", 0.0,
-        tag=order.status,
+        tag=status,
     )  # fmt: skip
 
 
@@ -163,15 +197,20 @@ def open_order_end() -> Message:
     return _msg("openOrderEnd", 53, 1)
 
 
-def completed_order(order: Order) -> Message:
-    """completedOrder: 97 fields, no orderId and no clientId (clients key it by permId)."""
+def _peg_best_offsets() -> tuple[Gated, ...]:
+    """minTradeQty, minCompeteSize, competeAgainstBestOffset, midOffsetAtWhole, midOffsetAtHalf: since 170."""
+    return tuple(since(170, UNSET) for _ in range(5))
+
+
+def completed_order(order: Order, completed_time: str) -> Message:
+    """completedOrder: 97 fields at 176, no orderId and no clientId (clients key it by permId)."""
     return _msg(
         "completedOrder", 101, *_contract(order.instrument, order.exchange),
         order.action, order.quantity, order.order_type, order.limit_price, UNSET,  # auxPrice
         order.tif, "", order.account, "", 0,  # ocaGroup, account, openClose, origin
         order.order_ref, order.perm_id,
         NO, NO, 0.0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
-        "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile
+        "", "", "", until(176, ""),  # faGroup, faMethod, faPercentage, faProfile (until 176)
         "", "", "", UNSET, "",  # modelCode, goodTillDate, rule80A, percentOffset, settlingFirm
         0, "", "",  # shortSaleSlot, designatedLocation, exemptCode
         UNSET, UNSET, UNSET, UNSET, UNSET,  # startingPrice, stockRefPrice, delta, stockRangeLower/Upper
@@ -186,8 +225,8 @@ def completed_order(order: Order) -> Message:
         UNSET, UNSET, UNSET, NO, NO,  # trailStopPrice, lmtPriceOffset, cashQty, dontUseAutoPrice.., isOms..
         "", order.filled, 0, NO, "",  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent..
         NO, NO, UNSET,  # imbalanceOnly, routeMarketableToBbo, parentPermId
-        format_time(order.completed_time) if order.completed_time else "", order.reason,
-        UNSET, UNSET, UNSET, UNSET, UNSET,  # minTradeQty ... midOffsetAtHalf
+        completed_time, order.reason,
+        *_peg_best_offsets(),
         tag=order.status,
     )  # fmt: skip
 
@@ -199,14 +238,16 @@ def completed_orders_end() -> Message:
 # executions
 
 
-def exec_details(req_id: int, e: Execution) -> Message:
-    """execDetails: exactly 31 fields, no version field; reqId -1 for live fills."""
+def exec_details(req_id: int, e: Execution, time: str) -> Message:
+    """execDetails: exactly 31 fields (32 since 178), no version field; reqId -1 for live fills. Contract and
+    execution both carry the venue that filled it (ISLAND, ARCA, ... for a SMART order)."""
     o = e.order
     return _msg(
         "execDetails", 11, req_id, o.order_id, *_contract(o.instrument, e.exchange),
-        e.exec_id, format_time(e.time), o.account, e.exchange, e.side, e.shares, e.price, o.perm_id,
+        e.exec_id, time, o.account, e.exchange, e.side, e.shares, e.price, o.perm_id,
         o.client_id, 0, e.cum_qty, e.avg_price, o.order_ref, "", UNSET, "",  # evRule, evMultiplier, model
-        2 if o.order_type == "MKT" else 1,  # lastLiquidity: removed / added
+        e.liquidity,  # lastLiquidity: 1 added, 2 removed
+        since(178, NO),  # pendingPriceRevision
     )  # fmt: skip
 
 
@@ -230,7 +271,8 @@ def position(p: Position) -> Message:
     inst = p.instrument
     return _msg(
         "position", 61, 3, p.account, inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "",
-        inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity, p.avg_cost,
+        inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity,
+        round(p.avg_cost, 8),
     )  # fmt: skip
 
 
@@ -245,8 +287,8 @@ def portfolio(p: Position, market_price: float) -> Message:
     return _msg(
         "updatePortfolio", 7, 8, inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "",
         inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity, market_price,
-        round(value, 2), p.avg_cost, round(value - p.quantity * p.avg_cost, 2), round(p.realized_pnl, 2),
-        p.account,
+        round(value, 2), round(p.avg_cost, 8), round(value - p.quantity * p.avg_cost, 2),
+        round(p.realized_pnl, 2), p.account,
     )  # fmt: skip
 
 

@@ -1,9 +1,11 @@
-"""The TWS socket protocol at server version 176: framing, field encoding, and parsing of requests.
+"""The TWS socket protocol, server versions 157 to 178: framing, field encoding, and parsing of requests.
 
 Both directions carry messages as a 4-byte big-endian length followed by NUL-terminated ASCII fields. The
-client opens with ``API\\0`` and its supported version range; the gateway answers with the version it will
-speak and its time. Only version 176 layouts are implemented (both ib_insync 0.9.86, max 176, and ib_async
-2.1, max 178, accept it), so a client that cannot speak 176 is turned away.
+client opens with ``API\\0`` and its supported version range; the gateway answers, as IB does, with the lower
+of the client's maximum and its own (178) and its time. That serves IB's own ibapi 9.81 (v100..157) at 157,
+ib_insync 0.9.86 at 176, ib_async 2.1 and IB's 10.x clients at 178. A client whose maximum is below 157 is
+turned away. The layouts that change with the version are in messages.py (what the gateway sends) and here
+(placeOrder's faProfile, sent until 176).
 
 Requests are parsed positionally with ``Fields``, a cursor over the field list; see the wire-protocol
 reference, section 4, for the layouts.
@@ -21,7 +23,11 @@ from zoneinfo import ZoneInfo
 from kit.gateway.instruments import ContractSpec
 from kit.gateway.state import ExecFilter, OrderRequest
 
-SERVER_VERSION = 176
+#: The server versions the gateway speaks (IB's MIN_SERVER_VER_REPLACE_FA_END .. _PENDING_PRICE_REVISION).
+MIN_VERSION = 157
+MAX_VERSION = 178
+#: IB's faProfile was dropped from orders at 177 (MIN_SERVER_VER_FA_PROFILE_DESUPPORT).
+FA_PROFILE_DESUPPORT = 177
 UNSET_DOUBLE = 1.7976931348623157e308
 #: Frames longer than this are treated as a broken stream (IB's own limit is 16 MB).
 MAX_FRAME = 1 << 24
@@ -74,10 +80,11 @@ async def read_handshake(reader: asyncio.StreamReader) -> int:
         raise ProtocolError(f"bad version range {text!r}")
     low = int(match[1])
     high = int(match[2] or low)
-    version = min(high, SERVER_VERSION)
-    if version < SERVER_VERSION or version < low:
-        raise ProtocolError(f"client speaks v{low}..{high}; the simulated gateway speaks v{SERVER_VERSION}")
-    return version
+    if high < MIN_VERSION:
+        # IB's own text for a client too old for the gateway (its 506); the connection is closed.
+        raise ProtocolError(f"Unsupported version: client speaks v{low}..{high}, the gateway v{MIN_VERSION}.."
+                            f"{MAX_VERSION}")
+    return min(high, MAX_VERSION)
 
 
 async def read_message(reader: asyncio.StreamReader) -> list[str]:
@@ -87,9 +94,12 @@ async def read_message(reader: asyncio.StreamReader) -> list[str]:
     return fields
 
 
-def format_time(t: datetime) -> str:
-    """IB's "YYYYMMDD HH:MM:SS zone" format, in UTC."""
-    return t.astimezone(UTC).strftime("%Y%m%d %H:%M:%S UTC")
+def format_time(t: datetime, zone: str = "UTC", named: bool = True) -> str:
+    """IB's "YYYYMMDD HH:MM:SS zone" format in TWS's time zone, or without the zone name as some TWS versions
+    send execution times (the reader must then know the zone)."""
+    local = t.astimezone(UTC if zone == "UTC" else ZoneInfo(zone))
+    text = local.strftime("%Y%m%d %H:%M:%S")
+    return f"{text} {zone}" if named else text
 
 
 def parse_time(text: str) -> datetime:
@@ -139,8 +149,8 @@ class Fields:
         return ContractSpec(con_id, symbol, sec_type, exchange, primary_exchange, currency)
 
 
-def parse_place_order(fields: list[str]) -> OrderRequest:
-    """placeOrder (id 3, no version field); fields 0-34 are the same for every non-combo order."""
+def parse_place_order(fields: list[str], version: int = MAX_VERSION) -> OrderRequest:
+    """placeOrder (id 3, no version field); fields 0-34 are the same for every non-combo order and version."""
     r = Fields(fields)
     order_id = r.integer()
     contract = r.contract()
@@ -150,7 +160,7 @@ def parse_place_order(fields: list[str]) -> OrderRequest:
     account = r.skip().text()  # after ocaGroup
     order_ref = r.skip(2).text()  # after openClose, origin
     transmit = r.flag()
-    what_if = _read_what_if(r.skip(7), contract.sec_type)  # after parentId ... hidden
+    what_if = _read_what_if(r.skip(7), contract.sec_type, version)  # after parentId ... hidden
     return OrderRequest(
         order_id=order_id,
         contract=contract,
@@ -166,16 +176,19 @@ def parse_place_order(fields: list[str]) -> OrderRequest:
     )
 
 
-def _read_what_if(r: Fields, sec_type: str) -> bool:
-    """Walk placeOrder from field 35 to whatIf, as ``Client.placeOrder`` of both libraries lays it out at
-    176: its position moves with the optional groups (combo legs, delta-neutral order, scale, hedge,
-    delta-neutral contract, algo parameters), so it is found by reading them, not by a fixed index
-    (85 for a plain order). Reading whatIf wrong would make a what-if a real order."""
+def _read_what_if(r: Fields, sec_type: str, version: int) -> bool:
+    """Walk placeOrder from field 35 to whatIf, as ``Client.placeOrder`` of every client lays it out: its
+    position moves with the optional groups (combo legs, delta-neutral order, scale, hedge, delta-neutral
+    contract, algo parameters) and with the version (faProfile until 176), so it is found by reading them,
+    not by a fixed index (85 for a plain order at 176). Reading whatIf wrong would make a what-if a real
+    order."""
     if sec_type == "BAG":
         r.skip(8 * r.integer())  # combo legs
         r.skip(r.integer())  # order combo leg prices
         r.skip(2 * r.integer())  # smart combo routing params
-    r.skip(8)  # sharesAllocation, discretionaryAmt, goodAfterTime, goodTillDate, the 4 fa fields
+    r.skip(7)  # sharesAllocation, discretionaryAmt, goodAfterTime, goodTillDate, faGroup/Method/Percentage
+    if version < FA_PROFILE_DESUPPORT:
+        r.skip()  # faProfile
     r.skip(22)  # modelCode ... volatilityType
     if r.text():  # deltaNeutralOrderType
         r.skip(9)  # deltaNeutralAuxPrice and the 8 delta-neutral order fields

@@ -24,7 +24,7 @@ from kit.gateway.faults import Faults
 from kit.gateway.handlers import Handlers
 from kit.gateway.instruments import Instrument, Market
 from kit.gateway.messages import Message
-from kit.gateway.protocol import ProtocolError, format_time, frame, read_handshake, read_message
+from kit.gateway.protocol import MAX_VERSION, ProtocolError, format_time, frame, read_handshake, read_message
 from kit.gateway.state import Book
 
 log = logging.getLogger("kit.gateway")
@@ -36,6 +36,8 @@ class Connection:
     writer: asyncio.StreamWriter
     peer: str
     client_id: int | None = None
+    #: The server version agreed in the handshake; every message to this connection is laid out for it.
+    version: int = MAX_VERSION
     #: Set once the connection is being closed: nothing more is sent on it.
     closing: bool = False
     #: Subscriptions: reqPositions, reqAccountUpdates (its account), streaming reqMktData (reqId: instrument).
@@ -58,7 +60,7 @@ class Gateway:
         self.faults = dataclasses.replace(self.config.faults)
         self.market = Market(self.config.instruments)
         #: The book shared by all connections: orders, executions, positions, placements, inbound rates.
-        self.state = Book(self.config, self.market, clock or (lambda: datetime.now(UTC)))
+        self.state = Book(self.config, self.market, clock or (lambda: datetime.now(UTC)), self.faults)
         self.host = "127.0.0.1"
         self.port = 0
         self.connections: list[Connection] = []
@@ -124,7 +126,7 @@ class Gateway:
             log.info("fault: closing client %s instead of sending %s %s", conn.client_id, msg.name, msg.tag)
             self.close(conn)
             return
-        conn.writer.write(frame(msg.fields))
+        conn.writer.write(frame(msg.wire(conn.version)))
 
     def send_to_client(self, client_id: int, msg: Message) -> None:
         """Send to whichever connection the client has now; dropped if it has none (as IB does)."""
@@ -174,13 +176,16 @@ class Gateway:
         self.connections.append(conn)
         loop = asyncio.get_running_loop()
         try:
-            version = await read_handshake(reader)
-            writer.write(frame([str(version), format_time(self.state.clock())]))
+            conn.version = await read_handshake(reader)
+            now = format_time(self.state.clock(), self.faults.time_zone)  # always with the zone's name
+            writer.write(frame([str(conn.version), now]))
             while not conn.closing:
                 fields = await read_message(reader)
-                self._handlers.dispatch(conn, fields)
                 if conn.client_id is not None:
-                    self.state.record_inbound(conn.client_id, loop.time())
+                    rate = self.state.record_inbound(conn.client_id, loop.time())
+                    if self._handlers.paced(conn, fields, rate):
+                        continue
+                self._handlers.dispatch(conn, fields)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away, or we closed the connection
         except ProtocolError as exc:

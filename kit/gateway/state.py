@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kit.gateway.config import GatewayConfig
-from kit.gateway.instruments import UNKNOWN_CONTRACT, ContractSpec, Instrument, Market, round_price
+from kit.gateway.faults import Faults
+from kit.gateway.instruments import UNKNOWN_CONTRACT, VENUES, ContractSpec, Instrument, Market, round_price
 from kit.slicing import split
 
 WORKING = frozenset({"PreSubmitted", "Submitted"})
+#: lastLiquidity of an execution: the order rested on the book (added liquidity) or took it (removed).
+ADDED, REMOVED = 1, 2
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,11 @@ class Order:
     fills: list[Execution] = field(default_factory=list, repr=False)
     #: Sizes of the slices still to fill.
     slices: list[float] = field(default_factory=list, repr=False)
+    #: A limit order that was not marketable when placed (or modified) rests on the book: its fills add
+    #: liquidity. A MKT or marketable LMT order takes it.
+    rested: bool = False
+    #: Inactive without a rejection (the ``bare_inactive`` fault): still open and cancellable, never fills.
+    dormant: bool = False
 
     @property
     def filled(self) -> float:
@@ -91,8 +99,10 @@ class Order:
 
     @property
     def avg_fill_price(self) -> float:
+        """The volume-weighted average of the effective executions, rounded to 8 places like execDetails'
+        avgPrice (no binary noise such as 190.01199999999997)."""
         filled = self.filled
-        return sum(e.shares * e.price for e in self.fills) / filled if filled else 0.0
+        return round(sum(e.shares * e.price for e in self.fills) / filled, 8) if filled else 0.0
 
     @property
     def last_fill_price(self) -> float:
@@ -101,6 +111,11 @@ class Order:
     @property
     def is_working(self) -> bool:
         return self.status in WORKING
+
+    @property
+    def is_open(self) -> bool:
+        """Listed by reqOpenOrders and cancellable: working, or Inactive without a rejection."""
+        return self.is_working or self.dormant
 
     @property
     def sign(self) -> int:
@@ -122,6 +137,8 @@ class Execution:
     realized_pnl: float | None
     #: The exec id this execution corrects (``...01`` for a ``...02``).
     corrects: str | None = None
+    #: lastLiquidity: ADDED (1) or REMOVED (2).
+    liquidity: int = REMOVED
 
     @property
     def side(self) -> str:
@@ -200,17 +217,21 @@ class RateMeter:
     max_per_window: int = 0
     _times: deque[float] = field(default_factory=deque, repr=False)
 
-    def record(self, t: float) -> None:
+    def record(self, t: float) -> int:
         self.count += 1
         self._times.append(t)
         while t - self._times[0] >= self.window:
             self._times.popleft()
         self.max_per_window = max(self.max_per_window, len(self._times))
+        return len(self._times)
 
 
 class Book:
-    def __init__(self, config: GatewayConfig, market: Market, clock: Callable[[], datetime]):
+    def __init__(self, config: GatewayConfig, market: Market, clock: Callable[[], datetime],
+                 faults: Faults | None = None):
         self.config = config
+        #: The running gateway's knobs (its own copy of config.faults).
+        self.faults = faults or config.faults
         self.market = market
         self.clock = clock
         #: Every order the gateway accepted or rejected with a record, by permId, in placement order.
@@ -223,6 +244,8 @@ class Book:
         self.dropped: list[tuple[int, OrderRequest]] = []
         #: Inbound message rates per clientId.
         self.inbound: dict[int, RateMeter] = {}
+        #: Messages refused with error 100 (over the pacing limit) per clientId: kit's own pacing keeps it 0.
+        self.paced: Counter[int] = Counter()
         self._superseded: set[str] = set()
         self._by_client_id: dict[tuple[int, int], Order] = {}
         self._max_ids: dict[int, int] = {}
@@ -250,10 +273,10 @@ class Book:
         return [o for o in self.orders.values() if o.order_ref == order_ref]
 
     def open_orders(self, client_id: int | None = None) -> list[Order]:
-        return [o for o in self.orders.values() if o.is_working and client_id in (None, o.client_id)]
+        return [o for o in self.orders.values() if o.is_open and client_id in (None, o.client_id)]
 
     def completed_orders(self) -> list[Order]:
-        return [o for o in self.orders.values() if not o.is_working]
+        return [o for o in self.orders.values() if not o.is_open]
 
     def working_orders(self, symbol: str) -> list[Order]:
         return [o for o in self.orders.values() if o.is_working and o.instrument.symbol == symbol]
@@ -265,8 +288,9 @@ class Book:
         """The most inbound messages any one client sent within one second."""
         return max((m.max_per_window for m in self.inbound.values()), default=0)
 
-    def record_inbound(self, client_id: int, t: float) -> None:
-        self.inbound.setdefault(client_id, RateMeter()).record(t)
+    def record_inbound(self, client_id: int, t: float) -> int:
+        """Count one inbound message; returns how many the client sent in the last second, this one too."""
+        return self.inbound.setdefault(client_id, RateMeter()).record(t)
 
     def positions(self) -> list[Position]:
         """Positions per (account, instrument) folded from the effective executions; closed ones have 0."""
@@ -321,6 +345,9 @@ class Book:
         inst = self.market.resolve(req.contract)
         if inst is None:
             return Rejection(200, UNKNOWN_CONTRACT)
+        refusal = self._refusal(req, inst)
+        if refusal is not None:
+            return refusal
         perm_id = next(self._perm_ids)
         order = self._new_order(client_id, req, inst, perm_id)
         self.orders[perm_id] = order
@@ -331,6 +358,7 @@ class Book:
             self._finish(order, reject_status, f"Rejected: {message}")
             return Rejection(code, message, order)
         order.slices = split(order.quantity, self.config.partial_fills, order.rng)
+        order.rested = not self.marketable(order)
         if order.tif == "IOC" and order.transmit and not self.marketable(order):
             self._finish(order, "Cancelled", "Cancelled: IOC order not marketable on arrival")
         return order
@@ -393,10 +421,32 @@ class Book:
         """The commission of one execution (or of a whole what-if order): per share, with a minimum."""
         return round(max(self.config.min_commission, self.config.commission_per_share * shares), 2)
 
+    def _execution_commission(self, earlier: list[Execution], shares: float) -> float:
+        """With ``min_commission_per_order`` (IB's fixed pricing) the minimum is charged once per order: each
+        execution pays what the order's cumulative commission grows by (so later partial fills of a small
+        order pay 0). Otherwise every execution pays at least the minimum."""
+        if not self.config.min_commission_per_order:
+            return self.commission(shares)
+        cumulative = self.commission(sum(e.shares for e in earlier) + shares)
+        return round(cumulative - sum(e.commission for e in earlier), 2)
+
     def drop(self, client_id: int, req: OrderRequest) -> None:
         """Swallow a request (the drop_orders fault): counted as placed, but nothing else happens."""
         self.placements[req.order_ref] += 1
         self.dropped.append((client_id, req))
+
+    def _refusal(self, req: OrderRequest, inst: Instrument) -> Rejection | None:
+        """IB's validation refusals, before any order exists (no permId, no record; the id is used up), each
+        behind its fault knob: 110 a limit price off the tick, 321 a size that is not whole shares."""
+        faults = self.faults
+        price = req.limit_price
+        if faults.reject_off_tick and price is not None and round_price(price, inst) != round(price, 8):
+            text = "The price does not conform to the minimum price variation for this contract."
+            return Rejection(110, text)
+        if faults.reject_fractional_size and not float(req.quantity).is_integer():
+            cause = f"The order size {req.quantity:g} is not a multiple of the size increment 1"
+            return Rejection(321, f"Error validating request.-'bW' : cause - {cause}")
+        return None
 
     def _check(self, order: Order) -> tuple[int, str] | None:
         """IB's precautionary checks: an (error code, message) when the order must be rejected."""
@@ -442,6 +492,7 @@ class Book:
         order.transmit = req.transmit
         order.status = "Submitted" if req.transmit else "PreSubmitted"
         order.slices = split(order.remaining, max(1, len(order.slices)), order.rng)
+        order.rested = not self.marketable(order)
         return order
 
     def marketable(self, order: Order) -> bool:
@@ -479,14 +530,17 @@ class Book:
     def _execute(
         self, order: Order, shares: float, price: float, corrects: Execution | None = None
     ) -> Execution:
-        if corrects is None:
+        if corrects is None and self.faults.exec_id_parts and order.fills:
+            base = order.fills[0].exec_id.rsplit(".", 2)[0]  # prefix.seq of the order's first execution
+            exec_id = f"{base}.{len(order.fills) + 1:02d}.01"
+        elif corrects is None:
             exec_id = f"{self._exec_prefix}.{next(self._exec_seq):08x}.01.01"
         else:
             exec_id = corrects.exec_id[:-2] + "02"
             self._superseded.add(corrects.exec_id)
-        commission = self.commission(shares)
-        pnl = self._position(self._fold(), order).apply(order.sign * shares, price)
         fills = [f for f in order.fills if f is not corrects]
+        commission = self._execution_commission(fills, shares)
+        pnl = self._position(self._fold(), order).apply(order.sign * shares, price)
         cum_qty = sum(f.shares for f in fills) + shares
         avg_price = (sum(f.shares * f.price for f in fills) + shares * price) / cum_qty
         execution = Execution(
@@ -495,12 +549,13 @@ class Book:
             shares=shares,
             price=price,
             time=self.clock(),
-            exchange=order.instrument.primary_exchange if order.exchange == "SMART" else order.exchange,
+            exchange=self._venue(order) if corrects is None else corrects.exchange,
             cum_qty=cum_qty,
             avg_price=round(avg_price, 8),
             commission=commission,
             realized_pnl=None if pnl is None else round(pnl - commission, 2),
             corrects=None if corrects is None else corrects.exec_id,
+            liquidity=ADDED if order.rested else REMOVED,
         )
         self.executions.append(execution)
         if corrects is None:
@@ -511,23 +566,40 @@ class Book:
             self._finish(order, "Filled", "Filled")
         return execution
 
+    def _venue(self, order: Order) -> str:
+        """Where a slice filled: a SMART order on one of the venues of its primary exchange, as IB names them
+        (ISLAND, not NASDAQ), chosen by a generator of its own so slice sizes and prices stay as seeded."""
+        if order.exchange != "SMART":
+            return order.exchange
+        primary = order.instrument.primary_exchange
+        venues = [v for v in VENUES.get(primary, (primary,)) if v != "NASDAQ"]
+        rng = random.Random(f"{self.config.seed}:{order.perm_id}:{len(order.fills)}")
+        return rng.choice(venues)
+
     def correct(self, execution: Execution) -> Execution:
         """Issue the ``.02`` correction of an execution: same shares, one tick better for the client."""
         order = execution.order
         better = round_price(execution.price - order.sign * order.instrument.min_tick, order.instrument)
         return self._execute(order, execution.shares, better, corrects=execution)
 
+    def set_inactive(self, order: Order) -> None:
+        """Inactive without a rejection: open and cancellable, but it never fills."""
+        order.status = "Inactive"
+        order.dormant = True
+
     def cancel(self, client_id: int, order_id: int) -> Order | Rejection:
         order = self.find(client_id, order_id)
         prefix = f"OrderId {order_id} that needs to be cancelled"
         if order is None:
             return Rejection(10147, f"{prefix} is not found.")
-        if not order.is_working:
+        if not order.is_open:
             return Rejection(10148, f"{prefix} cannot be cancelled, state: {order.status}.")
-        self._finish(order, "Cancelled", "Cancelled by Trader")
+        # An order never transmitted (transmit=False) is cancelled by the API before IB saw it.
+        self._finish(order, "Cancelled" if order.transmit else "ApiCancelled", "Cancelled by Trader")
         return order
 
     def _finish(self, order: Order, status: str, reason: str) -> None:
+        order.dormant = False
         order.status = status
         order.reason = reason
         order.completed_time = self.clock()

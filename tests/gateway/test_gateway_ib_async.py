@@ -36,7 +36,7 @@ def test_connects_within_a_second_with_accounts_and_notices():
             elapsed = time.perf_counter() - started
             assert ib.client.getAccounts() == ["DU111111", "DU222222"]
             assert [code for _, code in notices] == [2104, 2104, 2106, 2158]
-            assert ib.client.serverVersion() == 176
+            assert ib.client.serverVersion() == 178  # the lower of ib_async's maximum (178) and the gateway's
             assert gw.clients == [1]
             ib.disconnect()
             return elapsed
@@ -147,7 +147,8 @@ def test_rejections_201_over_max_size_and_10311_for_direct_routing():
             assert big.orderStatus.status == direct.orderStatus.status == "Cancelled"
             assert gw.state.orders_by_ref("big")[0].reason.startswith("Rejected: Order rejected - reason:")
             assert {f.commissionReport.currency for f in smart.fills} == {"EUR"}
-            assert {f.execution.exchange for f in smart.fills} == {"SBF"}
+            # a SMART fill names the venue it filled on, as IB does
+            assert {f.execution.exchange for f in smart.fills} <= {"SBF", "AQEUEN", "CHIXEN", "TRQXEN"}
             ib.disconnect()
 
     run(scenario())

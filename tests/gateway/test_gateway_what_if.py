@@ -47,13 +47,13 @@ def numbers(state: Any) -> dict[str, float]:
     return {name: float(getattr(state, name)) for name in ESTIMATE}
 
 
-def placed_fields(contract: Any, order: Any, order_id: int = 42) -> list[str]:
-    """The fields the real ib_async Client sends for placeOrder at server version 176."""
+def placed_fields(contract: Any, order: Any, order_id: int = 42, version: int = 178) -> list[str]:
+    """The fields the real ib_async Client sends for placeOrder at a server version."""
     from ib_async.client import Client
 
     sent: list[str] = []
     client = Client(None)
-    client.connState, client._serverVersion = Client.CONNECTED, 176
+    client.connState, client._serverVersion = Client.CONNECTED, version
     client.sendMsg = sent.append
     client.placeOrder(order_id, contract, order)
     [msg] = sent
@@ -78,9 +78,11 @@ def test_what_if_flag_is_found_wherever_the_optional_groups_put_it():
     from kit.gateway.protocol import parse_place_order
 
     aapl = Stock("AAPL", "SMART", "USD")
-    plain = placed_fields(aapl, MarketOrder("BUY", 10, whatIf=True))
-    assert len(plain) == 115 and plain[85] == "1"  # a plain order: whatIf is field 85
-    assert parse_place_order(plain).what_if
+    plain = placed_fields(aapl, MarketOrder("BUY", 10, whatIf=True), version=176)
+    assert len(plain) == 115 and plain[85] == "1"  # a plain order at 176: whatIf is field 85
+    assert parse_place_order(plain, 176).what_if
+    at_178 = placed_fields(aapl, MarketOrder("BUY", 10, whatIf=True))
+    assert at_178[84] == "1" and parse_place_order(at_178, 178).what_if  # no faProfile since 177
     assert not parse_place_order(placed_fields(aapl, MarketOrder("BUY", 10))).what_if
     hedged = Stock("AAPL", "SMART", "USD")
     hedged.deltaNeutralContract = DeltaNeutralContract(265598, 0.5, 190.0)
@@ -103,9 +105,9 @@ def test_what_if_flag_is_found_wherever_the_optional_groups_put_it():
                          smartComboRoutingParams=[TagValue("NonGuaranteed", "1")])),
     ]  # fmt: skip
     for contract, order in variants:
-        for what_if in (True, False):
+        for what_if, version in ((True, 176), (False, 176), (True, 178), (False, 178)):
             order.whatIf = what_if
-            request = parse_place_order(placed_fields(contract, order))
+            request = parse_place_order(placed_fields(contract, order, version=version), version)
             assert request.what_if is what_if, (contract, order)
             assert (request.action, request.order_type, request.limit_price) == ("BUY", "LMT", order.lmtPrice)
 
@@ -125,14 +127,14 @@ def test_the_what_if_open_order_decodes_as_ib_async_reads_it():
     estimate = book.what_if(3, request)
     assert isinstance(estimate, WhatIf)
     msg = m.open_order(estimate.order, estimate)
-    assert len(msg.fields) == 128 and len(m.open_order(estimate.order).fields) == 128
+    assert len(msg.wire(176)) == 128 and len(m.open_order(estimate.order).wire(176)) == 128
     calls: list[tuple[Any, ...]] = []
 
     class Wrapper:  # records what the Decoder hands ib_async's Wrapper
         def __getattr__(self, name: str):
             return lambda *args: calls.append((name, *args))
 
-    Decoder(Wrapper(), 176).interpret(list(msg.fields))  # type: ignore[arg-type]
+    Decoder(Wrapper(), 178).interpret(msg.wire(178))  # type: ignore[arg-type]
     [(name, order_id, contract, order, state)] = calls
     assert name == "openOrder"
     assert (order_id, order.whatIf, order.permId, contract.symbol) == (8, True, 0, "TTE")
