@@ -12,8 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
-from tests.browser.conftest import ENABLED, SKIP_REASON
+from browser_support import ENABLED, SKIP_REASON
 
 pytestmark = pytest.mark.skipif(not ENABLED, reason=SKIP_REASON)
 

@@ -14,9 +14,9 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+from browser_support import BIN, ENABLED, SKIP_REASON
 
 import kit
-from tests.browser.conftest import BIN, ENABLED, SKIP_REASON
 
 pytestmark = pytest.mark.skipif(not ENABLED, reason=SKIP_REASON)
 
