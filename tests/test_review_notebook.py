@@ -9,6 +9,9 @@ The ledger is built once per module: one IB run and one kernel per test is what 
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -113,17 +116,27 @@ def outputs(cell: nbformat.NotebookNode) -> tuple[str, set[str]]:
     return "\n".join(texts), mimes
 
 
-def run_review(tmp_path: Path, **parameters: str) -> dict[str, tuple[str, set[str]]]:
+def execute_review(folder: Path, **parameters: str) -> Path:
     """Execute the review notebook; papermill raises (naming the cell) if any cell fails."""
-    out = tmp_path / "review-out.ipynb"
+    out = folder / "review-out.ipynb"
     papermill.execute_notebook(str(REVIEW), str(out), parameters=parameters, kernel_name="python3",
-                               progress_bar=False, cwd=str(tmp_path))
-    notebook = nbformat.read(out, as_version=4)
+                               progress_bar=False, cwd=str(folder))
+    return out
+
+
+def cell_outputs(executed: Path) -> dict[str, tuple[str, set[str]]]:
+    notebook = nbformat.read(executed, as_version=4)
     return {cell.id: outputs(cell) for cell in notebook.cells if cell.cell_type == "code"}
 
 
-def test_review_notebook_shows_costs_plots_and_the_mock_ib_gap(ledger: Path, tmp_path: Path) -> None:
-    cells = run_review(tmp_path, db=str(ledger))  # run_id None: the latest run, the IB one
+@pytest.fixture(scope="module")
+def review(ledger: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The review of the ledger's latest run (the IB one), executed once for the tests that read it."""
+    return execute_review(tmp_path_factory.mktemp("review-out"), db=str(ledger))
+
+
+def test_review_notebook_shows_costs_plots_and_the_mock_ib_gap(review: Path) -> None:
+    cells = cell_outputs(review)
     assert f"Run {IB_KEY} (" in cells["load"][0] and "strategy pairs" in cells["load"][0]
     tca_text = cells["tca"][0]
     assert "TCA summary" in tca_text and "slippage_decision_bps" in tca_text and "shortfall" in tca_text
@@ -138,6 +151,24 @@ def test_review_notebook_shows_costs_plots_and_the_mock_ib_gap(ledger: Path, tmp
 
 
 def test_review_notebook_says_so_when_the_ledger_has_no_runs(tmp_path: Path) -> None:
-    cells = run_review(tmp_path, db=str(tmp_path / "empty.duckdb"))
+    cells = cell_outputs(execute_review(tmp_path, db=str(tmp_path / "empty.duckdb")))
     assert "has no runs yet" in cells["load"][0]
     assert all(PLOTLY not in mimes for _, mimes in cells.values())
+
+
+def test_the_html_export_carries_plotly_js_once_and_every_figure(review: Path) -> None:
+    """`jupyter nbconvert --to html` of a review: one file that draws every plot without a network.
+
+    tests/browser/test_review_export.py opens such a file in Chromium with the network cut off.
+    """
+    figures = sum(PLOTLY in mimes for _, mimes in cell_outputs(review).values())
+    assert figures == 5  # timeline, fills, slippage, latency, gap
+    jupyter = Path(sys.executable).parent / "jupyter"
+    subprocess.run([str(jupyter), "nbconvert", "--to", "html", str(review)], check=True, capture_output=True,
+                   timeout=120)
+    html = review.with_suffix(".html").read_text()
+    assert len(re.findall(r"\* plotly\.js v\d+\.\d+\.\d+", html)) == 1  # the library, inline, once
+    sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']+)", html)
+    assert not [src for src in sources if "plot" in src.lower()], sources  # no plotly.js from a CDN
+    assert html.count('class="plotly-graph-div"') == figures
+    assert html.count("Plotly.newPlot(") == figures

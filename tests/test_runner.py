@@ -143,10 +143,11 @@ def test_params_lists_names_defaults_and_comments(capsys: pytest.CaptureFixture)
     assert kit("params", MOMENTUM) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == [
-        "broker", "run_key", "db", "capital", "lookback", "top_n", "prices_file", "timeout"]
-    assert lines[0].split(None, 3) == ["broker", "=", '"mock"', '# "mock" or "ib"']
-    assert lines[3].startswith("capital = 1_000_000.0") and lines[3].endswith("# money to allocate, in USD")
+    assert [line.split(":")[0] for line in lines] == [
+        "broker", "run_key", "db", "capital", "lookback", "top_n", "prices_file", "timeout", "approve"]
+    assert lines[0].split(None, 4) == ["broker:", "str", "=", '"mock"', '# "mock" or "ib"']
+    assert lines[3].startswith("capital: float = 1_000_000.0")
+    assert lines[3].endswith("# money to allocate, in USD")
     assert "--run-key" in lines[1] and "--db" in lines[2]
 
 
