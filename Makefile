@@ -63,7 +63,7 @@ test: $(VENV)/.installed $(INSYNC)/.installed $(IBAPI)/.installed $(IBAPI10)/.in
 
 # A real browser: JupyterLab runs notebooks/momentum.ipynb in headless Chromium driven by Playwright, and the
 # review's HTML export is drawn with the network cut off. Needs Debian's chromium (/usr/bin/chromium, or
-# KIT_CHROMIUM; .ci/run installs it) and Playwright, which this target installs: never its browser download.
+# KITTEST_CHROMIUM; .ci/run installs it) and Playwright, which this target installs: never its browser download.
 PLAYWRIGHT ?= playwright==1.65.2
 .PHONY: test-browser
 $(VENV)/.playwright: $(VENV)/.installed
@@ -71,12 +71,12 @@ $(VENV)/.playwright: $(VENV)/.installed
 	touch $@
 
 test-browser: $(VENV)/.playwright
-	KIT_BROWSER_TESTS=1 KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q tests/browser
+	KITTEST_BROWSER_TESTS=1 KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q tests/browser
 
 # The long randomized crash matrix (random kill points, fill models and seeds); not part of make test.
 CRASH_ROUNDS ?= 40
 crash-soak: $(VENV)/.installed
-	KIT_CRASH_SOAK=$(CRASH_ROUNDS) $(BIN)/pytest -q tests/test_crash_matrix.py -k soak
+	KITTEST_CRASH_SOAK=$(CRASH_ROUNDS) $(BIN)/pytest -q tests/test_crash_matrix.py -k soak
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -54,12 +54,9 @@ class Settings(_Strict):
     lock_dir: str = "data/locks"
     debug: bool = False
     risk: RiskSettings = RiskSettings()
-    # Only in the environment: where the file is, and the hooks kit's own test suite sets.
+    # Only in the environment: where the file is. (kit's own test suite uses KITTEST_* variables, which are
+    # not kit settings.)
     config: str | None = None
-    crash_at: str | None = None
-    crash_soak: Count | None = None
-    crash_seed: int | None = None
-    update_expected: bool = False
 
 
-ENVIRONMENT_ONLY = frozenset({"config", "crash_at", "crash_soak", "crash_seed", "update_expected"})
+ENVIRONMENT_ONLY = frozenset({"config"})

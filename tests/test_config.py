@@ -53,7 +53,7 @@ MALFORMED_FILES = [
     ("ledger_wait = -5", "ledger_wait must be a number greater than or equal to 0, not -5"),
     ('ib_library = "ib-async"', "ib_library must be one of 'ib_async', 'ib_insync', not 'ib-async'"),
     ('config = "other.toml"', "config can be set only in the environment (KIT_CONFIG)"),
-    ("crash_at = 'submit'", "crash_at can be set only in the environment (KIT_CRASH_AT)"),
+    ("crash_at = 'submit'", "unknown key 'crash_at'"),
     ("risk_max_orders = 3", "unknown key 'risk_max_orders' (did you mean [risk] max_orders?)"),
     ("risk = 5", "risk must be a table, not 5"),
     ("[ib]\nport = 4002", "unknown key 'ib' (valid: db, ib_host,"),
@@ -126,7 +126,7 @@ MALFORMED_ENVIRONMENTS = [
     ("KIT_RISK_COLLAR", "-1", "KIT_RISK_COLLAR must be a number greater than or equal to 0, not '-1'"),
     ("KIT_IB_LIBRARY", "ib_insyn", "KIT_IB_LIBRARY must be one of 'ib_async', 'ib_insync', not 'ib_insyn'"),
     ("KIT_LEDGER_WAIT", "soon", "environment variable KIT_LEDGER_WAIT must be a number, not 'soon'"),
-    ("KIT_CRASH_SOAK", "many", "environment variable KIT_CRASH_SOAK must be an integer, not 'many'"),
+    ("KIT_CRASH_AT", "engine.before_submit", "unknown environment variable KIT_CRASH_AT"),
 ]
 
 

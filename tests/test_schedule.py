@@ -95,12 +95,12 @@ MONTHS = [
 @pytest.mark.parametrize(("job", "tz", "start", "end", "filename"), MONTHS, ids=[m[-1] for m in MONTHS])
 def test_slots_of_a_month_match_expected_file(job: Job, tz: ZoneInfo, start: str, end: str, filename: str):
     """The files were checked by hand against the exchanges' holidays, early closes and DST dates.
-    After a deliberate change, regenerate them with KIT_UPDATE_EXPECTED=1 and review the diff."""
+    After a deliberate change, regenerate them with KITTEST_UPDATE_EXPECTED=1 and review the diff."""
     window = [datetime.fromisoformat(bound).replace(tzinfo=tz) for bound in (start, end)]
     rows = [["slot_utc", "slot_local", "run_key"]]
     rows += [[s.isoformat(), s.astimezone(tz).isoformat(), run_key(job, s)] for s in slots(job, *window)]
     path = EXPECTED / filename
-    if os.environ.get("KIT_UPDATE_EXPECTED"):
+    if os.environ.get("KITTEST_UPDATE_EXPECTED"):
         with path.open("w", newline="") as out:
             csv.writer(out).writerows(rows)
     with path.open(newline="") as expected:

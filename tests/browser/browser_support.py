@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-ENABLED = os.environ.get("KIT_BROWSER_TESTS") == "1"
-SKIP_REASON = "a browser test: `make test-browser` runs it (KIT_BROWSER_TESTS=1)"
-CHROMIUM = Path(os.environ.get("KIT_CHROMIUM", "/usr/bin/chromium"))
+ENABLED = os.environ.get("KITTEST_BROWSER_TESTS") == "1"
+SKIP_REASON = "a browser test: `make test-browser` runs it (KITTEST_BROWSER_TESTS=1)"
+CHROMIUM = Path(os.environ.get("KITTEST_CHROMIUM", "/usr/bin/chromium"))
 # The machine's network is closed: without these, Chromium keeps trying to reach Google's services.
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -1,5 +1,5 @@
 """What the browser tests start: Debian's Chromium driven by Playwright, and JupyterLab on a free loopback
-port. `make test-browser` installs Playwright and sets KIT_BROWSER_TESTS=1; `make test` skips these.
+port. `make test-browser` installs Playwright and sets KITTEST_BROWSER_TESTS=1; `make test` skips these.
 
 The browser may reach loopback only: every other request is aborted, so a page that needs the internet
 fails here as it would on an offline laptop (and no test traffic leaves the machine).
@@ -31,7 +31,7 @@ def _loopback_only(route) -> None:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A headless Chromium context with a fresh profile; pages opened in it reach loopback only."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set KIT_CHROMIUM)")
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set KITTEST_CHROMIUM)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

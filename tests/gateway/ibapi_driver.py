@@ -30,7 +30,7 @@ from ibapi.wrapper import EWrapper
 
 TEN = int(ibapi.__version__.split(".")[0]) >= 10 if hasattr(ibapi, "__version__") else False
 DECODE_ERRORS = {505, 507, 508}  # unknown message id, bad length, bad message
-TIMEOUT = float(os.environ.get("KIT_IBAPI_TIMEOUT", "10"))
+TIMEOUT = float(os.environ.get("KITTEST_IBAPI_TIMEOUT", "10"))
 #: The connection being driven, for the report of a scenario that failed half way.
 CURRENT: list[App] = []
 

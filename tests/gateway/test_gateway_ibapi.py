@@ -41,7 +41,7 @@ def client(name: str) -> Path:
 
 
 def drive(python: Path, scenario: str, port: int, *args: str, timeout: float = 10) -> dict:
-    env = {**os.environ, "KIT_IBAPI_TIMEOUT": str(timeout)}
+    env = {**os.environ, "KITTEST_IBAPI_TIMEOUT": str(timeout)}
     done = subprocess.run(
         [str(python), str(DRIVER), scenario, str(port), *args], capture_output=True, text=True, timeout=120,
         env=env,
