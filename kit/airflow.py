@@ -41,9 +41,9 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction, Timetable
 
-from kit.clock import now_utc
+from kit import clock
 from kit.config import IBSettings
-from kit.errors import RunFailed
+from kit.errors import RunFailed, ScheduleError
 from kit.schedule import Job, due, load_jobs, next_slot, run_key
 
 DAG_PREFIX = "kit-"
@@ -106,7 +106,7 @@ class KitTimetable(Timetable):
         Airflow creates the run when its `run_after` has passed, so a future slot waits for its moment.
         """
         last = None if last_automated_data_interval is None else _kit_time(last_automated_data_interval.end)
-        now = now_utc()
+        now = clock.now_utc()
         slot = due(self.job, now, last)
         if slot is None:
             slot = next_slot(self.job, max(now, last) if last is not None else now)
@@ -201,7 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("pools", help="pools for `airflow pools import`").add_argument("file", type=Path)
     args = parser.parse_args(argv)
-    json.dump(pools(load_jobs(args.file)), sys.stdout, indent=2)
+    try:
+        needed = pools(load_jobs(args.file))
+    except ScheduleError as exc:
+        print(f"kit: {exc}", file=sys.stderr)
+        return 2
+    json.dump(needed, sys.stdout, indent=2)
     print()
     return 0
 

@@ -4,6 +4,7 @@ Started by test_airflow.py, which sets AIRFLOW_HOME and Airflow's dags and plugi
 dags/ and plugins/, and asserts on the JSON.
 
     driver.py dags JOBS START COUNT     the DAGs of a job file and the first COUNT slots of each from START
+    driver.py after_outage JOBS NOW LAST the next run of each DAG after downtime, at a fixed clock
     driver.py run JOB SLOT              dag.test() of the job's DAG (job file: KIT_AIRFLOW_JOBS) for the slot
 """
 
@@ -47,6 +48,21 @@ def dags(jobs: str, start: str, count: str) -> dict:
     return out
 
 
+def after_outage(jobs: str, now: str, last: str) -> dict:
+    """What each DAG runs next when the scheduler comes back at NOW and its last run was the slot LAST."""
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    from kit import clock
+    from kit.airflow import EPOCH, dags_from_file
+
+    clock.now_utc = lambda: datetime.fromisoformat(now)  # the scheduler's clock, fixed for the scenario
+    restriction = TimeRestriction(earliest=EPOCH, latest=None, catchup=False)
+    previous = DataInterval.exact(datetime.fromisoformat(last))
+    return {dag_id: dag.timetable.next_dagrun_info(last_automated_data_interval=previous,
+                                                   restriction=restriction).logical_date.isoformat()
+            for dag_id, dag in dags_from_file(jobs).items()}
+
+
 def run(job: str, slot: str) -> dict:
     """The DAG object of the dags folder's file (the one Airflow's own parsing registers), run once."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
@@ -62,4 +78,4 @@ def run(job: str, slot: str) -> dict:
 
 if __name__ == "__main__":
     scenario, *args = sys.argv[1:]
-    print(json.dumps({"dags": dags, "run": run}[scenario](*args)))
+    print(json.dumps({"dags": dags, "after_outage": after_outage, "run": run}[scenario](*args)))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import kit
-from kit.schedule import load_jobs, run_key, slots
+from kit.schedule import due, load_jobs, next_slot, run_key, slots
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -73,6 +73,20 @@ def test_one_dag_per_job_scheduled_on_kits_own_slots(airflow_python: Path, tmp_p
     assert "2027-11-25T20:45:00+00:00" not in close  # no session on Thanksgiving
     assert "2027-11-26T17:45:00+00:00" in close  # 15 minutes before the 13:00 early close
     assert "2027-11-25T08:05:00+00:00" in out["kit-paris-open"]["slots"]  # Paris trades that day
+
+
+def test_after_downtime_airflow_runs_what_kit_schedule_would(airflow_python: Path, tmp_path: Path):
+    now = datetime(2027, 11, 30, 14, 40, tzinfo=UTC)
+    last = datetime(2027, 11, 24, 20, 45, tzinfo=UTC)  # the scheduler was down for the Thanksgiving week
+    out = drive(airflow_python, tmp_path, "after_outage", str(SAMPLE_JOBS), now.isoformat(), last.isoformat(),
+                env={"KIT_AIRFLOW_JOBS": str(SAMPLE_JOBS)})
+
+    for job in load_jobs(SAMPLE_JOBS):
+        expected = due(job, now, last) or next_slot(job, now)
+        assert out[f"kit-{job.name}"] == expected.isoformat(), job.name
+    assert out["kit-momentum-close"] == "2027-11-29T20:45:00+00:00"  # catch_up: the latest missed slot, once
+    assert out["kit-us-open"] == "2027-11-30T14:35:00+00:00"  # skip: 5 minutes late is within its grace
+    assert out["kit-paris-open"] == "2027-12-01T08:05:00+00:00"  # skip: today's 08:05 is too old; tomorrow
 
 
 def test_jobs_that_may_reach_ib_share_one_pool_per_account_and_client_id(airflow_python: Path,
