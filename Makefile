@@ -58,7 +58,7 @@ clean:
 	rm -rf $(VENV) $(INSYNC) .pytest_cache .ruff_cache .hypothesis
 
 # Airflow 3 runs kit's jobs (kit/airflow.py) in its own environment: its dependency set is large and pinned on
-# its own (tests/airflow/constraints.txt, the tested set), and kit is installed there without its ib_async.
+# its own (tests/airflow/constraints.txt, the tested set), and kit is installed there without JupyterLab and plotly.
 AIRFLOW := .venv-airflow
 .PHONY: airflow clean-airflow
 
@@ -67,7 +67,8 @@ $(AIRFLOW)/.installed: pyproject.toml tests/airflow/constraints.txt
 	echo "*" > $(AIRFLOW)/.gitignore
 	$(AIRFLOW)/bin/python -m pip install --quiet --upgrade pip
 	$(AIRFLOW)/bin/python -m pip install --quiet -c tests/airflow/constraints.txt apache-airflow==3.1.8 \
-		pandas==3.1.1 duckdb==2.0.0 papermill==2.7.0 ipykernel==7.4.0 croniter==7.0.0 exchange_calendars==4.13.2
+		ib_async==2.1.0 pandas==3.1.1 duckdb==2.0.0 papermill==2.7.0 ipykernel==7.4.0 croniter==7.0.0 \
+		exchange_calendars==4.13.2
 	$(AIRFLOW)/bin/python -m pip install --quiet --no-deps -e .
 	$(AIRFLOW)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
