@@ -148,17 +148,19 @@ def pools(jobs: Sequence[Job], ib: IBSettings | None = None) -> dict[str, dict[s
                    "include_deferred": False} for name in needed}
 
 
-def run_slot(job: Mapping[str, Any], project: str, db: str | None, logical_date: datetime) -> dict[str, str]:
+def run_slot(job: Mapping[str, Any], project: str, db: str | None, logical_date: datetime | None,
+             dag_run: Any) -> dict[str, str]:
     """The task: the notebook of the job's slot through kit's runner, under the slot's run_key.
 
     Runs in the project directory, as `kit schedule` does, so the job file's relative paths, kit.toml and
     data/ mean the same. A failed run raises, so Airflow retries it; the retry has the same logical date,
-    hence the same run_key, and resumes the run's orders instead of sending them again.
+    hence the same run_key, and resumes the run's orders instead of sending them again. Airflow 3 lets a
+    manual run have no logical date: its moment is then when it was asked to run.
     """
     from kit.runner import execute_notebook  # papermill and Jupyter: only in the task
 
     the_job = job_from_fields(job)
-    key = run_key(the_job, _kit_time(logical_date))
+    key = run_key(the_job, _kit_time(logical_date or dag_run.run_after))
     with contextlib.chdir(project):
         result = execute_notebook(the_job.notebook, the_job.parameters, run_key=key, db=db)
     if result.status == "skipped":

@@ -11,7 +11,8 @@ Use the session fixture from a test module or a conftest:
 
     from tests.pg_server import postgres_dsn  # noqa: F401  (pytest finds the fixture by name)
 
-or start a server of your own with `with PostgresServer() as server: server.dsn`.
+or take a database of its own on the session's server (`postgres_server.create_database("t1")` returns its
+DSN), or start a server of your own with `with PostgresServer() as server: server.dsn`.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class PostgresServer:
             self._pg("initdb", "-D", str(self.data_dir), "-U", USER, "--auth=trust", "--encoding=UTF8",
                      "--no-locale", "--no-instructions")
             self._start_on_a_free_port()
-            self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DATABASE)
+            self.create_database(DATABASE)
         except BaseException:
             self.stop()
             raise
@@ -107,9 +108,10 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
 
-    def pid(self) -> int:
-        """The postmaster's process id, from its pid file."""
-        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+    def create_database(self, name: str) -> str:
+        """A new, empty database on this server, for a test that needs its own; returns its DSN."""
+        self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, name)
+        return self.dsn.rsplit("/", 1)[0] + f"/{name}"
 
     def __enter__(self) -> PostgresServer:
         return self.start()
