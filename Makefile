@@ -56,7 +56,7 @@ demo-ib: $(VENV)/.installed
 		$(BIN)/kit run notebooks/momentum.ipynb --run-key $(RUN_KEY)-ib -p broker ib
 	$(BIN)/kit summary --run $(RUN_KEY)-ib
 
-test: $(VENV)/.installed $(INSYNC)/.installed $(IBAPI)/.installed $(IBAPI10)/.installed
+test: $(VENV)/.installed $(INSYNC)/.installed $(IBAPI)/.installed $(IBAPI10)/.installed .venv-airflow/.installed
 	$(BIN)/ruff check .
 	KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q tests
 	KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q --nbval-lax notebooks
@@ -86,3 +86,25 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(INSYNC) $(IBAPI) $(IBAPI10) .pytest_cache .ruff_cache .hypothesis
+
+# Airflow 3 runs kit's jobs (kit/airflow.py) in its own environment: its dependency set is large and pinned on
+# its own (tests/airflow/constraints.txt, the tested set), and kit is installed there without JupyterLab and plotly.
+AIRFLOW := .venv-airflow
+.PHONY: airflow clean-airflow
+
+$(AIRFLOW)/.installed: pyproject.toml tests/airflow/constraints.txt
+	test -x $(AIRFLOW)/bin/python || $(PYTHON) -m venv $(AIRFLOW)
+	echo "*" > $(AIRFLOW)/.gitignore
+	$(AIRFLOW)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW)/bin/python -m pip install --quiet -c tests/airflow/constraints.txt apache-airflow==3.1.8 \
+		ib_async==2.1.0 pandas==3.1.1 duckdb==2.0.0 papermill==2.7.0 ipykernel==7.4.0 croniter==7.0.0 \
+		exchange_calendars==4.13.2
+	$(AIRFLOW)/bin/python -m pip install --quiet --no-deps -e .
+	$(AIRFLOW)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+airflow: $(AIRFLOW)/.installed
+
+clean: clean-airflow
+clean-airflow:
+	rm -rf $(AIRFLOW)
