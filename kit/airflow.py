@@ -5,7 +5,7 @@ Each piece keeps a promise `kit schedule` makes on one machine:
   follows holidays and early closes, and `missed` (skip within `grace`, or catch_up: the latest missed slot
   once) decides what runs after downtime, exactly as `kit schedule` would. Airflow's `catchup` is off: it
   would run every missed slot, a burst kit never does.
-- Which run: the task's run_key is kit.schedule.run_key(job, logical date), so a retry, a cleared task or a
+- Which run: the task's run_key is kit.slots.run_key(job, logical date), so a retry, a cleared task or a
   re-run DAG run resumes that run's orders instead of sending them again, and Airflow and `kit schedule`
   give one slot the same key.
 - The record: the task runs the notebook through kit's runner, so the ledger holds the same run rows,
