@@ -1,30 +1,48 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv from pyproject.toml.
+# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv from pyproject.toml,
+# pinned by constraints.txt.
 PYTHON ?= python3
 VENV := .venv
 INSYNC := .venv-insync
+EXTRAS := ib,lab,review,test
+INSYNC_EXTRAS := insync,test
 BIN := $(VENV)/bin
 RUN_KEY ?= demo-$(shell date -u +%Y-%m-%d)
 KIT_DB ?= data/kit.duckdb
 export KIT_DB
 
-.PHONY: demo demo-ib test crash-soak lint bench clean insync
+.PHONY: demo demo-ib test crash-soak lint bench clean insync constraints
 
-$(VENV)/.installed: pyproject.toml
+# Both environments install from constraints.txt, the exact set `make test` passed with; pyproject.toml
+# holds only compatible ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" -c constraints.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-# ib_insync and ib_async both install a top-level `eventkit`, so ib_insync lives in its own environment,
-# with kit installed there without its ib_async dependency.
-$(INSYNC)/.installed: pyproject.toml
+# ib_insync and ib_async both install a top-level `eventkit`, so ib_insync lives in its own environment:
+# kit with the insync extra instead of ib, same constraints.
+$(INSYNC)/.installed: pyproject.toml constraints.txt
 	test -x $(INSYNC)/bin/python || $(PYTHON) -m venv $(INSYNC)
 	$(INSYNC)/bin/python -m pip install --quiet --upgrade pip
-	$(INSYNC)/bin/python -m pip install --quiet ib_insync==0.9.86 pandas==3.1.1 duckdb==2.0.0 \
-		croniter==7.0.0 pytest==9.2.0 hypothesis==6.170.15
-	$(INSYNC)/bin/python -m pip install --quiet --no-deps -e .
+	$(INSYNC)/bin/python -m pip install --quiet -e ".[$(INSYNC_EXTRAS)]" -c constraints.txt
 	touch $@
+
+# Re-resolve the newest versions pyproject.toml allows into constraints.txt, in scratch environments (the
+# insync one held to the main one's versions, so the two agree); then `make test` before committing it.
+LOCK := .venv-lock
+constraints:
+	rm -rf $(LOCK) $(LOCK)-insync
+	$(PYTHON) -m venv $(LOCK)
+	$(LOCK)/bin/python -m pip install --quiet ".[$(EXTRAS)]"
+	$(LOCK)/bin/python -m pip freeze --exclude kit > $(LOCK)/frozen.txt
+	$(PYTHON) -m venv $(LOCK)-insync
+	$(LOCK)-insync/bin/python -m pip install --quiet ".[$(INSYNC_EXTRAS)]" -c $(LOCK)/frozen.txt
+	$(LOCK)-insync/bin/python -m pip freeze --exclude kit > $(LOCK)-insync/frozen.txt
+	(grep '^#' constraints.txt; sort -fu $(LOCK)/frozen.txt $(LOCK)-insync/frozen.txt) > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK) $(LOCK)-insync
 
 insync: $(INSYNC)/.installed
 
