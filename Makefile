@@ -10,7 +10,7 @@ RUN_KEY ?= demo-$(shell date -u +%Y-%m-%d)
 KIT_DB ?= data/kit.duckdb
 export KIT_DB
 
-.PHONY: demo demo-ib test crash-soak lint bench clean insync constraints
+.PHONY: demo demo-ib test test-lowest crash-soak lint bench clean insync constraints
 
 # Both environments install from constraints.txt, the exact set `make test` passed with; pyproject.toml
 # holds only compatible ranges.
@@ -44,6 +44,16 @@ constraints:
 	mv constraints.txt.new constraints.txt
 	rm -rf $(LOCK) $(LOCK)-insync
 
+# The suite on the lowest version of each direct dependency that pyproject.toml allows (not in make test).
+LOWEST := .venv-lowest
+test-lowest:
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet -e ".[ib,review,test]" -c constraints-lowest.txt
+	$(LOWEST)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	KIT_DB=$$(mktemp -d)/kit.duckdb $(LOWEST)/bin/pytest -q tests --ignore tests/test_wheel.py \
+		--deselect tests/test_packaging.py::test_make_installed_exactly_the_constrained_set
+
 insync: $(INSYNC)/.installed
 
 demo: $(VENV)/.installed
@@ -73,4 +83,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(INSYNC) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INSYNC) $(LOCK) $(LOCK)-insync $(LOWEST) .pytest_cache .ruff_cache .hypothesis

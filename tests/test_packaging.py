@@ -18,6 +18,7 @@ import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from kit.brokers.ib import ib_library
 from kit.errors import KitError
@@ -27,12 +28,12 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 INSYNC_PYTHON = ROOT / ".venv-insync" / "bin" / "python"
 
 
-def constraints() -> dict[str, str]:
+def constraints(file: str = "constraints.txt") -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
+    for line in (ROOT / file).read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, version = line.split("==")
-            assert canonicalize_name(name) not in pins, f"constraints.txt pins {name} twice"
+            assert canonicalize_name(name) not in pins, f"{file} pins {name} twice"
             pins[canonicalize_name(name)] = version.strip()
     return pins
 
@@ -54,6 +55,17 @@ def test_every_dependency_is_pinned_within_its_range():
         assert name in pins, f"{requirement.name} is not in constraints.txt: run `make constraints`"
         assert requirement.specifier.contains(pins[name]), f"constraints.txt pins {name}=={pins[name]}, " \
                                                            f"outside pyproject's {requirement}"
+
+
+def test_make_test_lowest_pins_each_lower_bound():
+    """`make test-lowest` runs the suite on what the lower bounds promise (kit[lab] and kit[insync] aside:
+    nothing imports JupyterLab, and ib_insync's 0.9.86 is its last release, tested in .venv-insync)."""
+    lowest = constraints("constraints-lowest.txt")
+    bounds = {canonicalize_name(r.name): next(s.version for s in r.specifier if s.operator == ">=")
+              for r in declared()}
+    assert lowest.keys() == bounds.keys() - {"jupyterlab", "ib-insync"}
+    for name, pin in lowest.items():
+        assert Version(pin) == Version(bounds[name]), f"{name}=={pin} vs >={bounds[name]}"
 
 
 def installed_closure(requirements: list[Requirement], extras: set[str]) -> dict[str, str]:
