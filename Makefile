@@ -1,32 +1,60 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv from pyproject.toml.
+# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv from pyproject.toml,
+# pinned by constraints.txt.
 PYTHON ?= python3
 VENV := .venv
 INSYNC := .venv-insync
 IBAPI := .venv-ibapi
 IBAPI10 := .venv-ibapi10
+EXTRAS := ib,lab,review,test
+INSYNC_EXTRAS := insync,test
 BIN := $(VENV)/bin
 RUN_KEY ?= demo-$(shell date -u +%Y-%m-%d)
 KIT_DB ?= data/kit.duckdb
 export KIT_DB
 
-.PHONY: demo demo-ib test crash-soak lint bench clean insync ibapi
+.PHONY: demo demo-ib test test-lowest crash-soak lint bench clean insync ibapi constraints
 
-$(VENV)/.installed: pyproject.toml
+# Both environments install from constraints.txt, the exact set `make test` passed with; pyproject.toml
+# holds only compatible ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" -c constraints.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-# ib_insync and ib_async both install a top-level `eventkit`, so ib_insync lives in its own environment,
-# with kit installed there without its ib_async dependency.
-$(INSYNC)/.installed: pyproject.toml
+# ib_insync and ib_async both install a top-level `eventkit`, so ib_insync lives in its own environment:
+# kit with the insync extra instead of ib, same constraints.
+$(INSYNC)/.installed: pyproject.toml constraints.txt
 	test -x $(INSYNC)/bin/python || $(PYTHON) -m venv $(INSYNC)
 	$(INSYNC)/bin/python -m pip install --quiet --upgrade pip
-	$(INSYNC)/bin/python -m pip install --quiet ib_insync==0.9.86 pandas==3.1.1 duckdb==2.0.0 \
-		croniter==7.0.0 pydantic==2.14.3 pytest==9.2.0 hypothesis==6.170.15
-	$(INSYNC)/bin/python -m pip install --quiet --no-deps -e .
+	$(INSYNC)/bin/python -m pip install --quiet -e ".[$(INSYNC_EXTRAS)]" -c constraints.txt
 	touch $@
+
+# Re-resolve the newest versions pyproject.toml allows into constraints.txt, in scratch environments (the
+# insync one held to the main one's versions, so the two agree); then `make test` before committing it.
+LOCK := .venv-lock
+constraints:
+	rm -rf $(LOCK) $(LOCK)-insync
+	$(PYTHON) -m venv $(LOCK)
+	$(LOCK)/bin/python -m pip install --quiet ".[$(EXTRAS)]"
+	$(LOCK)/bin/python -m pip freeze --exclude kit > $(LOCK)/frozen.txt
+	$(PYTHON) -m venv $(LOCK)-insync
+	$(LOCK)-insync/bin/python -m pip install --quiet ".[$(INSYNC_EXTRAS)]" -c $(LOCK)/frozen.txt
+	$(LOCK)-insync/bin/python -m pip freeze --exclude kit > $(LOCK)-insync/frozen.txt
+	(grep '^#' constraints.txt; sort -fu $(LOCK)/frozen.txt $(LOCK)-insync/frozen.txt) > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK) $(LOCK)-insync
+
+# The suite on the lowest version of each direct dependency that pyproject.toml allows (not in make test).
+LOWEST := .venv-lowest
+test-lowest:
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet -e ".[ib,review,test]" -c constraints-lowest.txt
+	$(LOWEST)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	KIT_DB=$$(mktemp -d)/kit.duckdb $(LOWEST)/bin/pytest -q tests --ignore tests/test_wheel.py \
+		--deselect tests/test_packaging.py::test_make_installed_exactly_the_constrained_set
 
 insync: $(INSYNC)/.installed
 
@@ -63,14 +91,9 @@ test: $(VENV)/.installed $(INSYNC)/.installed $(IBAPI)/.installed $(IBAPI10)/.in
 
 # A real browser: JupyterLab runs notebooks/momentum.ipynb in headless Chromium driven by Playwright, and the
 # review's HTML export is drawn with the network cut off. Needs Debian's chromium (/usr/bin/chromium, or
-# KITTEST_CHROMIUM; .ci/run installs it) and Playwright, which this target installs: never its browser download.
-PLAYWRIGHT ?= playwright==1.65.2
+# KITTEST_CHROMIUM; .ci/run installs it) and Playwright (the test extra), never Playwright's browser download.
 .PHONY: test-browser
-$(VENV)/.playwright: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet $(PLAYWRIGHT)
-	touch $@
-
-test-browser: $(VENV)/.playwright
+test-browser: $(VENV)/.installed
 	KITTEST_BROWSER_TESTS=1 KIT_DB=$$(mktemp -d)/kit.duckdb $(BIN)/pytest -q tests/browser
 
 # The long randomized crash matrix (random kill points, fill models and seeds); not part of make test.
@@ -85,7 +108,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(INSYNC) $(IBAPI) $(IBAPI10) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INSYNC) $(IBAPI) $(IBAPI10) $(LOCK) $(LOCK)-insync $(LOWEST) .pytest_cache .ruff_cache .hypothesis
 
 # Airflow 3 runs kit's jobs (kit/airflow.py) in its own environment: its dependency set is large and pinned on
 # its own (tests/airflow/constraints.txt, the tested set), and kit is installed there without JupyterLab and plotly.

@@ -34,7 +34,9 @@ def ib_library(name: str | None = None) -> ModuleType:
             return importlib.import_module(candidate)
         except ImportError:
             continue
-    raise KitError("the IB broker needs ib_async (pip install ib_async) or ib_insync")
+    extra = "kit[insync]" if choice == "ib_insync" else "kit[ib]"
+    raise KitError(f"the IB broker needs {choice or 'ib_async (or ib_insync)'}: install {extra} "
+                   f"(pip install '{extra}')")
 
 
 class IBBroker(Broker):
