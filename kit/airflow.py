@@ -12,7 +12,7 @@ Each piece keeps a promise `kit schedule` makes on one machine:
   output notebooks and statuses as `kit run`.
 - One connection per clientId: IB allows one client per (account, clientId), so every job that trades
   through IB takes the single slot of the pool named after them. Create the pools with
-  `python -m kit.airflow pools jobs.toml > pools.json && airflow pools import pools.json`.
+  `kit schedule jobs.toml --pools > pools.json && airflow pools import pools.json`.
 
 A DAG file (in Airflow's dags folder) is two lines:
 
@@ -25,11 +25,8 @@ folder (Airflow refuses to load a DAG whose timetable no plugin registered).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,8 +40,8 @@ from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction, T
 
 from kit import clock
 from kit.config import IBSettings
-from kit.errors import RunFailed, ScheduleError
-from kit.schedule import load_jobs
+from kit.errors import RunFailed
+from kit.schedule import load_jobs, pool_name
 from kit.slots import Job, due, next_slot, run_key
 
 DAG_PREFIX = "kit-"
@@ -128,27 +125,6 @@ class KitPlugin(AirflowPlugin):
     timetables = [KitTimetable]  # noqa: RUF012  (Airflow reads this class attribute)
 
 
-def pool_name(job: Job, ib: IBSettings | None = None) -> str | None:
-    """The pool of a job that trades through IB, None for a mock job.
-
-    IB serves one client per clientId, so jobs with the same account and clientId must take turns: one pool
-    slot for each pair. A job that does not say `broker = "mock"` may reach IB (a notebook's default), so it
-    takes the pool too. The clientId and account are those kit's configuration gives the workers
-    (KIT_IB_CLIENT_ID, KIT_IB_ACCOUNT or kit.toml), which must be the same on every worker.
-    """
-    if job.parameters.get("broker") == "mock":
-        return None
-    ib = ib or IBSettings.load()
-    return f"kit-ib-{ib.account or 'default'}-{ib.client_id}"
-
-
-def pools(jobs: Sequence[Job], ib: IBSettings | None = None) -> dict[str, dict[str, Any]]:
-    """The pools the jobs need, in the form `airflow pools import` reads: one slot each."""
-    needed = sorted({name for job in jobs if (name := pool_name(job, ib)) is not None})
-    return {name: {"slots": 1, "description": "kit: one IB connection per account and clientId",
-                   "include_deferred": False} for name in needed}
-
-
 def run_slot(job: Mapping[str, Any], project: str, db: str | None, logical_date: datetime | None,
              dag_run: Any) -> dict[str, str]:
     """The task: the notebook of the job's slot through kit's runner, under the slot's run_key.
@@ -196,23 +172,3 @@ def dags_from_file(path: str | Path, project: str | Path | None = None, **option
     path = Path(path)
     return {dag.dag_id: dag for dag in (dag_for(job, project or path.parent, **options)
                                         for job in load_jobs(path))}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m kit.airflow pools FILE`: the pools a job file needs, as JSON for `airflow pools import`."""
-    parser = argparse.ArgumentParser(prog="python -m kit.airflow")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("pools", help="pools for `airflow pools import`").add_argument("file", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        needed = pools(load_jobs(args.file))
-    except ScheduleError as exc:
-        print(f"kit: {exc}", file=sys.stderr)
-        return 2
-    json.dump(needed, sys.stdout, indent=2)
-    print()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -297,6 +297,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     if args.db:
         os.environ["KIT_DB"] = args.db  # the notebooks it runs write to the same ledger
     jobs = load_jobs(args.file)
+    if args.pools:  # for `airflow pools import`: one slot per IB account and clientId (kit.airflow)
+        import json
+
+        from kit.schedule import pools
+
+        print(json.dumps(pools(jobs), indent=2))
+        return 0
     check_notebooks(jobs)
     state = StateFile(args.state)
     _print_jobs(jobs, state, now_utc())
@@ -513,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = add("schedule", cmd_schedule, "run notebooks on market time (see docs/scheduling.md)")
     _files(schedule.add_argument("file", type=Path, help="TOML job file of [[job]] tables"))
     schedule.add_argument("--once", action="store_true", help="run what is due now and exit (for cron)")
+    schedule.add_argument("--pools", action="store_true",
+                          help="print the Airflow pools the jobs need, as JSON for `airflow pools import`")
     schedule.add_argument("--state", type=Path, help="last slot run per job (default: data/schedule.json)")
     schedule.add_argument("--lock-dir", type=Path, help="per-job lock files (default: data/locks)")
 

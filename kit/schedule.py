@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from kit.clock import now_utc
+from kit.config import IBSettings, schedule_state_path
 from kit.config import lock_dir as default_lock_dir
-from kit.config import schedule_state_path
 from kit.errors import JobLocked, KitError, RunFailed, ScheduleError
 from kit.slots import Job, aware_utc, due, next_slot, parse_jobs, run_key
 
@@ -244,3 +244,25 @@ def run_notebook(job: Job, slot: datetime, key: str) -> Any:
     if not result.ok:
         raise RunFailed(f"{job.notebook} ({key}): {result.error_name}: {result.error}")
     return result
+
+
+# ---- sharing an IB connection ---------------------------------------------------------------------------
+def pool_name(job: Job, ib: IBSettings | None = None) -> str | None:
+    """The Airflow pool of a job that trades through IB (`kit schedule FILE --pools`), None for a mock job.
+
+    IB serves one client per clientId, so jobs with the same account and clientId must take turns: one pool
+    slot for each pair. A job that does not say `broker = "mock"` may reach IB (a notebook's default), so it
+    takes the pool too. The clientId and account are those kit's configuration gives the workers
+    (KIT_IB_CLIENT_ID, KIT_IB_ACCOUNT or kit.toml), which must be the same on every worker.
+    """
+    if job.parameters.get("broker") == "mock":
+        return None
+    ib = ib or IBSettings.load()
+    return f"kit-ib-{ib.account or 'default'}-{ib.client_id}"
+
+
+def pools(jobs: Sequence[Job], ib: IBSettings | None = None) -> dict[str, dict[str, Any]]:
+    """The pools the jobs need, in the form `airflow pools import` reads: one slot each."""
+    needed = sorted({name for job in jobs if (name := pool_name(job, ib)) is not None})
+    return {name: {"slots": 1, "description": "kit: one IB connection per account and clientId",
+                   "include_deferred": False} for name in needed}

@@ -4,9 +4,9 @@ Started by test_airflow.py, which sets AIRFLOW_HOME and Airflow's dags and plugi
 dags/ and plugins/, and asserts on the JSON.
 
     driver.py dags JOBS START COUNT     the DAGs of a job file, the first COUNT slots of each from START, and
-                                        what `python -m kit.airflow pools JOBS` prints
+                                        what `kit schedule JOBS --pools` prints
     driver.py after_outage JOBS NOW LAST the next run of each DAG after downtime, at a fixed clock
-    driver.py run JOB SLOT [gateway]    dag.test() of the job's DAG (job file: KIT_AIRFLOW_JOBS) for the slot,
+    driver.py run JOB SLOT [gateway]    dag.test() of the job's DAG (KITTEST_AIRFLOW_JOBS) for the slot,
                                         optionally against kit's simulated IB gateway
 """
 
@@ -28,11 +28,12 @@ def dags(jobs: str, start: str, count: str) -> dict:
     from airflow.serialization.serialized_objects import SerializedDAG
     from airflow.timetables.base import TimeRestriction
 
-    from kit.airflow import KitTimetable, dags_from_file, main
+    from kit.airflow import KitTimetable, dags_from_file
+    from kit.cli import main
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = main(["pools", jobs])  # `python -m kit.airflow pools JOBS`
+        status = main(["schedule", jobs, "--pools"])  # `kit schedule JOBS --pools`
     out = {"pools_command": {"status": status, "stdout": printed.getvalue()}}
     for dag_id, dag in dags_from_file(jobs).items():
         # Through Airflow's serialization, as the scheduler sees it: this needs the plugin's registration.

@@ -64,7 +64,7 @@ def sample_dags(airflow_python: Path, tmp_path_factory: pytest.TempPathFactory) 
     """The sample job file's DAGs as the driver sees them (one Airflow start for the tests that read them)."""
     home = tmp_path_factory.mktemp("airflow")
     return drive(airflow_python, home, "dags", str(SAMPLE_JOBS), START.isoformat(), "6",
-                 env={"KIT_AIRFLOW_JOBS": str(SAMPLE_JOBS)})
+                 env={"KITTEST_AIRFLOW_JOBS": str(SAMPLE_JOBS)})
 
 
 def test_one_dag_per_job_scheduled_on_kits_own_slots(sample_dags: dict):
@@ -88,7 +88,7 @@ def test_after_downtime_airflow_runs_what_kit_schedule_would(airflow_python: Pat
     now = datetime(2027, 11, 30, 14, 40, tzinfo=UTC)
     last = datetime(2027, 11, 24, 20, 45, tzinfo=UTC)  # the scheduler was down for the Thanksgiving week
     out = drive(airflow_python, tmp_path, "after_outage", str(SAMPLE_JOBS), now.isoformat(), last.isoformat(),
-                env={"KIT_AIRFLOW_JOBS": str(SAMPLE_JOBS)})
+                env={"KITTEST_AIRFLOW_JOBS": str(SAMPLE_JOBS)})
 
     for job in load_jobs(SAMPLE_JOBS):
         expected = due(job, now, last) or next_slot(job, now)
@@ -139,7 +139,8 @@ calendar = "XNYS"
 """)
     slot = datetime(2026, 11, 27, 17, 45, tzinfo=UTC)  # the day after Thanksgiving: close at 13:00
     out = drive(python, home, "run", "trade-close", slot.isoformat(), *driver_args, env={
-        "KIT_AIRFLOW_JOBS": str(jobs_file), "KIT_AIRFLOW_DB": ledger_url, "KIT_AIRFLOW_RETRY_DELAY": "0"})
+        "KITTEST_AIRFLOW_JOBS": str(jobs_file), "KITTEST_AIRFLOW_DB": ledger_url,
+        "KITTEST_AIRFLOW_RETRY_DELAY": "0"})
 
     assert marker.exists()  # the first attempt ran, and its kernel was killed
     assert out["state"] == "success" and out["logical_date"] == slot.isoformat()

@@ -6,6 +6,6 @@ from datetime import timedelta
 from kit.airflow import dags_from_file
 
 globals().update(dags_from_file(
-    os.environ["KIT_AIRFLOW_JOBS"], db=os.environ.get("KIT_AIRFLOW_DB") or None,
-    retry_delay=timedelta(seconds=float(os.environ.get("KIT_AIRFLOW_RETRY_DELAY", "60"))),
+    os.environ["KITTEST_AIRFLOW_JOBS"], db=os.environ.get("KITTEST_AIRFLOW_DB") or None,
+    retry_delay=timedelta(seconds=float(os.environ.get("KITTEST_AIRFLOW_RETRY_DELAY", "60"))),
 ))
