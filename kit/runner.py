@@ -12,6 +12,8 @@ run starts.
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import hashlib
 import json
 import logging
@@ -119,9 +121,18 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, str]]:
 
     `kit run` checks `-p` names against it, and `kit params` prints it.
     """
+    path = _existing(notebook).resolve()
+    stat = path.stat()
+    return copy.deepcopy(_inspected(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _inspected(path: str, mtime_ns: int, size: int) -> dict[str, dict[str, str]]:
+    """papermill's reading of one version of a notebook file: `kit run` needs it twice (the `-p` check,
+    then the run), and each reading parses and validates the whole notebook."""
     import papermill
 
-    return papermill.inspect_notebook(str(_existing(notebook)))
+    return papermill.inspect_notebook(path)
 
 
 def default_run_key(notebook: str | Path, when: datetime, dry_run: bool = False) -> str:
@@ -174,13 +185,23 @@ def execute_notebook(
     try:
         with _environment(environment):
             papermill.execute_notebook(str(path), str(output), injected, progress_bar=False,
-                                       execution_timeout=execution_timeout)
+                                       execution_timeout=execution_timeout, config=_kernel_config())
     except Exception as exc:
         return _finish(ledger_path, run_id, run_key, output, exc)
     except BaseException as exc:  # Ctrl-C: record why the run stopped, then stop
         _finish(ledger_path, run_id, run_key, output, exc)
         raise
     return _finish(ledger_path, run_id, run_key, output, None)
+
+
+def _kernel_config() -> Any:
+    """Configuration of the kernel manager papermill creates: on POSIX the kernel talks to kit run over
+    IPC sockets in Jupyter's runtime folder instead of TCP ports on loopback, so no port is opened and
+    ipykernel has no reason to log that its TCP traffic is unencrypted ("Kernel is running over TCP
+    without encryption", once per run on the user's terminal). Windows has no IPC transport in ZeroMQ."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc" if os.name == "posix" else "tcp"}})
 
 
 def git_revision(directory: Path) -> str | None:
