@@ -377,8 +377,9 @@ def _words(frame: pd.DataFrame, name: str, allowed: tuple[str, ...]) -> list[str
     texts = _texts(frame, name)
     if texts is None:
         return None
-    words = [text.strip().upper() for text in texts]
-    return words if set(words) <= set(allowed) else None
+    canonical = {word: word for word in allowed}  # one shared str per word, not one per row
+    words = [canonical.get(text.strip().upper()) for text in texts]
+    return None if None in words else words
 
 
 def _patterned(frame: pd.DataFrame, name: str, pattern: re.Pattern[str]) -> list[str] | None:

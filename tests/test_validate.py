@@ -241,7 +241,7 @@ def test_any_float_quantity_is_a_whole_bounded_order_or_a_named_refusal(quantity
     assert order.quantity == abs(quantity) == int(order.quantity) and 0 < order.quantity <= 10_000_000
 
 
-# ---- property: the column-wise check of a clean frame is the row-by-row check, to the value -----------------
+# ---- property: the column-wise check of a clean frame is the row-by-row check, to the value ----------
 
 _CELLS = {
     "symbol": ["AAPL", "MSFT", "BRK.B", " AAPL", "aapl", "AAPL\n", "", None],
