@@ -174,6 +174,7 @@ def run(reps: int = 3) -> dict[str, Any]:
         "baseline": {"what": "floor: pandas column checks of the frame + one bulk DuckDB insert of the "
                              "order rows", **floor},
         "ratio": round(seconds / floor["seconds"]["median"], 1),
+        "ratio_cpu": round(kit_figures["cpu_seconds"]["median"] / floor["cpu_seconds"]["median"], 1),
         "goal": {"seconds": GOAL_SECONDS, "peak_rss_mib": GOAL_PEAK_MIB},
         "met": {"seconds": seconds < GOAL_SECONDS, "peak_rss_mib": peak < GOAL_PEAK_MIB},
     }
