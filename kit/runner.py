@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -183,9 +184,10 @@ def execute_notebook(
     })
     environment = {"KIT_DB": str(ledger_path)} | ({"KIT_DRY_RUN": "1"} if dry_run else {})
     try:
-        with _environment(environment):
+        with _environment(environment), tempfile.TemporaryDirectory(prefix="kit-kernel-") as sockets:
             papermill.execute_notebook(str(path), str(output), injected, progress_bar=False,
-                                       execution_timeout=execution_timeout, config=_kernel_config())
+                                       execution_timeout=execution_timeout,
+                                       config=_kernel_config(Path(sockets)))
     except Exception as exc:
         return _finish(ledger_path, run_id, run_key, output, exc)
     except BaseException as exc:  # Ctrl-C: record why the run stopped, then stop
@@ -194,14 +196,18 @@ def execute_notebook(
     return _finish(ledger_path, run_id, run_key, output, None)
 
 
-def _kernel_config() -> Any:
+def _kernel_config(sockets: Path) -> Any:
     """Configuration of the kernel manager papermill creates: on POSIX the kernel talks to kit run over
-    IPC sockets in Jupyter's runtime folder instead of TCP ports on loopback, so no port is opened and
-    ipykernel has no reason to log that its TCP traffic is unencrypted ("Kernel is running over TCP
-    without encryption", once per run on the user's terminal). Windows has no IPC transport in ZeroMQ."""
+    IPC sockets in `sockets` (a private temporary folder: short enough for a socket path, and not the
+    user's working folder, where jupyter_client would put them by default) instead of TCP ports on
+    loopback. No port is opened, and ipykernel has no reason to log that its TCP traffic is unencrypted
+    ("Kernel is running over TCP without encryption", on the user's terminal at every run). ZeroMQ has
+    no IPC transport on Windows."""
     from traitlets.config import Config
 
-    return Config({"KernelManager": {"transport": "ipc" if os.name == "posix" else "tcp"}})
+    if os.name != "posix":
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}})
 
 
 def git_revision(directory: Path) -> str | None:
