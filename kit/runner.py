@@ -12,11 +12,14 @@ run starts.
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import hashlib
 import json
 import logging
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,9 +122,18 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, str]]:
 
     `kit run` checks `-p` names against it, and `kit params` prints it.
     """
+    path = _existing(notebook).resolve()
+    stat = path.stat()
+    return copy.deepcopy(_inspected(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _inspected(path: str, mtime_ns: int, size: int) -> dict[str, dict[str, str]]:
+    """papermill's reading of one version of a notebook file: `kit run` needs it twice (the `-p` check,
+    then the run), and each reading parses and validates the whole notebook."""
     import papermill
 
-    return papermill.inspect_notebook(str(_existing(notebook)))
+    return papermill.inspect_notebook(path)
 
 
 def default_run_key(notebook: str | Path, when: datetime, dry_run: bool = False) -> str:
@@ -172,15 +184,30 @@ def execute_notebook(
     })
     environment = {"KIT_DB": str(ledger_path)} | ({"KIT_DRY_RUN": "1"} if dry_run else {})
     try:
-        with _environment(environment):
+        with _environment(environment), tempfile.TemporaryDirectory(prefix="kit-kernel-") as sockets:
             papermill.execute_notebook(str(path), str(output), injected, progress_bar=False,
-                                       execution_timeout=execution_timeout)
+                                       execution_timeout=execution_timeout,
+                                       config=_kernel_config(Path(sockets)))
     except Exception as exc:
         return _finish(ledger_path, run_id, run_key, output, exc)
     except BaseException as exc:  # Ctrl-C: record why the run stopped, then stop
         _finish(ledger_path, run_id, run_key, output, exc)
         raise
     return _finish(ledger_path, run_id, run_key, output, None)
+
+
+def _kernel_config(sockets: Path) -> Any:
+    """Configuration of the kernel manager papermill creates: on POSIX the kernel talks to kit run over
+    IPC sockets in `sockets` (a private temporary folder: short enough for a socket path, and not the
+    user's working folder, where jupyter_client would put them by default) instead of TCP ports on
+    loopback. No port is opened, and ipykernel has no reason to log that its TCP traffic is unencrypted
+    ("Kernel is running over TCP without encryption", on the user's terminal at every run). ZeroMQ has
+    no IPC transport on Windows."""
+    from traitlets.config import Config
+
+    if os.name != "posix":
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}})
 
 
 def git_revision(directory: Path) -> str | None:

@@ -23,11 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from kit.errors import InputError, ValidationError
 from kit.ids import client_order_ids
 from kit.model import OrderIntent, Side
+
+_SIDES = {side.value: side for side in Side}  # Side(text) through Enum's __call__ costs ~10 us an order
 
 REQUIRED = ("symbol", "quantity")
 OPTIONAL_DEFAULTS: dict[str, Any] = {
@@ -166,11 +170,34 @@ def check_prices(prices: Any, sanity: Sanity = SANITY) -> dict[str, float]:
     else:
         raise InputError("prices", [(None, "prices must be a dict {symbol: price}, a Series or a DataFrame, "
                                            f"not {type(prices).__name__}")])
+    clean = _clean_prices(entries, sanity)
+    if clean is not None:
+        return clean
     problems = [problem for symbol, price in entries
                 for problem in _price_entry_problems(symbol, price, sanity)]
     if problems:
         raise InputError("prices", problems)
     return {symbol: float(price) for symbol, price in entries}
+
+
+_PLAIN_NUMBERS = {float, int, np.float64, np.float32, np.int64, np.int32}
+
+
+def _clean_prices(entries: list[tuple[Any, Any]], sanity: Sanity) -> dict[str, float] | None:
+    """The prices at once when every entry is plainly good (a text symbol, a plain number in range), as
+    check_prices would give them; None when any entry needs _price_entry_problems to name it."""
+    symbols = [symbol for symbol, _ in entries]
+    values = [price for _, price in entries]
+    if {type(s) for s in symbols} - {str} or not all(s.strip() for s in symbols) \
+            or {type(p) for p in values} - _PLAIN_NUMBERS:
+        return None
+    try:
+        numbers_ = np.array(values, dtype=float)
+    except OverflowError:  # an int beyond any float
+        return None
+    if not _prices_ok(numbers_, sanity):
+        return None
+    return dict(zip(symbols, numbers_.tolist(), strict=True))
 
 
 def _word(value: Any, allowed: tuple[str, ...], name: str, problems: list[str]) -> str | None:
@@ -274,7 +301,26 @@ def validate_orders(frame: pd.DataFrame, run_key: str, taken: Mapping[tuple[str,
     problems = _frame_problems(frame)
     if problems:
         raise ValidationError(problems)
-    rows: list[tuple[str, dict[str, Any]]] = []
+    columns = _clean_columns(frame, sanity)
+    if columns is None:
+        rows = _checked_rows(frame, sanity)
+        columns = {name: [v[name] for v in rows] for name in COLUMNS}
+    ids = client_order_ids(run_key, zip(columns["symbol"], columns["side"], strict=True), taken)
+    return [
+        OrderIntent(
+            client_order_id=coid, symbol=symbol, side=_SIDES[side], quantity=quantity, order_type=order_type,
+            limit_price=limit_price, tif=tif, sec_type=sec_type, exchange=exchange, currency=currency,
+            primary_exchange=primary_exchange, decision_price=decision_price,
+        )
+        for coid, symbol, quantity, side, order_type, limit_price, tif, sec_type, exchange, currency,
+        primary_exchange, decision_price in zip(ids, *(columns[name] for name in COLUMNS), strict=True)
+    ]
+
+
+def _checked_rows(frame: pd.DataFrame, sanity: Sanity) -> list[dict[str, Any]]:
+    """Every row checked one by one: the values of each, or ValidationError naming every bad row."""
+    problems: list[tuple[str | None, str]] = []
+    rows: list[dict[str, Any]] = []
     first_seen: dict[tuple, str] = {}
     sides_by_symbol: dict[str, tuple[str, str]] = {}
     for position, (label, record) in enumerate(zip(frame.index, frame.to_dict("records"), strict=True)):
@@ -290,16 +336,128 @@ def validate_orders(frame: pd.DataFrame, run_key: str, taken: Mapping[tuple[str,
             if other[0] != side:
                 row_problems.append(f"conflicts with {other[1]}: both buys and sells {symbol} in one run")
         problems.extend((name, reason) for reason in row_problems)
-        rows.append((name, values))
+        rows.append(values)
     if problems:
         raise ValidationError(problems)
-    ids = client_order_ids(run_key, ((v["symbol"], v["side"]) for _, v in rows), taken)
-    return [
-        OrderIntent(
-            client_order_id=coid, symbol=v["symbol"], side=Side(v["side"]), quantity=v["quantity"],
-            order_type=v["order_type"], limit_price=v["limit_price"], tif=v["tif"], sec_type=v["sec_type"],
-            exchange=v["exchange"], currency=v["currency"], primary_exchange=v["primary_exchange"],
-            decision_price=v["decision_price"],
-        )
-        for coid, (_, v) in zip(ids, rows, strict=True)
-    ]
+    return rows
+
+
+# ---- the column-wise path ----------------------------------------------------------------------------------
+# A frame whose every row is plainly valid is checked a column at a time (a 100,000-row basket in well under
+# a second, against ~10 s row by row). It accepts only what _check_row accepts, with the same values; any
+# doubt (a bad row, an unusual dtype, a duplicate) sends the whole frame to _checked_rows, so every error
+# message comes from one place, in the same order.
+_FULL_SYMBOL = re.compile(_SYMBOL.pattern.strip("^$"))
+_FULL_CURRENCY = re.compile(_CURRENCY.pattern.strip("^$"))
+_FULL_EXCHANGE = re.compile(_EXCHANGE.pattern.strip("^$"))
+
+
+def _all_missing(column: pd.Series) -> bool:
+    return bool(column.isna().all()) and all(is_missing(v) for v in column)
+
+
+def _texts(frame: pd.DataFrame, name: str) -> list[str] | None:
+    """A text column as a list, its gaps (as is_missing says) filled by the default; None when some value
+    is not text. Checks and normalisation below use Python's own str methods, as _check_row does."""
+    default = OPTIONAL_DEFAULTS.get(name)
+    if name not in frame.columns:
+        return [default] * len(frame)
+    column = frame[name]
+    gaps = column.isna()
+    if gaps.any():
+        if default is None or not all(is_missing(v) for v in column[gaps]):
+            return None
+        column = column.astype(object).where(~gaps, default)
+    if infer_dtype(column, skipna=False) != "string":
+        return None
+    return column.tolist()
+
+
+def _words(frame: pd.DataFrame, name: str, allowed: tuple[str, ...]) -> list[str] | None:
+    texts = _texts(frame, name)
+    if texts is None:
+        return None
+    canonical = {word: word for word in allowed}  # one shared str per word, not one per row
+    words = [canonical.get(text.strip().upper()) for text in texts]
+    return None if None in words else words
+
+
+def _patterned(frame: pd.DataFrame, name: str, pattern: re.Pattern[str]) -> list[str] | None:
+    texts = _texts(frame, name)
+    return texts if texts is not None and all(map(pattern.fullmatch, texts)) else None
+
+
+def _numbers(frame: pd.DataFrame, name: str) -> np.ndarray | None:
+    """A plain numpy numeric column as floats (NaN where missing; all NaN when absent), or None for any
+    other dtype: booleans, objects and nullable dtypes take the row-by-row path."""
+    if name not in frame.columns:
+        return np.full(len(frame), np.nan)
+    dtype = frame[name].dtype
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "iuf":
+        return None
+    return frame[name].to_numpy(dtype=float)
+
+
+def _prices_ok(prices: np.ndarray, sanity: Sanity) -> bool:
+    return bool(np.all(np.isfinite(prices) & (prices > 0) & (prices <= sanity.max_price)))
+
+
+def _optional(prices: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(p) else p for p in prices.tolist()]
+
+
+def _clean_columns(frame: pd.DataFrame, sanity: Sanity) -> dict[str, list[Any]] | None:
+    """The values _check_row would give every row, column by column, if every row is valid and no row
+    duplicates or conflicts with another; else None."""
+    if len(frame) == 0:
+        return None
+    symbol = _texts(frame, "symbol")
+    if symbol is None or not all(map(_FULL_SYMBOL.fullmatch, symbol)) \
+            or any(text != text.strip() for text in symbol):
+        return None
+    raw = frame["quantity"]
+    if not isinstance(raw.dtype, np.dtype) or raw.dtype.kind not in "iuf":
+        return None
+    quantity = raw.to_numpy(dtype=float)
+    size = np.abs(quantity)
+    limit = min(float(EXACT), sanity.max_quantity)
+    if raw.dtype.kind in "iu":  # as quantity_problem: the exact integer against the limits
+        exact, whole_limit = raw.to_numpy(), math.floor(limit)
+        if not bool(np.all((exact <= whole_limit) & (exact >= -whole_limit))):
+            return None
+    elif not bool(np.all(np.isfinite(quantity) & (quantity == np.trunc(quantity)) & (size <= limit))):
+        return None
+    if "side" in frame.columns and not _all_missing(frame["side"]):
+        side = _words(frame, "side", ("BUY", "SELL"))  # a gap in it (a signed row among sided ones): None
+        if side is None or not bool(np.all(quantity > 0)):
+            return None
+    else:
+        if not bool(np.all(quantity != 0)):
+            return None
+        side = np.where(quantity > 0, "BUY", "SELL").tolist()
+        quantity = size
+    order_type = _words(frame, "order_type", ORDER_TYPES)
+    limit_price = _numbers(frame, "limit_price")
+    decision_price = _numbers(frame, "decision_price")
+    if order_type is None or limit_price is None or decision_price is None:
+        return None
+    limited = np.array(order_type, dtype=object) == "LMT"
+    if not (_prices_ok(limit_price[limited], sanity) and np.isnan(limit_price[~limited]).all()):
+        return None
+    if not _prices_ok(decision_price[~np.isnan(decision_price)], sanity):
+        return None
+    columns: dict[str, Any] = {
+        "symbol": symbol, "quantity": quantity.tolist(), "side": side, "order_type": order_type,
+        "limit_price": _optional(limit_price), "tif": _words(frame, "tif", TIFS),
+        "sec_type": _words(frame, "sec_type", SEC_TYPES),
+        "exchange": _patterned(frame, "exchange", _FULL_EXCHANGE),
+        "currency": _patterned(frame, "currency", _FULL_CURRENCY),
+        "primary_exchange": _patterned(frame, "primary_exchange", _FULL_EXCHANGE),
+        "decision_price": _optional(decision_price),
+    }
+    if any(values is None for values in columns.values()):
+        return None
+    keys = pd.DataFrame(columns)
+    if keys.duplicated().any() or keys.drop_duplicates(["symbol", "side"])["symbol"].duplicated().any():
+        return None
+    return columns

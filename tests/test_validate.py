@@ -4,6 +4,7 @@ bad rows, and zero orders are sent or written."""
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -238,3 +239,51 @@ def test_any_float_quantity_is_a_whole_bounded_order_or_a_named_refusal(quantity
         assert [row for row, _ in error.problems] == ["row 0 (AAPL)"]
         return
     assert order.quantity == abs(quantity) == int(order.quantity) and 0 < order.quantity <= 10_000_000
+
+
+# ---- property: the column-wise check of a clean frame is the row-by-row check, to the value ----------
+
+_CELLS = {
+    "symbol": ["AAPL", "MSFT", "BRK.B", " AAPL", "aapl", "AAPL\n", "", None],
+    "side": ["BUY", "SELL", " buy", "sell ", "HOLD", None],
+    "order_type": ["MKT", "LMT", "lmt ", "STP", None],
+    "limit_price": [10.0, 250.5, -1.0, 2e9, math.nan],
+    "tif": ["DAY", "gtc", "IOC", "FOK", None],
+    "exchange": ["SMART", "NYSE", "smart", "NYSE\n", None],
+    "currency": ["USD", "EUR", "usd", None],
+    "primary_exchange": ["", "NASDAQ", "ARCA ", None],
+    "decision_price": [10.0, 99.5, 0.0, math.inf, math.nan],
+}
+_INT_QUANTITIES = [1, 100, -100, 0, 10_000_000, 10_000_001, -(2**53) - 1]
+_FLOAT_QUANTITIES = [1.0, 100.0, -100.0, 0.0, 1.5, math.nan, math.inf, 1e7, 1e8]
+
+
+def _outcome(frame: pd.DataFrame) -> object:
+    try:
+        return validate_orders(frame, "k")
+    except ValidationError as error:
+        return error.problems
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_a_frame_checked_by_columns_gives_the_orders_and_errors_of_the_row_by_row_check(data):
+    n = data.draw(st.integers(1, 6))
+    skewed = data.draw(st.booleans())  # mostly valid cells, or anything: both paths must be exercised
+    frame = {}
+    for column, cells in _CELLS.items():
+        if column != "symbol" and not data.draw(st.booleans()):
+            continue
+        pool = cells[:2] if skewed else cells
+        frame[column] = data.draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n))
+    if "symbol" in frame and skewed:
+        frame["symbol"] = data.draw(st.lists(st.sampled_from(["AAPL", "MSFT", "IBM", "TSLA"]),
+                                             min_size=n, max_size=n, unique=n <= 4)) if n <= 4 \
+            else frame["symbol"]
+    quantities = _INT_QUANTITIES if data.draw(st.booleans()) else _FLOAT_QUANTITIES
+    frame["quantity"] = data.draw(st.lists(st.sampled_from(quantities[:3] if skewed else quantities),
+                                           min_size=n, max_size=n))
+    targets = pd.DataFrame(frame, index=data.draw(st.sampled_from([None, list(range(10, 10 + n))])))
+    columnwise = _outcome(targets)
+    with mock.patch("kit.validate._clean_columns", return_value=None):
+        assert _outcome(targets) == columnwise
