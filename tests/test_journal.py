@@ -201,7 +201,8 @@ def test_a_damaged_journal_next_to_the_ledger_blocks_no_read_and_loses_no_batch(
     """The issue's case: a torn or corrupt journal used to stop `kit runs`, kit.execute and every read with
     a raw JSONDecodeError. Now the reader replays the intact batch and sets the rest aside."""
     import kit
-    from kit.store import Batch, Ledger, event_row
+    from kit.recorder import event_row
+    from kit.store import Batch, Ledger
 
     db = tmp_path / "kit.duckdb"
     Ledger(db).open().close()
@@ -217,7 +218,8 @@ def test_a_damaged_journal_next_to_the_ledger_blocks_no_read_and_loses_no_batch(
 def test_a_locked_out_batch_that_cannot_be_journaled_raises_instead_of_vanishing(tmp_path, monkeypatch):
     """What the engine sees when the ledger is held and the disk is full: LedgerWriteError naming the
     journal, so it can stop sending orders it could not record."""
-    from kit.store import Batch, Ledger, event_row
+    from kit.recorder import event_row
+    from kit.store import Batch, Ledger
 
     ledger = Ledger(tmp_path / "kit.duckdb")
     monkeypatch.setattr(ledger, "_connect", lambda: False)  # another process holds the file
