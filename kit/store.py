@@ -347,7 +347,8 @@ class Ledger:
         while not self._connect():
             if self._readable():
                 self.journal_reason = f"is held by another process ({self.holder})"
-                log.warning("the ledger %s is held by %s, which only reads it: this run starts now and "
+                # Said once, by the run's recorder at its first journaled batch (with this holder's pid).
+                log.info("the ledger %s is held by %s, which only reads it: this run starts now and "
                             "keeps its batches in %s until the file is free", self.path, self.holder,
                             self.journal.path)
                 break
