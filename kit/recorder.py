@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from kit.errors import LedgerWriteError
+from kit.errors import LedgerIdentityError, LedgerWriteError
 from kit.model import Event, Execution, Fill, Order
 from kit.state import Effect, Outcome
 from kit.store import Batch, Ledger
@@ -95,6 +95,7 @@ class Recorder:
         self._changed: dict[str, tuple[Order, datetime]] = {}
         self.journaled = False
         self.write_error: LedgerWriteError | None = None  # the first batch that could not be made durable
+        self.lost: LedgerIdentityError | None = None  # the ledger this run opened is gone: nothing is written
         self.notes: list[str] = []
 
     def _event(self, client_order_id: str | None, at: datetime, kind: str, status: str | None,
@@ -132,7 +133,12 @@ class Recorder:
         """Write what was recorded since the last flush; False if it is durable nowhere (a full or failing
         disk under both the ledger and its journal). Then the batch is kept and goes out with the next
         flush, the first such error is in `write_error` and the run's notes, and no order may be sent: its
-        write-ahead `submitted` event would not be recorded."""
+        write-ahead `submitted` event would not be recorded.
+
+        A ledger that disappeared or was replaced (LedgerIdentityError) is raised once, to fail the run;
+        later flushes (the engine closing down) then write nothing, so the broker is still let go."""
+        if self.lost is not None:
+            return False
         for client_order_id, (order, updated_at) in self._changed.items():
             self.batch.orders[client_order_id] = order_row(order, updated_at)
         self._changed.clear()
@@ -140,6 +146,10 @@ class Recorder:
             return True
         try:
             written = self.ledger.write(self.batch)
+        except LedgerIdentityError as exc:
+            self.lost = exc
+            self.notes.append(str(exc))
+            raise
         except LedgerWriteError as exc:
             if self.write_error is None:
                 self.write_error = exc

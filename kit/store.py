@@ -80,12 +80,12 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-KIT_TABLES = ("runs", "orders", "fills", "order_events")
+LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
 
 # What DuckDB raises when it cannot persist (a full or failing disk, a file it may not write), as opposed
 # to a batch it refuses (a constraint, a type): a batch it could not persist may go to the journal instead.
 STORAGE_FAILURES = (duckdb.OperationalError, duckdb.FatalException, duckdb.PermissionException)
-# Seconds between attempts to connect while the file is held: an attempt is cheap (~1 ms), but not free.
+# Seconds between attempts to connect while the file is held: an attempt is cheap (a few ms), not free.
 RETRY_CONNECT = 0.1
 _HOLDER_PID = re.compile(r"\(PID (\d+)\)")
 
@@ -685,7 +685,7 @@ class Ledger:
                             "(SELECT event_id FROM f.order_events)")
             con.execute("USE memory.main")
             keys = {"runs": "run_id", "orders": "client_order_id", "fills": "exec_id"}
-            for table in KIT_TABLES:
+            for table in LEDGER_TABLES:
                 sql = f"SELECT * FROM journal.{table}"
                 if table in present:
                     key = keys.get(table)
@@ -694,7 +694,7 @@ class Ledger:
                         where += " AND exec_id NOT IN (SELECT exec_id FROM journal.replaced)"
                     sql += f" UNION ALL BY NAME SELECT * FROM f.{table}{where}"
                 con.execute(f"CREATE VIEW {table} AS {sql}")
-            for table in sorted(present - set(KIT_TABLES)):
+            for table in sorted(present - set(LEDGER_TABLES)):
                 con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM f."{table}"')
         except BaseException:
             con.close()

@@ -175,8 +175,10 @@ class SwapsTheLedger(MockBroker):
                                               ("replaced", "was replaced during this run")])
 def test_a_ledger_that_disappears_or_is_replaced_mid_run_fails_the_run_loudly(db, how, message):
     targets, prices = basket(1)
+    broker = SwapsTheLedger(db, prices, how)
     with pytest.raises(LedgerIdentityError, match=f"{db} {message}"):
-        kit.execute(targets, broker=SwapsTheLedger(db, prices, how), run_key="swap", db=db, timeout=10)
+        kit.execute(targets, broker=broker, run_key="swap", db=db, timeout=10)
+    assert broker._loop is None  # the broker was let go all the same
     if how == "removed":
         assert not db.exists()  # no empty ledger in its place
     else:
@@ -195,12 +197,22 @@ READER = textwrap.dedent("""
 """)
 
 
-def test_a_notebook_s_read_only_connection_neither_stalls_a_run_nor_hides_its_results(db, caplog):
+@pytest.fixture
+def reader(db):
+    """A notebook in another process holding a read-only connection to an existing ledger."""
     Ledger(db).open().close()
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(db)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", READER, str(db)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     try:
-        assert reader.stdout.readline().strip() == "holding"
+        assert process.stdout.readline().strip() == "holding"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.communicate("")
+
+
+def test_a_notebook_s_read_only_connection_neither_stalls_a_run_nor_hides_its_results(db, reader, caplog):
+    try:
         targets, prices = basket(3)
         with caplog.at_level(logging.WARNING, logger="kit.ledger"):
             run = kit.execute(targets, broker=MockBroker(prices, partial_fills=2), run_key="held", db=db)
@@ -224,20 +236,15 @@ def test_a_notebook_s_read_only_connection_neither_stalls_a_run_nor_hides_its_re
     assert Ledger(db).journal.pending() == 0
 
 
-def test_the_command_line_shows_journaled_batches(db, capsys):
-    Ledger(db).open().close()
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(db)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert reader.stdout.readline().strip() == "holding"
-        targets, prices = basket(2)
-        kit.execute(targets, broker=MockBroker(prices), run_key="cli-held", db=db)
-        from kit.cli import main
-        main(["orders", "--db", str(db), "--json"])
-        shown = capsys.readouterr().out
-        assert "cli-held-S000-BUY" in shown and "cli-held-S001-BUY" in shown
-    finally:
-        reader.communicate("")
+def test_the_command_line_shows_journaled_batches(db, reader, capsys):
+    from kit.cli import main
+
+    targets, prices = basket(2)
+    kit.execute(targets, broker=MockBroker(prices), run_key="cli-held", db=db)
+    assert Ledger(db).journal.pending() > 0
+    main(["orders", "--db", str(db), "--json"])
+    shown = capsys.readouterr().out
+    assert "cli-held-S000-BUY" in shown and "cli-held-S001-BUY" in shown
 
 
 # ---- a journal record of the wrong shape ----------------------------------------------------------------
