@@ -264,3 +264,17 @@ def test_a_journal_record_of_the_wrong_shape_is_set_aside_and_the_rest_is_writte
     assert len(aside) == 1 and "set 2 record(s) aside" in caplog.text
     with Ledger(db) as ledger:  # every later open works too
         assert ledger.events()["event_id"].tolist() == ["e1"]
+
+
+def test_kit_run_goes_on_while_a_notebook_holds_the_ledger(db, reader, tmp_path, monkeypatch, capsys):
+    """The issue's case: `kit run` used to print DuckDB's lock message about 40 times and wait 40 s."""
+    from kit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "momentum.ipynb"
+    assert main(["--db", str(db), "run", str(notebook), "-p", "broker", "mock", "--run-key", "held-run"]) == 0
+    assert reader.poll() is None and "Conflicting lock" not in capsys.readouterr().err
+    ledger = kit.ledger(db)
+    run = ledger.runs().set_index("run_key").loc["held-run"]
+    assert run["status"] == "done" and run["output_path"]
+    assert len(ledger.orders(run["run_id"])) > 0 and Ledger(db).journal.pending() > 0
