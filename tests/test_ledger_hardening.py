@@ -3,12 +3,14 @@ notebook holding the file never cost an order, a silent empty ledger or a stalle
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import kit.store
 from kit.brokers.mock import MockBroker
 from kit.errors import LedgerIdentityError
 from kit.journal import frame
+from kit.model import Fill, Order, OrderIntent, Side, Status
 from kit.recorder import event_row
 from kit.store import Batch, Ledger
 
@@ -96,7 +99,8 @@ def test_a_2_mib_filesystem_filling_up_mid_run_ends_with_a_clear_error_and_a_cle
     with caplog.at_level(logging.ERROR):
         run = kit.execute(targets, broker=broker, run_key="full", db=db, timeout=30)
     failure = next(n for n in run.notes if "No space left on device" in n)
-    assert str(db) in failure and "no transaction is active" not in caplog.text
+    assert f"the ledger {db}: " in failure and f"{db}.journal: No space left on device" in failure
+    assert "no transaction is active" not in failure + caplog.text  # the ROLLBACK hides nothing
     if when == "before_send":
         assert broker.submitted == [] and run.status == "failed"
     else:  # every order was sent before the disk filled: all of them are followed to the end, in memory
@@ -197,8 +201,8 @@ READER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def reader(db):
+@contextlib.contextmanager
+def held_read_only(db: Path) -> Iterator[subprocess.Popen[str]]:
     """A notebook in another process holding a read-only connection to an existing ledger."""
     Ledger(db).open().close()
     process = subprocess.Popen([sys.executable, "-c", READER, str(db)], stdin=subprocess.PIPE,
@@ -209,6 +213,47 @@ def reader(db):
     finally:
         if process.poll() is None:
             process.communicate("")
+
+
+@pytest.fixture
+def reader(db):
+    with held_read_only(db) as process:
+        yield process
+
+
+def test_reads_fold_the_journal_over_the_file_latest_row_per_key(db):
+    """A corrected fill, an updated run and new events waiting in the journal show in every read while
+    the file is held, exactly as the next writer will write them."""
+    from kit.recorder import fill_row, order_row
+
+    order = Order(intent=OrderIntent("k-AAPL-BUY", "AAPL", Side.BUY, 100), run_id="r1",
+                  created_at=datetime(2026, 1, 2), updated_at=datetime(2026, 1, 2))
+    first = Fill("a.01.01", "k-AAPL-BUY", 100, 10.0, datetime(2026, 1, 2, 15), 1.0, key="a.01", revision=1)
+    with Ledger(db) as ledger:
+        ledger.insert_run({"run_id": "r1", "run_key": "k", "status": "running",
+                           "started_at": datetime(2026, 1, 2)})
+        ledger.write(Batch(events=[event_row("e1", "r1", None, 1, datetime(2026, 1, 2), "a", None, {})],
+                           orders={"k-AAPL-BUY": order_row(order)},
+                           fills={"a.01.01": fill_row(order, first)}))
+    with held_read_only(db):
+        corrected = Fill("a.01.02", "k-AAPL-BUY", 100, 10.5, datetime(2026, 1, 2, 15), 1.0, key="a.01",
+                         revision=2)
+        order.fills = {corrected.execution_key: corrected}
+        order.status = Status.FILLED
+        writer = Ledger(db).open()
+        later = event_row("e2", "r1", None, 2, datetime(2026, 1, 3), "b", None, {})
+        assert writer.write(Batch(events=[later], orders={"k-AAPL-BUY": order_row(order)},
+                                  fills={"a.01.02": fill_row(order, corrected)}, replaced_fills={"a.01.01"},
+                                  runs={"r1": {"status": "done"}})) is False  # journaled
+        ledger = kit.ledger(db)
+        assert ledger.fills("r1")[["exec_id", "price"]].values.tolist() == [["a.01.02", 10.5]]
+        assert ledger.orders("r1")[["status", "filled_quantity"]].values.tolist() == [["FILLED", 100.0]]
+        assert ledger.runs()[["run_key", "status"]].values.tolist() == [["k", "done"]]
+        assert ledger.events("r1")["event_id"].tolist() == ["e1", "e2"]
+        assert writer.run_row("r1")["status"] == "done" and writer.next_seq("r1") == 3
+        assert Ledger(db).journal.pending() == 1
+    assert kit.ledger(db).fills("r1")["exec_id"].tolist() == ["a.01.02"]  # and so the file, once free
+    assert Ledger(db).journal.pending() == 0
 
 
 def test_a_notebook_s_read_only_connection_neither_stalls_a_run_nor_hides_its_results(db, reader, caplog):
