@@ -265,7 +265,9 @@ class Engine:
             arrival = self.broker.reference_price(order.intent.symbol)
             self._apply(Submitted(order.client_order_id, now, arrival))
         crash_point("engine.before_submitted_write")
-        self.recorder.flush()
+        if not self.recorder.flush():  # not durable (a full disk): sent now, a resume could not know of them
+            log.error("%d order(s) not sent: %s", len(orders), self.recorder.write_error)
+            return
         for order in orders:
             crash_point("engine.before_submit")
             self.open.add(order.client_order_id)

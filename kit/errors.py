@@ -79,3 +79,8 @@ class InputError(ValidationError):
         super().__init__(problems)
         lines = [f"  {key}: {reason}" if key else f"  {reason}" for key, reason in self.problems]
         self.args = (f"{len(self.problems)} problem(s) in {what}; nothing was sent:\n" + "\n".join(lines),)
+
+
+class LedgerIdentityError(KitError):
+    """The file is not the ledger kit may write: another program's DuckDB database, a ledger of a newer
+    schema, or (during a run) a ledger that disappeared or was replaced. Nothing was written to it."""

@@ -19,6 +19,8 @@ appear inside a payload: after a damaged stretch the reader finds the next recor
   a failed one (ENOSPC, EIO) is cut back to the last whole record first, so nothing half-written stays.
 - Before appending, a file that does not end on a whole record (a crash tore the last write) has that tail
   moved aside, so a torn write is never continued.
+- A record that is intact but cannot be applied (the ledger refuses its shape) is set aside the same way
+  (Journal.set_aside), so one bad record never stops the records after it.
 - Draining keeps every intact record and moves every damaged stretch (torn tail, bad checksum, bytes that
   are no record) aside to `<journal>.corrupt-<UTC timestamp>`; it logs what it kept and what it set aside
   and leaves the account in `Journal.last_recovery`. A bad journal never stops kit.
@@ -245,11 +247,23 @@ class Journal:
             log.error("could not save the damaged bytes of %s aside (%s): they are dropped", self.path, exc)
         return None
 
-    def pending(self) -> int:
-        """Intact records waiting to be written to the ledger."""
+    def records(self) -> list[dict[str, Any]]:
+        """The intact records waiting to be written to the ledger, oldest first, left where they are."""
         if not self.path.exists():
-            return 0
-        return len(scan(self.path.read_bytes()).records)
+            return []
+        return scan(self.path.read_bytes()).records
+
+    def pending(self) -> int:
+        return len(self.records())
+
+    def set_aside(self, records: list[dict[str, Any]], why: str) -> Path | None:
+        """Move whole records that cannot be applied (intact, yet not a batch the ledger takes) to a
+        `.corrupt-` file, as a drain does with damaged bytes, so that one bad record never blocks the rest."""
+        data = b"".join(map(frame, records))
+        aside = self._set_aside(data, ((0, len(data)),))
+        log.warning("%s: set %d record(s) aside to %s: %s", self.path, len(records),
+                    aside or "nowhere (could not write it)", why)
+        return aside
 
     @contextmanager
     def draining(self) -> Iterator[list[dict[str, Any]]]:

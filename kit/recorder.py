@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from kit.errors import LedgerIdentityError, LedgerWriteError
 from kit.model import Event, Execution, Fill, Order
 from kit.state import Effect, Outcome
 from kit.store import Batch, Ledger
@@ -93,6 +94,8 @@ class Recorder:
         # per flush instead of once per event (see record).
         self._changed: dict[str, tuple[Order, datetime]] = {}
         self.journaled = False
+        self.write_error: LedgerWriteError | None = None  # the first batch that could not be made durable
+        self.lost: LedgerIdentityError | None = None  # the ledger this run opened is gone: nothing is written
         self.notes: list[str] = []
 
     def _event(self, client_order_id: str | None, at: datetime, kind: str, status: str | None,
@@ -126,16 +129,39 @@ class Recorder:
     def run(self, **values: Any) -> None:
         self.batch.runs.setdefault(self.run_id, {}).update(values)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Write what was recorded since the last flush; False if it is durable nowhere (a full or failing
+        disk under both the ledger and its journal). Then the batch is kept and goes out with the next
+        flush, the first such error is in `write_error` and the run's notes, and no order may be sent: its
+        write-ahead `submitted` event would not be recorded.
+
+        A ledger that disappeared or was replaced (LedgerIdentityError) is raised once, to fail the run;
+        later flushes (the engine closing down) then write nothing, so the broker is still let go."""
+        if self.lost is not None:
+            return False
         for client_order_id, (order, updated_at) in self._changed.items():
             self.batch.orders[client_order_id] = order_row(order, updated_at)
         self._changed.clear()
         if not self.batch:
-            return
-        if not self.ledger.write(self.batch) and not self.journaled:
+            return True
+        try:
+            written = self.ledger.write(self.batch)
+        except LedgerIdentityError as exc:
+            self.lost = exc
+            self.notes.append(str(exc))
+            raise
+        except LedgerWriteError as exc:
+            if self.write_error is None:
+                self.write_error = exc
+                self.notes.append(f"{exc}. kit sends no order whose `submitted` event it cannot record; "
+                                  "orders already sent were followed. Free space (or move the ledger) and "
+                                  "run the same key again: the broker's record reconciles the rest")
+            return False
+        if not written and not self.journaled:
             self.journaled = True
-            message = (f"the ledger {self.ledger.path} is held by another process ({self.ledger.holder}); "
-                       f"events are kept in {self.ledger.journal.path} and written when it is free")
+            message = (f"the ledger {self.ledger.path} {self.ledger.journal_reason}; events are kept in "
+                       f"{self.ledger.journal.path} and written when the ledger can take them")
             log.warning(message)
             self.notes.append(message)
         self.batch = Batch()
+        return True

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -24,7 +26,7 @@ import pandas as pd
 
 from kit.config import db_path, setting
 from kit.crashpoints import crash_point
-from kit.errors import KitError, LedgerBusyError
+from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
 from kit.journal import Journal
 from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
 
@@ -70,8 +72,22 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE fills ADD COLUMN revision BIGINT",
         LEGACY_FILL_KEYS,
     ],
+    [
+        # The marker: a file is a kit ledger because it says so, and a run that reconnects checks by this id
+        # that the file is still the ledger it started with.
+        "CREATE TABLE kit_ledger (id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)",
+        "INSERT INTO kit_ledger VALUES (uuid()::VARCHAR, now()::TIMESTAMP)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
+
+# What DuckDB raises when it cannot persist (a full or failing disk, a file it may not write), as opposed
+# to a batch it refuses (a constraint, a type): a batch it could not persist may go to the journal instead.
+STORAGE_FAILURES = (duckdb.OperationalError, duckdb.FatalException, duckdb.PermissionException)
+# Seconds between attempts to connect while the file is held: an attempt is cheap (a few ms), not free.
+RETRY_CONNECT = 0.1
+_HOLDER_PID = re.compile(r"\(PID (\d+)\)")
 
 ORDER_COLUMNS = (
     "client_order_id", "run_id", "symbol", "side", "quantity", "order_type", "limit_price", "tif",
@@ -149,14 +165,16 @@ class Batch:
     fills: dict[str, Row] = field(default_factory=dict)
     replaced_fills: set[str] = field(default_factory=set)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> columns to update
+    new_runs: dict[str, Row] = field(default_factory=dict)  # run_id -> a runs row, unless the run exists
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.orders or self.fills or self.replaced_fills or self.runs)
+        return bool(self.events or self.orders or self.fills or self.replaced_fills or self.runs
+                    or self.new_runs)
 
     def to_record(self) -> dict[str, Any]:
         return {"events": self.events, "orders": list(self.orders.values()),
                 "fills": list(self.fills.values()), "replaced_fills": sorted(self.replaced_fills),
-                "runs": self.runs}
+                "runs": self.runs, "new_runs": self.new_runs}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Batch:
@@ -165,7 +183,8 @@ class Batch:
         return cls(events=[_by_name(e, EVENT_COLUMNS) for e in record["events"]],
                    orders={o["client_order_id"]: o for o in orders},
                    fills={f["exec_id"]: f for f in fills},
-                   replaced_fills=set(record["replaced_fills"]), runs=record["runs"])
+                   replaced_fills=set(record["replaced_fills"]), runs=record["runs"],
+                   new_runs=record.get("new_runs", {}))  # journals before new_runs have none
 
     def __len__(self) -> int:
         return len(self.events)
@@ -214,8 +233,90 @@ def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str
     con.execute(f"INSERT INTO {table} ({_quoted(columns)}) SELECT {unnests}", values)
 
 
+def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[Row],
+            verb: str) -> None:
+    if len(rows) <= SMALL_BATCH and verb in ("INSERT OR IGNORE", "INSERT OR REPLACE"):
+        _insert_small(con, table, columns, rows, verb == "INSERT OR REPLACE")
+        return
+    frame = pd.DataFrame.from_records(rows, columns=list(columns))
+    con.register("_kit_batch", frame)
+    try:
+        con.execute(f"{verb} INTO {table} ({_quoted(columns)}) SELECT * FROM _kit_batch")
+    finally:
+        con.unregister("_kit_batch")
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Undo a failed transaction without hiding why it failed: DuckDB ends a transaction whose COMMIT failed
+    (a full disk) itself, and a ROLLBACK then raises "no transaction is active" in place of the reason."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
+def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool = False) -> None:
+    """One transaction for the whole batch: all of it lands, or none of it. `writer`: the run's own write
+    (crash points armed), not the fold of a journal for a reader."""
+    con.execute("BEGIN")
+    try:
+        for row in batch.new_runs.values():
+            columns = [c for c in RUN_COLUMNS if c in row]
+            con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) VALUES "
+                        f"({', '.join('?' * len(columns))})", [row[c] for c in columns])
+        if batch.events:
+            _insert(con, "order_events", EVENT_COLUMNS, batch.events, "INSERT OR IGNORE")
+        if writer:
+            crash_point("ledger.mid_write")
+        if batch.replaced_fills:
+            con.execute("DELETE FROM fills WHERE exec_id IN (SELECT unnest(?))",
+                        [sorted(batch.replaced_fills)])
+        if batch.fills:
+            _insert(con, "fills", FILL_COLUMNS, list(batch.fills.values()), "INSERT OR REPLACE")
+        if batch.orders:
+            _insert(con, "orders", ORDER_COLUMNS, list(batch.orders.values()), "INSERT OR REPLACE")
+        for run_id, values in batch.runs.items():
+            assignments = ", ".join(f"{name} = ?" for name in values)
+            con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values.values(), run_id])
+        con.execute("COMMIT")
+    except BaseException:
+        _rollback(con)
+        raise
+
+
+def _is_held(exc: duckdb.Error) -> bool:
+    """DuckDB's refusal because another connection has the file: another process's lock, or one of this
+    process's connections opened with other settings (a notebook's read-only `con`)."""
+    text = str(exc).lower()
+    return "lock" in text or (isinstance(exc, duckdb.ConnectionException) and "configuration" in text)
+
+
+def _holder(exc: duckdb.Error) -> str:
+    """Who holds the file, from DuckDB's refusal: "pid 1234" rather than DuckDB's paragraph."""
+    match = _HOLDER_PID.search(str(exc))
+    if match:
+        return f"pid {match.group(1)}"
+    if isinstance(exc, duckdb.ConnectionException):
+        return f"this process (pid {os.getpid()}), through a connection with other settings"
+    return "another process"
+
+
+def _marker(con: duckdb.DuckDBPyConnection) -> str | None:
+    try:
+        return con.execute("SELECT min(id) FROM kit_ledger").fetchone()[0]
+    except duckdb.CatalogException:  # a ledger older than the marker, read without migrating it
+        return None
+
+
+# Journaled records a ledger may refuse (a record of the wrong shape): set aside, never a reason to stop.
+_REFUSED = (duckdb.Error, KeyError, TypeError, ValueError, AttributeError)
+
+
 class Ledger:
-    """One DuckDB file. Hold a Ledger open for a run; use `kit.ledger()` for short reads."""
+    """One DuckDB file. Hold a Ledger open for a run; use `kit.ledger()` for short reads.
+
+    A run's Ledger remembers the file it first opened (its marker and inode) and checks it again at every
+    reconnect, since a run lets go of the file whenever it is idle. While another process holds the file or
+    it cannot be written, batches go to the journal, and reads fold the journal over the file.
+    """
 
     # Connections this process holds open for writing, so its own reads use them instead of failing.
     _writers: ClassVar[dict[Path, duckdb.DuckDBPyConnection]] = {}
@@ -224,65 +325,187 @@ class Ledger:
     def __init__(self, db: str | Path | None = None):
         self.path = db_path(db).resolve()
         self.journal = Journal(self.path.with_name(self.path.name + ".journal"))
-        self.holder = ""
+        self.holder = ""  # who held the file at the last refused attempt: "pid 1234"
+        self.journal_reason = ""  # why batches go to the journal now, for the run's notes
         self._con: duckdb.DuckDBPyConnection | None = None
         self._next_attempt = 0.0
+        self._opened = False  # open() was called: writes go to the file or, while it is held, the journal
+        self._identity: tuple[str | None, int, int] | None = None  # marker id, st_dev, st_ino at first open
 
     # ---- writer side -------------------------------------------------------------------------------
     def open(self, wait: float | None = None) -> Ledger:
-        """Connect for writing, waiting up to `wait` seconds (KIT_LEDGER_WAIT, default 120) while another
-        process holds the file, then replay anything a locked-out run left in the journal."""
+        """Connect for writing, and write first what a locked-out run left in the journal.
+
+        If only readers hold the file (a notebook's read-only connection), the run starts at once: its
+        batches wait in the journal and later writes try the file again. If a writer holds it (another kit
+        run between two batches), wait up to `wait` seconds (KIT_LEDGER_WAIT, default 120): without reading
+        the file kit cannot know what this run key already holds.
+        """
         wait = float(setting("KIT_LEDGER_WAIT", 120)) if wait is None else wait
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline, delay = time.monotonic() + wait, 0.05
+        deadline, delay, told = time.monotonic() + wait, 0.05, False
         while not self._connect():
+            if self._readable():
+                self.journal_reason = f"is held by another process ({self.holder})"
+                # Said once, by the run's recorder at its first journaled batch (with this holder's pid).
+                log.info("the ledger %s is held by %s, which only reads it: this run starts now and "
+                            "keeps its batches in %s until the file is free", self.path, self.holder,
+                            self.journal.path)
+                break
             if time.monotonic() + delay > deadline:
                 raise LedgerBusyError(f"{self.path} is held by another process ({self.holder}) and stayed "
                                       f"so for {wait:g}s; close it there (con.close()) and run again")
-            log.warning("waiting for the ledger: %s is held by %s", self.path, self.holder)
+            if not told:
+                log.warning("waiting for the ledger: %s is held for writing by %s (another kit run lets go "
+                            "between batches; a connection of yours: con.close())", self.path, self.holder)
+                told = True
             # DuckDB gives no notice when a lock is released: retrying with backoff is the only way to wait.
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+        self._opened = True
         return self
 
     def _connect(self) -> bool:
-        """Try once; False while another process holds the file. Replays the journal on success."""
+        """Try once; False while another process holds the file. Checks that the file is this run's ledger,
+        migrates it, and writes what waits in the journal."""
+        if self._identity is not None and not self.path.exists():
+            raise LedgerIdentityError(
+                f"the ledger {self.path} disappeared during this run; kit does not create an empty one in "
+                "its place. Put the file back and run the key again (the broker decides what was sent)")
         try:
             con = duckdb.connect(str(self.path))
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise
-            self.holder = str(exc).split("held in", 1)[-1].split(". See", 1)[0].strip()
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if not _is_held(exc):
+                raise KitError(f"cannot open the ledger {self.path}: {exc}") from exc
+            self.holder = _holder(exc)
             return False
         self._con = con
         with Ledger._writers_lock:
             Ledger._writers[self.path] = con
         try:
-            self._migrate()
-            with self.journal.draining() as records:
-                for record in records:
-                    self._apply(Batch.from_record(record))
-                if records:
-                    self.con.execute(LEGACY_FILL_KEYS)  # fills of a journal older than execution keys
-                    log.warning("wrote %d batch(es) that waited in %s", len(records), self.journal.path)
+            self._check_file()
+            self._migrate(con)
+            self._remember(_marker(con))
+            self._replay_journal(con)
+        except STORAGE_FAILURES as exc:
+            self.release()  # a refused or failed ledger must not stay locked by this process
+            raise LedgerWriteError(f"could not write to the ledger {self.path}: {exc}") from exc
         except BaseException:
-            self.close()  # a refused or failed ledger must not stay locked by this process
+            self.release()
             raise
+        self.journal_reason = ""
         return True
+
+    def _readable(self) -> bool:
+        """Whether a held file can be read (its holders only read): then it must be a kit ledger, and the
+        run remembers which file it is."""
+        try:
+            con = duckdb.connect(str(self.path), read_only=True)
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if not _is_held(exc):
+                raise KitError(f"cannot open the ledger {self.path}: {exc}") from exc
+            return False
+        try:
+            self._kind(con)
+            self._remember(_marker(con))
+        finally:
+            con.close()
+        return True
+
+    def _check_file(self) -> None:
+        """The file at the path is still the one this run first opened (the marker is checked once read)."""
+        if self._identity is None:
+            return
+        status = os.stat(self.path)
+        if (status.st_dev, status.st_ino) != self._identity[1:]:
+            raise LedgerIdentityError(
+                f"the ledger {self.path} was replaced during this run (another file is at its path now); kit "
+                "stops rather than write this run into it. Run the key again against the right ledger")
+
+    def _remember(self, marker: str | None) -> None:
+        status = os.stat(self.path)
+        if self._identity is None or self._identity[0] is None:
+            self._identity = (marker, status.st_dev, status.st_ino)
+        elif marker != self._identity[0]:
+            raise LedgerIdentityError(
+                f"the ledger {self.path} is not the one this run opened (its marker was {self._identity[0]}, "
+                f"now {marker}); kit stops rather than write this run into another ledger")
+
+    def _kind(self, con: duckdb.DuckDBPyConnection) -> int:
+        """The file's ledger schema version (0: a new, empty database). Refuses, before anything is written,
+        a database that is not a kit ledger and a ledger newer than this kit."""
+        tables = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables "
+                                                 "WHERE table_catalog = current_database()").fetchall()}
+        version = 0
+        if "kit_schema" in tables:
+            version = con.execute("SELECT coalesce(max(version), 0) FROM kit_schema").fetchone()[0]
+        others = sorted(tables - {"kit_schema"})
+        if version == 0 and others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise LedgerIdentityError(
+                f"{self.path} is a DuckDB database but not a kit ledger (it has {shown} and no kit schema); "
+                "kit leaves it untouched: point KIT_DB (or db=) at a kit ledger or a new file")
+        latest = len(MIGRATIONS)  # read now, not at import, so the list stays the one source of truth
+        if version > latest:
+            raise LedgerIdentityError(f"{self.path} has ledger schema {version}; this kit knows {latest}: "
+                                      "upgrade kit to use it (it was left untouched)")
+        return version
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Bring the file to this kit's schema in one transaction, so a new ledger gets its marker with its
+        tables and a failed migration leaves nothing behind, not even kit_schema."""
+        current, latest = self._kind(con), len(MIGRATIONS)
+        if current == latest:
+            return
+        con.execute("BEGIN")
+        try:
+            con.execute("CREATE TABLE IF NOT EXISTS kit_schema (version INTEGER, applied_at TIMESTAMP)")
+            for version in range(current + 1, latest + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    con.execute(statement)
+                con.execute("INSERT INTO kit_schema VALUES (?, now()::TIMESTAMP)", [version])
+            con.execute("COMMIT")
+        except BaseException:
+            _rollback(con)  # the migrations land whole or not at all
+            raise
+
+    def _replay_journal(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Write what waits in the journal, in order. A record the ledger refuses (intact, but not a batch of
+        the right shape) is set aside, so it cannot stop every later open."""
+        with self.journal.draining() as records:
+            refused: list[tuple[dict[str, Any], Exception]] = []
+            for record in records:
+                try:
+                    self._apply(Batch.from_record(record))
+                except STORAGE_FAILURES:
+                    raise  # the disk, not the record: everything stays in the journal
+                except _REFUSED as exc:
+                    refused.append((record, exc))
+            if refused:
+                self.journal.set_aside([r for r, _ in refused], "the ledger refused them: " + "; ".join(
+                    f"{type(e).__name__}: {e}" for _, e in refused[:3]))
+            if len(records) > len(refused):
+                con.execute(LEGACY_FILL_KEYS)  # fills of a journal older than execution keys
+                log.warning("wrote %d batch(es) that waited in %s", len(records) - len(refused),
+                            self.journal.path)
 
     def release(self) -> None:
         """Let other processes in while this run is idle; the next write connects again."""
-        self.close()
-
-    def close(self) -> None:
         if self._con is not None:
             with Ledger._writers_lock:
                 Ledger._writers.pop(self.path, None)
-            self._con.close()
-            self._con = None
+            con, self._con = self._con, None
+            try:
+                con.close()
+            except duckdb.Error as exc:  # a checkpoint on a full disk: what was committed stays in the WAL
+                log.warning("closing the ledger %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        self.release()
+        self._opened = False
 
     def __enter__(self) -> Ledger:
-        return self if self.connected else self.open()
+        return self if self._opened else self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -293,47 +516,24 @@ class Ledger:
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """The writer's connection, connecting again (and waiting if need be) after a release."""
-        if self._con is None:
-            self.open()
+        """The writer's connection, connecting again after a release; LedgerBusyError while it is held."""
+        if self._con is None and not self._connect():
+            raise LedgerBusyError(f"{self.path} is held by another process ({self.holder})")
         assert self._con is not None
         return self._con
 
-    def _migrate(self) -> None:
-        con = self.con
-        con.execute("CREATE TABLE IF NOT EXISTS kit_schema (version INTEGER, applied_at TIMESTAMP)")
-        current = con.execute("SELECT coalesce(max(version), 0) FROM kit_schema").fetchone()[0]
-        latest = len(MIGRATIONS)  # read now, not at import, so the list stays the one source of truth
-        if current > latest:
-            raise KitError(f"{self.path} has ledger schema {current}; this kit knows {latest}: upgrade kit")
-        for version in range(current + 1, latest + 1):
-            con.execute("BEGIN")
-            try:
-                for statement in MIGRATIONS[version - 1]:
-                    con.execute(statement)
-                con.execute("INSERT INTO kit_schema VALUES (?, now()::TIMESTAMP)", [version])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")  # a migration lands whole or not at all
-                raise
-
     def schema_version(self) -> int:
-        return self.con.execute("SELECT max(version) FROM kit_schema").fetchone()[0]
+        return self._records("SELECT max(version) AS version FROM kit_schema", [])[0]["version"]
 
     def run_row(self, run_id: str) -> dict[str, Any] | None:
-        cursor = self.con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
-        row = cursor.fetchone()
-        return None if row is None else dict(zip([d[0] for d in cursor.description], row, strict=True))
+        rows = self._records("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
 
     def insert_run(self, values: dict[str, Any]) -> None:
-        columns = [c for c in RUN_COLUMNS if c in values]
-        self.con.execute(
-            f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [values[c] for c in columns],
-        )
+        self.write(Batch(new_runs={values["run_id"]: dict(values)}))
 
     def update_run(self, run_id: str, **values: Any) -> None:
-        self._apply(Batch(runs={run_id: values}))
+        self.write(Batch(runs={run_id: values}))
 
     def load_orders(self, run_id: str) -> list[Order]:
         fills: dict[str, list[Fill]] = {}
@@ -352,73 +552,79 @@ class Ledger:
 
     def owners(self, client_order_ids: list[str], run_id: str) -> dict[str, str]:
         """The ids among these that another run already holds: ids are keys across the whole ledger."""
-        rows = self.con.execute("SELECT client_order_id, run_id FROM orders WHERE client_order_id IN "
-                                "(SELECT unnest(?)) AND run_id <> ?", [client_order_ids, run_id]).fetchall()
-        return dict(rows)
+        rows = self._records("SELECT client_order_id, run_id FROM orders WHERE client_order_id IN "
+                             "(SELECT unnest(?)) AND run_id <> ?", [client_order_ids, run_id])
+        return {row["client_order_id"]: row["run_id"] for row in rows}
 
     def next_seq(self, run_id: str) -> int:
-        return self.con.execute("SELECT coalesce(max(seq), 0) + 1 FROM order_events WHERE run_id = ?",
-                                [run_id]).fetchone()[0]
+        return self._records("SELECT coalesce(max(seq), 0) + 1 AS seq FROM order_events WHERE run_id = ?",
+                             [run_id])[0]["seq"]
 
-    def _records(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
-        cursor = self.con.execute(sql, params)
-        names = [d[0] for d in cursor.description]
-        for row in cursor.fetchall():
-            yield dict(zip(names, row, strict=True))
+    def _records(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        with self._reader() as con:
+            cursor = con.execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    @contextmanager
+    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The writer's connection if this run has (or can take back) the file; else what any reader
+        sees: the file with the journal folded on top."""
+        if self._con is None and self._opened and time.monotonic() >= self._next_attempt:
+            with contextlib.suppress(LedgerWriteError):  # a full disk: reading goes on
+                if not self._connect():
+                    self._next_attempt = time.monotonic() + RETRY_CONNECT
+        if self._con is not None:
+            yield self._con
+            return
+        with self.reading() as con:
+            yield con
 
     def write(self, batch: Batch) -> bool:
-        """One transaction for the whole batch: all of it lands, or none of it. If another process holds
-        the file, the batch goes to the journal instead (durably) and False says so."""
+        """One transaction for the whole batch: all of it lands, or none of it. While another process holds
+        the file, or the file cannot be written (a full disk), the batch goes to the journal instead,
+        durably, and False says so. If the journal cannot take it either, LedgerWriteError names both files
+        and DuckDB's reason: then the batch is recorded nowhere."""
+        failure: LedgerWriteError | None = None
         if self._con is None:
             now = time.monotonic()
-            connected = now >= self._next_attempt and self._connect()
-            if not connected:
-                self._next_attempt = now + 0.5  # an attempt on a locked file is cheap, but not free
-                self.journal.append(batch.to_record())
-                return False
-        self._apply(batch)
-        return True
+            if now >= self._next_attempt:
+                try:
+                    if not self._connect():
+                        self.journal_reason = f"is held by another process ({self.holder})"
+                except LedgerWriteError as exc:
+                    failure = exc
+            if self._con is None:
+                self._next_attempt = now + RETRY_CONNECT
+        if self._con is not None:
+            try:
+                self._apply(batch)
+                return True
+            except STORAGE_FAILURES as exc:
+                self.release()  # the next write connects afresh, and writes the journal first
+                self._next_attempt = time.monotonic() + RETRY_CONNECT
+                failure = LedgerWriteError(f"could not write a batch to the ledger {self.path}: {exc}")
+        if failure is not None:
+            self.journal_reason = f"could not be written ({failure})"
+            log.error("%s", failure)
+        try:
+            self.journal.append(batch.to_record())
+        except LedgerWriteError as exc:
+            if failure is None:
+                raise
+            raise LedgerWriteError(f"{failure}; nor to its journal: {exc}") from exc
+        return False
 
     def _apply(self, batch: Batch) -> None:
-        con = self.con
-        con.execute("BEGIN")
-        try:
-            if batch.events:
-                self._insert(con, "order_events", EVENT_COLUMNS, batch.events, "INSERT OR IGNORE")
-            crash_point("ledger.mid_write")
-            if batch.replaced_fills:
-                con.execute("DELETE FROM fills WHERE exec_id IN (SELECT unnest(?))",
-                            [sorted(batch.replaced_fills)])
-            if batch.fills:
-                self._insert(con, "fills", FILL_COLUMNS, list(batch.fills.values()), "INSERT OR REPLACE")
-            if batch.orders:
-                self._insert(con, "orders", ORDER_COLUMNS, list(batch.orders.values()), "INSERT OR REPLACE")
-            for run_id, values in batch.runs.items():
-                assignments = ", ".join(f"{name} = ?" for name in values)
-                con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values.values(), run_id])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        apply_batch(self.con, batch, writer=True)
         crash_point("ledger.committed")
-
-    @staticmethod
-    def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[Row],
-                verb: str) -> None:
-        if len(rows) <= SMALL_BATCH and verb in ("INSERT OR IGNORE", "INSERT OR REPLACE"):
-            _insert_small(con, table, columns, rows, verb == "INSERT OR REPLACE")
-            return
-        frame = pd.DataFrame.from_records(rows, columns=list(columns))
-        con.register("_kit_batch", frame)
-        try:
-            con.execute(f"{verb} INTO {table} ({_quoted(columns)}) SELECT * FROM _kit_batch")
-        finally:
-            con.unregister("_kit_batch")
 
     # ---- reader side -------------------------------------------------------------------------------
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection: a cursor on this process's writer if it has one, else read-only."""
+        """A short-lived connection: a cursor on this process's writer if it has one, else the file
+        read-only with the batches waiting in the journal folded on top (what the next writer will write),
+        so a reader sees the latest state even while a notebook holds the file."""
         with Ledger._writers_lock:
             writer = Ledger._writers.get(self.path)
             if writer is not None:
@@ -431,28 +637,85 @@ class Ledger:
             return
         if not self.path.exists():
             raise KitError(f"no ledger at {self.path}: run something first, or set KIT_DB")
-        if self.journal.pending():  # a locked-out run left batches: write them first, if the file is free
-            with contextlib.suppress(LedgerBusyError):
-                Ledger(self.path).open(wait=0).close()
-        con = self._read_only()
+        records = self.journal.records()
+        if records:  # a locked-out run left batches: write them first, if the file is free
+            probe = Ledger(self.path)
+            with contextlib.suppress(LedgerWriteError):
+                if probe._connect():
+                    probe.close()
+                    records = self.journal.records()
+        con = self._overlay(records) if records else self._waiting(
+            lambda: duckdb.connect(str(self.path), read_only=True))
         try:
             yield con
         finally:
             con.close()
 
-    def _read_only(self) -> duckdb.DuckDBPyConnection:
+    def _overlay(self, records: list[dict[str, Any]]) -> duckdb.DuckDBPyConnection:
+        """An in-memory database showing the file (attached read-only) with the journal's batches applied
+        on top, in order: the latest row per key wins, events are added. The file is not touched."""
+        con = duckdb.connect()
+        try:
+            path = str(self.path).replace("'", "''")
+            self._waiting(lambda: con.execute(f"ATTACH '{path}' AS f (READ_ONLY)"))
+            present = {n for (n,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name "
+                                                 "= 'f' AND schema_name = 'main'").fetchall()}
+            con.execute("CREATE SCHEMA journal")
+            con.execute("USE memory.journal")
+            for migration in MIGRATIONS:
+                for statement in migration:
+                    con.execute(statement)
+            con.execute("CREATE TABLE replaced (exec_id VARCHAR)")
+            batches = []
+            for record in records:
+                with contextlib.suppress(*_REFUSED):  # the next writer sets such a record aside
+                    batches.append(Batch.from_record(record))
+            touched = sorted({run for batch in batches for run in (*batch.runs, *batch.new_runs)})
+            if "runs" in present and touched:
+                con.execute("INSERT INTO runs BY NAME SELECT * FROM f.runs WHERE run_id IN "
+                            "(SELECT unnest(?))", [touched])
+            for batch in batches:
+                with contextlib.suppress(*_REFUSED):
+                    apply_batch(con, batch)
+                    if batch.replaced_fills:
+                        con.execute("INSERT INTO replaced SELECT unnest(?)", [sorted(batch.replaced_fills)])
+            con.execute(LEGACY_FILL_KEYS)
+            if "order_events" in present:  # replayed already (a crash between replaying and emptying)
+                con.execute("DELETE FROM order_events WHERE event_id IN "
+                            "(SELECT event_id FROM f.order_events)")
+            con.execute("USE memory.main")
+            keys = {"runs": "run_id", "orders": "client_order_id", "fills": "exec_id"}
+            for table in LEDGER_TABLES:
+                sql = f"SELECT * FROM journal.{table}"
+                if table in present:
+                    key = keys.get(table)
+                    where = f" WHERE {key} NOT IN (SELECT {key} FROM journal.{table})" if key else ""
+                    if table == "fills":
+                        where += " AND exec_id NOT IN (SELECT exec_id FROM journal.replaced)"
+                    sql += f" UNION ALL BY NAME SELECT * FROM f.{table}{where}"
+                con.execute(f"CREATE VIEW {table} AS {sql}")
+            for table in sorted(present - set(LEDGER_TABLES)):
+                con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM f."{table}"')
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _waiting(self, attempt: Callable[[], Any]) -> Any:
+        """`attempt` (a read-only open), retried while a writer holds the file, for KIT_LEDGER_READ_WAIT s:
+        a kit run lets go of it whenever it is idle."""
         wait = float(setting("KIT_LEDGER_READ_WAIT", 10))
         deadline, delay = time.monotonic() + wait, 0.05
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=True)
+                return attempt()
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower():
+                if not _is_held(exc):
                     raise
                 if time.monotonic() + delay > deadline:
                     raise LedgerBusyError(
-                        f"the ledger {self.path} is in use by another process (a run in progress?); try "
-                        f"again when it ends, or use another KIT_DB. DuckDB says: {exc}") from exc
+                        f"the ledger {self.path} is in use by another process ({_holder(exc)}; a run in "
+                        "progress?); try again when it ends, or use another KIT_DB") from exc
             time.sleep(delay)  # no notice comes when DuckDB's lock is released; see Ledger.open
             delay = min(delay * 2, 1.0)
 
@@ -508,9 +771,9 @@ class Ledger:
 
     def runs_sent_on(self, day: date) -> list[str]:
         """Runs with orders handed to a broker on `day` (UTC): what reconcile checks by default."""
-        rows = self.con.execute("SELECT DISTINCT run_id FROM orders WHERE submitted_at >= ? AND submitted_at "
-                                "< ? + INTERVAL 1 DAY ORDER BY run_id", [day, day]).fetchall()
-        return [str(r) for (r,) in rows]
+        rows = self._records("SELECT DISTINCT run_id FROM orders WHERE submitted_at >= ? AND submitted_at "
+                             "< ? + INTERVAL 1 DAY ORDER BY run_id", [day, day])
+        return [str(row["run_id"]) for row in rows]
 
     def resolve_run(self, run: str | None) -> str:
         """A run id or a run key -> run id; None -> the latest run."""
