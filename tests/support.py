@@ -29,20 +29,26 @@ FAR_LIMIT = {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [10], "order_type"
 class ScriptedBroker(Broker):
     """Answers each order with `script(order)`, the events a real broker's session might deliver for it.
 
-    It knows nothing on sync (a new process, as far as a resume can tell). A cancel is recorded and, with
-    `confirm_cancels`, confirmed at once; otherwise it goes unanswered, like a broker that never replies.
+    By default it knows nothing on sync (a new process, as far as a resume can tell); with `remember`, sync
+    replays what it told about each order it knows, as a broker lists its orders and executions. A cancel is
+    recorded and, with `confirm_cancels`, confirmed at once, followed by `after_cancel(client_order_id)`'s
+    events (a fill racing the cancel); otherwise it goes unanswered, like a broker that never replies.
     """
 
     name = "scripted"
     account = "DU000001"
 
     def __init__(self, script: Callable[[OrderIntent], Iterable[BrokerEvent]], *,
-                 confirm_cancels: bool = False):
+                 confirm_cancels: bool = False,
+                 after_cancel: Callable[[str], Iterable[BrokerEvent]] | None = None, remember: bool = False):
         super().__init__()
         self.script = script
         self.confirm_cancels = confirm_cancels
+        self.after_cancel = after_cancel
+        self.remember = remember
         self.submitted: list[str] = []
         self.cancel_requests: list[str] = []
+        self.told: dict[str, list[BrokerEvent]] = {}  # client_order_id -> every event emitted for it
 
     async def connect(self) -> None:
         return None
@@ -50,15 +56,27 @@ class ScriptedBroker(Broker):
     async def close(self) -> None:
         return None
 
+    def _tell(self, client_order_id: str, events: Iterable[BrokerEvent]) -> None:
+        for event in events:
+            self.told.setdefault(client_order_id, []).append(event)
+            self.emit(event)
+
     async def submit(self, order: OrderIntent) -> None:
         self.submitted.append(order.client_order_id)
-        for event in self.script(order):
-            self.emit(event)
+        self._tell(order.client_order_id, self.script(order))
 
     async def cancel(self, client_order_id: str) -> None:
         self.cancel_requests.append(client_order_id)
         if self.confirm_cancels:
-            self.emit(Cancelled(client_order_id, utcnow(), "timeout"))
+            self._tell(client_order_id, [Cancelled(client_order_id, utcnow(), "timeout")])
+            if self.after_cancel is not None:
+                self._tell(client_order_id, self.after_cancel(client_order_id))
 
     async def sync(self, orders: Any) -> set[str]:
-        return set()
+        if not self.remember:
+            return set()
+        known = {o.client_order_id for o in orders if o.client_order_id in self.told}
+        for client_order_id in sorted(known):
+            for event in list(self.told[client_order_id]):
+                self.emit(event)
+        return known
