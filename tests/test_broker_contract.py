@@ -22,7 +22,7 @@ import subprocess
 import sys
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -37,10 +37,18 @@ from kit.gateway import Faults, GatewayConfig, run_gateway_in_thread
 from kit.model import Accepted, BrokerEvent, Commission, Execution, Fill, OrderIntent, Rejected
 from tests.ib_driver import execute as execute_on_ib
 from tests.ib_driver import report
-from tests.support import FAR_LIMIT, IB_BASKET, ScriptedBroker
+from tests.support import (
+    FAR_LIMIT,
+    IB_BASKET,
+    ScriptedBroker,
+    by_id,
+    gateway_executions,
+    gateway_placements,
+    of_run,
+    require_insync,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-INSYNC_PYTHON = ROOT / ".venv-insync" / "bin" / "python"
 # The simulated gateway's reference prices for the basket's stocks; "NOPE" is unknown to every broker.
 PRICES = {"AAPL": 190.0, "MSFT": 420.0, "TTE": 62.0}
 UNKNOWN = "NOPE"
@@ -73,15 +81,6 @@ class World(ABC):
     @abstractmethod
     def working(self, client_order_id: str) -> bool:
         """Does the broker still have this order working (able to fill)?"""
-
-
-def of_run(run_key: str, keyed: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
-    return ((coid, value) for coid, value in keyed if coid.startswith(f"{run_key}-"))
-
-
-def by_id(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    assert "error" not in result, result["error"]
-    return {o["client_order_id"]: o for o in result["orders"]}
 
 
 def events_of(result: dict[str, Any], client_order_id: str) -> list[dict[str, Any]]:
@@ -266,7 +265,7 @@ class InProcessWorld(World):
         return report(run, self.db)
 
     def placements(self, run_key: str) -> dict[str, int]:
-        return dict(of_run(run_key, Counter(self.broker.submitted).items()))
+        return {coid: n for coid, n in Counter(self.broker.submitted).items() if of_run(coid, run_key)}
 
 
 class MockWorld(InProcessWorld):
@@ -276,7 +275,7 @@ class MockWorld(InProcessWorld):
 
     def executions(self, run_key: str) -> dict[str, float]:
         fills = [e.fill for w in self.broker.orders.values() for e in w.sent if isinstance(e, Execution)]
-        return {f.exec_id: f.quantity for f in fills if f.client_order_id.startswith(f"{run_key}-")}
+        return {f.exec_id: f.quantity for f in fills if of_run(f.client_order_id, run_key)}
 
     def working(self, client_order_id: str) -> bool:
         return not self.broker.orders[client_order_id].done
@@ -333,7 +332,7 @@ class ScriptedWorld(InProcessWorld):
                                      after_cancel=late_fill if situation == "fill_after_cancel" else None)
 
     def executions(self, run_key: str) -> dict[str, float]:
-        told = [e for coid, events in of_run(run_key, self.broker.told.items()) for e in events]
+        told = [e for coid, events in self.broker.told.items() if of_run(coid, run_key) for e in events]
         return {e.fill.exec_id: e.fill.quantity for e in told if isinstance(e, Execution)}
 
     def working(self, client_order_id: str) -> bool:
@@ -375,11 +374,10 @@ class IBWorld(World):
                            "client_id": self.client_id, **options})
 
     def placements(self, run_key: str) -> dict[str, int]:
-        return dict(of_run(run_key, self.gw.call(lambda: list(self.gw.state.placements.items()))))
+        return gateway_placements(self.gw, run_key)
 
     def executions(self, run_key: str) -> dict[str, float]:
-        executions = self.gw.call(lambda: list(self.gw.state.effective_executions()))
-        return {e.exec_id: e.shares for e in executions if e.order.order_ref.startswith(f"{run_key}-")}
+        return gateway_executions(self.gw, run_key)
 
     def working(self, client_order_id: str) -> bool:
         return self.gw.call(lambda: self.gw.state.orders_by_ref(client_order_id)[0].is_working)
@@ -435,13 +433,10 @@ class TestIBInsyncGateway(IBGatewayContract):
     @pytest.fixture(scope="class")
     @classmethod
     def drive(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict], dict]]:
-        if not INSYNC_PYTHON.exists():
-            if os.environ.get("CI"):
-                pytest.fail(".venv-insync is missing: `make test` builds it")
-            pytest.skip(".venv-insync is missing: run `make insync` (make test builds it)")
+        python = require_insync()
         log = tmp_path_factory.mktemp("insync") / "driver.log"
         with log.open("w") as stderr:
-            driver = subprocess.Popen([str(INSYNC_PYTHON), "-m", "tests.ib_driver", "--serve"], cwd=ROOT,
+            driver = subprocess.Popen([str(python), "-m", "tests.ib_driver", "--serve"], cwd=ROOT,
                                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=stderr, text=True)
 
