@@ -43,9 +43,13 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                       sync_timeout=spec.get("sync_timeout", 10.0))
     result: dict[str, Any] = {"library": broker.lib.__name__}
     try:
-        run = kit.execute(pd.DataFrame(spec["targets"]), broker=broker, run_key=spec["run_key"],
-                          db=spec["db"], timeout=spec.get("timeout", 10.0),
-                          on_timeout=spec.get("on_timeout", "cancel"))
+        if spec.get("action") == "cancel":  # the kill switch, `kit cancel --run RUN_KEY`
+            [run] = kit.cancel(spec["run_key"], broker=broker, db=spec["db"],
+                               timeout=spec.get("timeout", 10.0))
+        else:
+            run = kit.execute(pd.DataFrame(spec["targets"]), broker=broker, run_key=spec["run_key"],
+                              db=spec["db"], timeout=spec.get("timeout", 10.0),
+                              on_timeout=spec.get("on_timeout", "cancel"))
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         return result

@@ -34,7 +34,7 @@ from kit.brokers.base import RUN_NOTICES, Notice
 from kit.brokers.mock import MockBroker
 from kit.clock import utcnow
 from kit.gateway import Faults, GatewayConfig, run_gateway_in_thread
-from kit.model import Accepted, BrokerEvent, Commission, Execution, Fill, OrderIntent, Rejected
+from kit.model import Accepted, BrokerEvent, Cancelled, Commission, Execution, Fill, OrderIntent, Rejected
 from tests.ib_driver import execute as execute_on_ib
 from tests.ib_driver import report
 from tests.support import (
@@ -60,7 +60,7 @@ QUICK = 0.5  # seconds a run waits for orders that will not fill: it must end by
 NOTE = re.compile(r"^\d\d:\d\d:\d\d (\w+): ")  # how the engine writes a broker's notice into the notes
 
 # What a check needs the broker's world to do besides trading normally.
-Situation = Literal["plain", "duplicates", "fill_after_cancel", "disconnect"]
+Situation = Literal["plain", "duplicates", "fill_after_cancel", "disconnect", "deaf_to_cancels"]
 
 
 class World(ABC):
@@ -69,6 +69,10 @@ class World(ABC):
     @abstractmethod
     def execute(self, targets: dict[str, list[Any]], run_key: str, **options: Any) -> dict[str, Any]:
         """kit.execute the targets through this broker; the run's report (tests.ib_driver.report)."""
+
+    @abstractmethod
+    def cancel(self, run_key: str, timeout: float) -> dict[str, Any]:
+        """The kill switch (kit.cancel) on the run's working orders; that run's report."""
 
     @abstractmethod
     def placements(self, run_key: str) -> dict[str, int]:
@@ -118,7 +122,9 @@ class BrokerContract:
             **options: Any) -> dict[str, Any]:
         """One run, and what holds for every run on every broker: the ledger's run status is the run's, and
         the notices are in kit's vocabulary."""
-        result = world.execute(targets, run_key, **options)
+        return self.checked(world.execute(targets, run_key, **options))
+
+    def checked(self, result: dict[str, Any]) -> dict[str, Any]:
         by_id(result)
         assert result["ledger_status"] == result["status"]
         for event in result["events"]:
@@ -167,6 +173,16 @@ class BrokerContract:
         kinds = [(e["kind"], e["detail"].get("effect")) for e in events_of(cancelled, coid)]
         # CANCELLED came from the broker's confirmation, after kit asked
         assert kinds.index(("cancel_requested", None)) < kinds.index(("cancelled", "applied"))
+
+    def test_a_cancel_the_broker_never_confirms_leaves_the_order_working(self, make_world):
+        world = make_world("deaf_to_cancels")
+        [coid] = by_id(self.run(world, FAR_LIMIT, "deaf", timeout=QUICK, on_timeout="leave"))
+        result = self.checked(world.cancel("deaf", timeout=QUICK))
+        order = by_id(result)[coid]
+        assert (order["status"], order["remaining_quantity"]) == ("SUBMITTED", 10) and world.working(coid)
+        kinds = [e["kind"] for e in events_of(result, coid)]
+        assert "cancel_unconfirmed" in kinds[kinds.index("cancel_requested"):] and "cancelled" not in kinds
+        assert any("not confirmed" in note for note in result["notes"]), result["notes"]
 
     def test_a_rejection_ends_rejected_with_the_brokers_reason_and_the_rest_goes_on(self, make_world):
         world = make_world()
@@ -264,6 +280,10 @@ class InProcessWorld(World):
         run = kit.execute(pd.DataFrame(targets), broker=self.broker, run_key=run_key, db=self.db, **options)
         return report(run, self.db)
 
+    def cancel(self, run_key: str, timeout: float) -> dict[str, Any]:
+        [run] = kit.cancel(run_key, broker=self.broker, db=self.db, timeout=timeout)
+        return report(run, self.db)
+
     def placements(self, run_key: str) -> dict[str, int]:
         return {coid: n for coid, n in Counter(self.broker.submitted).items() if of_run(coid, run_key)}
 
@@ -286,6 +306,8 @@ class TestMockBroker(BrokerContract):
     CANNOT: ClassVar[dict[str, str]] = {
         "test_a_fill_after_the_cancel_is_recorded":
             "the mock's cancel is atomic: an order it confirms cancelled fills no more",
+        "test_a_cancel_the_broker_never_confirms_leaves_the_order_working":
+            "the mock confirms every cancel of a working order at once",
         "test_a_lost_connection_is_noticed_and_every_fill_is_recorded_once":
             "the mock lives in kit's process: there is no connection to lose",
     }
@@ -328,7 +350,7 @@ class ScriptedWorld(InProcessWorld):
         if situation == "duplicates":
             def script(order: OrderIntent) -> list[BrokerEvent]:
                 return [event for event in exchange(order) for _ in range(2)]
-        self.broker = ScriptedBroker(script, confirm_cancels=True, remember=True,
+        self.broker = ScriptedBroker(script, confirm_cancels=situation != "deaf_to_cancels", remember=True,
                                      after_cancel=late_fill if situation == "fill_after_cancel" else None)
 
     def executions(self, run_key: str) -> dict[str, float]:
@@ -336,9 +358,8 @@ class ScriptedWorld(InProcessWorld):
         return {e.fill.exec_id: e.fill.quantity for e in told if isinstance(e, Execution)}
 
     def working(self, client_order_id: str) -> bool:
-        told = self.broker.told.get(client_order_id, [])
-        return (client_order_id not in self.broker.cancel_requests and not any(
-            isinstance(e, Rejected) for e in told) and not any(isinstance(e, Execution) for e in told))
+        told = self.broker.told.get(client_order_id, [])  # only FAR_LIMIT orders are asked about: no fills
+        return bool(told) and not any(isinstance(e, Rejected | Cancelled | Execution) for e in told)
 
 
 class TestScriptedBroker(BrokerContract):
@@ -362,6 +383,7 @@ GATEWAY_FAULTS: dict[Situation, dict[str, Any]] = {
     "duplicates": {"duplicate_exec_details": True},
     "fill_after_cancel": {"fill_after_cancel": True},
     "disconnect": {"disconnect_on": "orderStatus:Filled"},
+    "deaf_to_cancels": {},  # the gateway's cancelOrder handler is replaced: see IBGatewayContract.make_world
 }
 
 
@@ -372,6 +394,9 @@ class IBWorld(World):
     def execute(self, targets: dict[str, list[Any]], run_key: str, **options: Any) -> dict[str, Any]:
         return self.drive({"port": self.gw.port, "db": str(self.db), "run_key": run_key, "targets": targets,
                            "client_id": self.client_id, **options})
+
+    def cancel(self, run_key: str, timeout: float) -> dict[str, Any]:
+        return self.execute({}, run_key, action="cancel", timeout=timeout)
 
     def placements(self, run_key: str) -> dict[str, int]:
         return gateway_placements(self.gw, run_key)
@@ -406,6 +431,7 @@ class IBGatewayContract(BrokerContract):
     def _disarm(self, gateway: Any) -> Iterator[None]:
         yield
         gateway.call(setattr, gateway.gateway, "faults", Faults())
+        gateway.call(vars(gateway.gateway._handlers).pop, "cancelOrder", None)  # its own again
 
     @pytest.fixture
     def make_world(self, request, tmp_path, gateway, drive) -> Callable[..., World]:
@@ -416,6 +442,8 @@ class IBGatewayContract(BrokerContract):
         def make(situation: Situation = "plain") -> World:
             for knob, value in GATEWAY_FAULTS[situation].items():
                 gateway.call(setattr, gateway.faults, knob, value)
+            if situation == "deaf_to_cancels":  # IB never answers a cancel
+                gateway.call(setattr, gateway.gateway._handlers, "cancelOrder", lambda conn, fields: None)
             return IBWorld(gateway, tmp_path / "kit.duckdb", drive, self.CLIENT_ID)
 
         return make
