@@ -1,16 +1,35 @@
 """Runs kit.execute against an IB endpoint and reports what the ledger holds, as JSON.
 
-Imported by the tests for ib_async (same process) and run as a script under .venv-insync for ib_insync,
-so the same scenario is checked with both client libraries.
+Imported by the tests for ib_async (same process) and run under .venv-insync for ib_insync, so the same
+scenario is checked with both client libraries: `python -m tests.ib_driver SPEC_JSON` runs one spec and
+prints its report; `python -m tests.ib_driver --serve` reads one spec a line from stdin and answers each
+with a line `REPORT <json>`, so a test class pays for starting Python and importing kit once.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+
+def report(run: Any, db: str | Path) -> dict[str, Any]:
+    """What a run left behind, in plain JSON: the same shape for every broker the tests drive."""
+    import kit
+
+    ledger = kit.ledger(db)
+    return {
+        "status": run.status,
+        "ledger_status": str(ledger.runs().set_index("run_id").loc[run.run_id, "status"]),
+        "notes": run.notes,
+        "orders": json.loads(run.orders.to_json(orient="records", date_format="iso")),
+        "fills": json.loads(run.fills.to_json(orient="records", date_format="iso")),
+        "events": json.loads(ledger.events(run.run_id)[["client_order_id", "kind", "status", "detail"]]
+                             .to_json(orient="records")),
+    }
 
 
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
@@ -24,23 +43,27 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                       sync_timeout=spec.get("sync_timeout", 10.0))
     result: dict[str, Any] = {"library": broker.lib.__name__}
     try:
-        run = kit.execute(pd.DataFrame(spec["targets"]), broker=broker, run_key=spec["run_key"],
-                          db=spec["db"], timeout=spec.get("timeout", 10.0),
-                          on_timeout=spec.get("on_timeout", "cancel"))
+        if spec.get("action") == "cancel":  # the kill switch, `kit cancel --run RUN_KEY`
+            [run] = kit.cancel(spec["run_key"], broker=broker, db=spec["db"],
+                               timeout=spec.get("timeout", 10.0))
+        else:
+            run = kit.execute(pd.DataFrame(spec["targets"]), broker=broker, run_key=spec["run_key"],
+                              db=spec["db"], timeout=spec.get("timeout", 10.0),
+                              on_timeout=spec.get("on_timeout", "cancel"))
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         return result
-    ledger = kit.ledger(spec["db"])
-    result.update(
-        status=run.status,
-        notes=run.notes,
-        orders=json.loads(run.orders.to_json(orient="records", date_format="iso")),
-        fills=json.loads(run.fills.to_json(orient="records", date_format="iso")),
-        events=json.loads(ledger.events(run.run_id)[["client_order_id", "kind", "status", "detail"]]
-                          .to_json(orient="records")),
-    )
+    result.update(report(run, spec["db"]))
     return result
 
 
+def serve() -> None:
+    for line in sys.stdin:
+        print("REPORT " + json.dumps(execute(json.loads(line))), flush=True)
+
+
 if __name__ == "__main__":
-    print(json.dumps(execute(json.loads(sys.argv[1]))))
+    if sys.argv[1] == "--serve":
+        serve()
+    else:
+        print(json.dumps(execute(json.loads(sys.argv[1]))))

@@ -23,6 +23,7 @@ import pytest
 
 from kit.gateway import GatewayConfig, run_gateway_in_thread
 from tests.ib_driver import execute
+from tests.support import gateway_executions, gateway_placements
 
 ROOT = Path(__file__).resolve().parents[1]
 BASKET = {"symbol": ["AAPL", "MSFT", "IBM"], "side": ["BUY", "SELL", "BUY"], "quantity": [300, 120, 90]}
@@ -114,11 +115,10 @@ def check_invariants(gw: Any, db: Path) -> None:
     ledger = kit.ledger(db)
     orders = ledger.orders().set_index("client_order_id")
     fills = ledger.fills()
-    placements = gw.call(lambda: dict(gw.state.placements))
-    ours = {ref: n for ref, n in placements.items() if ref.startswith("crash-")}
+    ours = gateway_placements(gw, "crash")
     assert ours and all(n == 1 for n in ours.values()), f"an order reached IB twice: {ours}"
     gateway_orders = gw.call(lambda: {o.order_ref: (o.status, o.filled) for o in gw.state.orders.values()})
-    executions = gw.call(lambda: {e.exec_id: e.shares for e in gw.state.effective_executions()})
+    executions = gateway_executions(gw)
     assert fills["exec_id"].is_unique
     assert dict(zip(fills["exec_id"], fills["quantity"], strict=True)) == executions
     assert fills["commission"].notna().all(), "an execution lost its commission"

@@ -16,17 +16,9 @@ from kit.brokers.ib import IBBroker
 from kit.cli import main
 from kit.config import IBSettings
 from kit.gateway import GatewayConfig, run_gateway_in_thread
+from tests.support import FAR_LIMIT, IB_BASKET
 
 CLIENT_ID = 23
-BASKET = {
-    "symbol": ["AAPL", "MSFT", "TTE"],
-    "side": ["BUY", "SELL", "BUY"],
-    "quantity": [300, 120, 40],
-    "currency": ["USD", "USD", "EUR"],
-    "primary_exchange": ["NASDAQ", "NASDAQ", "SBF"],
-}
-FAR_LIMIT = {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [10], "order_type": ["LMT"],
-             "limit_price": [1.0]}  # fmt: skip
 
 
 @pytest.fixture
@@ -52,7 +44,8 @@ def events(db: Path, run_id: str, kind: str) -> pd.DataFrame:
 
 
 def test_dry_run_asks_ib_what_if_places_nothing_and_the_real_run_sends_each_order_once(gateway, db):
-    planned = kit.execute(pd.DataFrame(BASKET), broker=broker(gateway), run_key="safe", db=db, dry_run=True)
+    planned = kit.execute(pd.DataFrame(IB_BASKET), broker=broker(gateway), run_key="safe", db=db,
+                          dry_run=True)
     assert planned.status == "planned"
     assert at_gateway(gateway) == ({}, {})  # nothing placed, nothing booked
     assert gateway.call(lambda: list(gateway.state.executions)) == []
@@ -69,7 +62,7 @@ def test_dry_run_asks_ib_what_if_places_nothing_and_the_real_run_sends_each_orde
             assert estimate["initMarginChange"] == 0.25 * 300 * 190.0
             assert estimate["equityWithLoanChange"] == -estimate["commission"]
 
-    done = kit.execute(pd.DataFrame(BASKET), broker=broker(gateway), run_key="safe", db=db, timeout=10)
+    done = kit.execute(pd.DataFrame(IB_BASKET), broker=broker(gateway), run_key="safe", db=db, timeout=10)
     assert done.status == "done"
     placements, statuses = at_gateway(gateway)
     assert placements == {coid: 1 for coid in orders["client_order_id"]}

@@ -24,17 +24,11 @@ from kit import cli
 from kit.costs import tca
 from kit.gateway import GatewayConfig, run_gateway_in_thread
 from tests.ib_driver import execute
+from tests.support import IB_BASKET
 
 REVIEW = Path(__file__).resolve().parents[1] / "notebooks" / "review.ipynb"
 # Both sides, two currencies; decision prices a little off the market so that slippage is not zero.
-TARGETS = {
-    "symbol": ["AAPL", "MSFT", "TTE"],
-    "side": ["BUY", "SELL", "BUY"],
-    "quantity": [300, 120, 40],
-    "currency": ["USD", "USD", "EUR"],
-    "primary_exchange": ["NASDAQ", "NASDAQ", "SBF"],
-    "decision_price": [189.5, 421.0, 61.9],
-}
+TARGETS = {**IB_BASKET, "decision_price": [189.5, 421.0, 61.9]}
 MOCK_PRICES = {"AAPL": 190.0, "MSFT": 420.0, "TTE": 62.0}  # the simulated gateway's reference prices
 # A strategy's runs share the run key before its date, as `make demo` and `make demo-ib` name theirs.
 MOCK_KEY, IB_KEY = "pairs-2026-01-05", "pairs-2026-01-05-ib"

@@ -98,26 +98,25 @@ ORDERS = make_orders(
     ]
 )  # fmt: skip
 
+def fill(exec_id: str, client_order_id: str, quantity: float, price: float, commission: float,
+         seconds: float) -> dict:
+    return dict(exec_id=exec_id, client_order_id=client_order_id, quantity=quantity, price=price,
+                commission=commission, time=T0 + pd.Timedelta(seconds=seconds))
+
+
 FILLS = make_fills(
     [
-        dict(exec_id="e1", client_order_id="r1-AAPL-BUY", quantity=100, price=101.0, commission=1.0,
-             time=T0 + pd.Timedelta(seconds=2)),
+        fill("e1", "r1-AAPL-BUY", 100, 101.0, 1.0, seconds=2),
         # Listed last fill first: first/last latency must come from the times, not the row order.
-        dict(exec_id="e3", client_order_id="r1-MSFT-SELL", quantity=80, price=49.0, commission=0.4,
-             time=T0 + pd.Timedelta(seconds=5)),
-        dict(exec_id="e2", client_order_id="r1-MSFT-SELL", quantity=120, price=49.5, commission=0.6,
-             time=T0 + pd.Timedelta(seconds=1)),
-        dict(exec_id="e4", client_order_id="r1-SAP-SELL", quantity=10, price=202.0, commission=2.0,
-             time=T0 + pd.Timedelta(seconds=3)),
-        dict(exec_id="e5", client_order_id="r1-TSLA-BUY", quantity=30, price=303.0, commission=0.3,
-             time=T0 + pd.Timedelta(seconds=10)),
-        dict(exec_id="e6", client_order_id="r1-ASML-BUY", quantity=10, price=603.0, commission=1.0,
-             time=T0 + pd.Timedelta(seconds=4)),
+        fill("e3", "r1-MSFT-SELL", 80, 49.0, 0.4, seconds=5),
+        fill("e2", "r1-MSFT-SELL", 120, 49.5, 0.6, seconds=1),
+        fill("e4", "r1-SAP-SELL", 10, 202.0, 2.0, seconds=3),
+        fill("e5", "r1-TSLA-BUY", 30, 303.0, 0.3, seconds=10),
+        fill("e6", "r1-ASML-BUY", 10, 603.0, 1.0, seconds=4),
         # A fill of an order that is not in the frame: ignored (it would add 100 of commission otherwise).
-        dict(exec_id="e7", client_order_id="r0-GHOST-BUY", quantity=5, price=1.0, commission=100.0,
-             time=T0),
+        fill("e7", "r0-GHOST-BUY", 5, 1.0, 100.0, seconds=0),
     ]
-)  # fmt: skip
+)
 
 # AAPL is fully filled, so its close must not matter; ASML has none on purpose.
 CLOSES = {"AAPL": 999.0, "MSFT": 48.0, "NVDA": 125.0}

@@ -1,22 +1,23 @@
 """Helpers for driving the simulated gateway with the real ib_async client inside one event loop.
 
-No sleeps: ``until`` re-checks a condition each time the client has processed a batch of messages
-(``IB.updateEvent``), and ``next_emit`` waits for one emission of an eventkit event that was armed before
-the action that causes it.
+No sleeps: ``until`` and ``next_emit`` (from updates.py, shared with the ib_insync driver) wait on the
+client's own events.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ib_async import IB, Stock
+from updates import next_emit, until
 
 from kit.gateway import Gateway, GatewayConfig
 
 T = TypeVar("T")
-TIMEOUT = 5.0
+__all__ = ["connect", "errors_of", "filled_with_commissions", "gateway", "next_emit", "run", "stock", "until",
+           "with_client"]
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
@@ -24,34 +25,28 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def until(ib: IB, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Wait until predicate() holds, re-checking after each batch of messages the client processed."""
-    if predicate():
-        return
-    done = asyncio.get_running_loop().create_future()
+def with_client(**config: Any) -> Callable[[Callable[[Gateway, IB], Coroutine[Any, Any, None]]],
+                                            Callable[[], None]]:
+    """Make `async def test_x(gw, ib)` a test: its body runs in a fresh event loop (under run's timeout)
+    against a fresh gateway with this config, with one ib_async client connected as clientId 1 and
+    disconnected afterwards."""
 
-    def check(*_: object) -> None:
-        if not done.done() and predicate():
-            done.set_result(None)
+    def decorate(body: Callable[[Gateway, IB], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+        async def scenario() -> None:
+            async with gateway(**config).serving() as gw:
+                ib = await connect(gw)
+                try:
+                    await body(gw, ib)
+                finally:
+                    ib.disconnect()
 
-    ib.updateEvent += check
-    try:
-        await asyncio.wait_for(done, timeout)
-    finally:
-        ib.updateEvent -= check
+        def test() -> None:
+            run(scenario())
 
+        test.__name__, test.__qualname__, test.__doc__ = body.__name__, body.__qualname__, body.__doc__
+        return test
 
-def next_emit(event: Any) -> Awaitable[tuple[Any, ...]]:
-    """A future of the event's next emission (its arguments); arm it before causing the emission."""
-    future = asyncio.get_running_loop().create_future()
-
-    def fire(*args: object) -> None:
-        if not future.done():
-            future.set_result(args)
-        event.disconnect(fire)
-
-    event.connect(fire)
-    return asyncio.wait_for(future, TIMEOUT)
+    return decorate
 
 
 async def connect(gw: Gateway, client_id: int = 1, **kwargs: Any) -> IB:

@@ -1,7 +1,7 @@
 """Drive kit's simulated gateway with the real ib_insync 0.9.86; run under .venv-insync's python.
 
 Usage: insync_driver.py SCENARIO PORT. Prints one JSON object on its last stdout line, which
-test_ib_insync.py asserts on. No sleeps: waits re-check their condition on each IB.updateEvent.
+test_gateway_ib_insync.py asserts on. No sleeps: updates.until re-checks on each IB.updateEvent.
 """
 
 from __future__ import annotations
@@ -12,24 +12,9 @@ import sys
 import time
 
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
+from updates import until
 
 CLIENT_ID = 7
-
-
-async def until(ib: IB, predicate, timeout: float = 5.0) -> None:
-    if predicate():
-        return
-    done = asyncio.get_running_loop().create_future()
-
-    def check(*_):
-        if not done.done() and predicate():
-            done.set_result(None)
-
-    ib.updateEvent += check
-    try:
-        await asyncio.wait_for(done, timeout)
-    finally:
-        ib.updateEvent -= check
 
 
 def summary(trade) -> dict:

@@ -9,17 +9,9 @@ import re
 import time
 from datetime import UTC, datetime
 
-from gateway_support import (
-    connect,
-    errors_of,
-    filled_with_commissions,
-    gateway,
-    next_emit,
-    run,
-    stock,
-    until,
-)
+from gateway_support import connect, errors_of, filled_with_commissions, gateway, run, stock, with_client
 from ib_async import IB, ExecutionFilter, LimitOrder, MarketOrder, Order
+from updates import next_emit, until
 
 from kit.gateway import Gateway, GatewayConfig
 
@@ -44,24 +36,19 @@ def test_connects_within_a_second_with_accounts_and_notices():
     assert run(scenario()) < 1.0
 
 
-def test_qualifies_us_and_european_stocks_and_answers_200_for_unknown():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            errors = errors_of(ib)
-            aapl, tte, ibm = stock("AAPL"), stock("TTE", currency="EUR"), stock("IBM")
-            assert await ib.qualifyContractsAsync(aapl, tte, ibm, stock("NOPE")) == [aapl, tte, ibm, None]
-            assert (aapl.conId, aapl.primaryExchange, aapl.currency) == (265598, "NASDAQ", "USD")
-            assert (tte.conId, tte.exchange, tte.primaryExchange) == (29612193, "SMART", "SBF")
-            assert tte.currency == "EUR"
-            assert ibm.primaryExchange == "NYSE"
-            [details] = await ib.reqContractDetailsAsync(stock("SAP", "IBIS", "EUR"))
-            assert details.contract.primaryExchange == "IBIS" and details.longName == "SAP SE"
-            assert "SMART" in details.validExchanges.split(",")
-            assert [code for _, code in errors] == [200]
-            ib.disconnect()
-
-    run(scenario())
+@with_client()
+async def test_qualifies_us_and_european_stocks_and_answers_200_for_unknown(gw, ib):
+    errors = errors_of(ib)
+    aapl, tte, ibm = stock("AAPL"), stock("TTE", currency="EUR"), stock("IBM")
+    assert await ib.qualifyContractsAsync(aapl, tte, ibm, stock("NOPE")) == [aapl, tte, ibm, None]
+    assert (aapl.conId, aapl.primaryExchange, aapl.currency) == (265598, "NASDAQ", "USD")
+    assert (tte.conId, tte.exchange, tte.primaryExchange) == (29612193, "SMART", "SBF")
+    assert tte.currency == "EUR"
+    assert ibm.primaryExchange == "NYSE"
+    [details] = await ib.reqContractDetailsAsync(stock("SAP", "IBIS", "EUR"))
+    assert details.contract.primaryExchange == "IBIS" and details.longName == "SAP SE"
+    assert "SMART" in details.validExchanges.split(",")
+    assert [code for _, code in errors] == [200]
 
 
 def test_market_order_fills_in_seeded_partial_fills_with_commissions():
@@ -93,83 +80,63 @@ def test_market_order_fills_in_seeded_partial_fills_with_commissions():
     assert run(scenario()) == run(scenario())  # same seed, same orders: same executions
 
 
-def test_limit_order_rests_until_the_price_reaches_it():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            buy = ib.placeOrder(stock("MSFT"), LimitOrder("BUY", 50, 415.0, orderRef="lmt-buy"))
-            sell = ib.placeOrder(stock("MSFT"), LimitOrder("SELL", 10, 430.0, orderRef="lmt-sell"))
-            await until(ib, lambda: buy.orderStatus.status == sell.orderStatus.status == "Submitted")
-            assert gw.state.orders_by_ref("lmt-buy")[0].filled == 0
-            gw.set_price("MSFT", 416.0)  # not there yet
-            gw.set_price("MSFT", 414.5)
-            await until(ib, filled_with_commissions(buy))
-            assert all(f.execution.price <= 415.0 for f in buy.fills)
-            assert sell.orderStatus.status == "Submitted" and not sell.fills
-            gw.set_price("MSFT", 431.0)
-            await until(ib, filled_with_commissions(sell))
-            assert all(f.execution.price >= 430.0 for f in sell.fills)
-            ib.disconnect()
-
-    run(scenario())
+@with_client()
+async def test_limit_order_rests_until_the_price_reaches_it(gw, ib):
+    buy = ib.placeOrder(stock("MSFT"), LimitOrder("BUY", 50, 415.0, orderRef="lmt-buy"))
+    sell = ib.placeOrder(stock("MSFT"), LimitOrder("SELL", 10, 430.0, orderRef="lmt-sell"))
+    await until(ib, lambda: buy.orderStatus.status == sell.orderStatus.status == "Submitted")
+    assert gw.state.orders_by_ref("lmt-buy")[0].filled == 0
+    gw.set_price("MSFT", 416.0)  # not there yet
+    gw.set_price("MSFT", 414.5)
+    await until(ib, filled_with_commissions(buy))
+    assert all(f.execution.price <= 415.0 for f in buy.fills)
+    assert sell.orderStatus.status == "Submitted" and not sell.fills
+    gw.set_price("MSFT", 431.0)
+    await until(ib, filled_with_commissions(sell))
+    assert all(f.execution.price >= 430.0 for f in sell.fills)
 
 
-def test_cancel_and_the_errors_for_unknown_or_finished_orders():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            errors = errors_of(ib)
-            trade = ib.placeOrder(stock("IBM"), LimitOrder("BUY", 10, 100.0, orderRef="to-cancel"))
-            await until(ib, lambda: trade.orderStatus.status == "Submitted")
-            ib.cancelOrder(trade.order)
-            await until(ib, lambda: trade.orderStatus.status == "Cancelled")
-            assert gw.state.orders_by_ref("to-cancel")[0].status == "Cancelled"
-            ib.cancelOrder(trade.order)  # already cancelled
-            ib.cancelOrder(Order(orderId=9999))  # never placed
-            await until(ib, lambda: {10148, 10147} <= {code for _, code in errors})
-            assert (trade.order.orderId, 202) in errors and (9999, 10147) in errors
-            ib.disconnect()
-
-    run(scenario())
+@with_client()
+async def test_cancel_and_the_errors_for_unknown_or_finished_orders(gw, ib):
+    errors = errors_of(ib)
+    trade = ib.placeOrder(stock("IBM"), LimitOrder("BUY", 10, 100.0, orderRef="to-cancel"))
+    await until(ib, lambda: trade.orderStatus.status == "Submitted")
+    ib.cancelOrder(trade.order)
+    await until(ib, lambda: trade.orderStatus.status == "Cancelled")
+    assert gw.state.orders_by_ref("to-cancel")[0].status == "Cancelled"
+    ib.cancelOrder(trade.order)  # already cancelled
+    ib.cancelOrder(Order(orderId=9999))  # never placed
+    await until(ib, lambda: {10148, 10147} <= {code for _, code in errors})
+    assert (trade.order.orderId, 202) in errors and (9999, 10147) in errors
 
 
-def test_rejections_201_over_max_size_and_10311_for_direct_routing():
-    async def scenario():
-        async with gateway(max_order_size=1000).serving() as gw:
-            ib = await connect(gw)
-            errors = errors_of(ib)
-            big = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 1001, orderRef="big"))
-            direct = ib.placeOrder(stock("TTE", "SBF", "EUR"), MarketOrder("BUY", 10, orderRef="direct"))
-            smart = ib.placeOrder(stock("TTE", currency="EUR"), MarketOrder("BUY", 10, orderRef="smart"))
-            await until(ib, lambda: big.isDone() and direct.isDone())
-            await until(ib, filled_with_commissions(smart))
-            assert (big.order.orderId, 201) in errors and (direct.order.orderId, 10311) in errors
-            assert big.orderStatus.status == direct.orderStatus.status == "Cancelled"
-            assert gw.state.orders_by_ref("big")[0].reason.startswith("Rejected: Order rejected - reason:")
-            assert {f.commissionReport.currency for f in smart.fills} == {"EUR"}
-            # a SMART fill names the venue it filled on, as IB does
-            assert {f.execution.exchange for f in smart.fills} <= {"SBF", "AQEUEN", "CHIXEN", "TRQXEN"}
-            ib.disconnect()
-
-    run(scenario())
+@with_client(max_order_size=1000)
+async def test_rejections_201_over_max_size_and_10311_for_direct_routing(gw, ib):
+    errors = errors_of(ib)
+    big = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 1001, orderRef="big"))
+    direct = ib.placeOrder(stock("TTE", "SBF", "EUR"), MarketOrder("BUY", 10, orderRef="direct"))
+    smart = ib.placeOrder(stock("TTE", currency="EUR"), MarketOrder("BUY", 10, orderRef="smart"))
+    await until(ib, lambda: big.isDone() and direct.isDone())
+    await until(ib, filled_with_commissions(smart))
+    assert (big.order.orderId, 201) in errors and (direct.order.orderId, 10311) in errors
+    assert big.orderStatus.status == direct.orderStatus.status == "Cancelled"
+    assert gw.state.orders_by_ref("big")[0].reason.startswith("Rejected: Order rejected - reason:")
+    assert {f.commissionReport.currency for f in smart.fills} == {"EUR"}
+    # a SMART fill names the venue it filled on, as IB does
+    assert {f.execution.exchange for f in smart.fills} <= {"SBF", "AQEUEN", "CHIXEN", "TRQXEN"}
 
 
-def test_duplicate_order_id_gets_103():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            errors = errors_of(ib)
-            first = ib.placeOrder(stock("XOM"), MarketOrder("BUY", 5, orderRef="first"))
-            await until(ib, lambda: first.isDone())
-            reused = MarketOrder("BUY", 5, orderRef="reused")
-            reused.orderId = first.order.orderId - 1  # ids must increase per client
-            trade = ib.placeOrder(stock("XOM"), reused)
-            await until(ib, lambda: trade.isDone())
-            assert (reused.orderId, 103) in errors
-            assert gw.state.orders_by_ref("reused") == [] and gw.state.placements["reused"] == 1
-            ib.disconnect()
-
-    run(scenario())
+@with_client()
+async def test_duplicate_order_id_gets_103(gw, ib):
+    errors = errors_of(ib)
+    first = ib.placeOrder(stock("XOM"), MarketOrder("BUY", 5, orderRef="first"))
+    await until(ib, lambda: first.isDone())
+    reused = MarketOrder("BUY", 5, orderRef="reused")
+    reused.orderId = first.order.orderId - 1  # ids must increase per client
+    trade = ib.placeOrder(stock("XOM"), reused)
+    await until(ib, lambda: trade.isDone())
+    assert (reused.orderId, 103) in errors
+    assert gw.state.orders_by_ref("reused") == [] and gw.state.placements["reused"] == 1
 
 
 def test_second_connection_with_a_client_id_in_use_gets_326_and_is_closed():
@@ -277,47 +244,37 @@ def test_several_clients_see_their_own_orders_and_global_cancel_reaches_all():
     run(scenario())
 
 
-def test_modify_ioc_and_untransmitted_orders():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            errors = errors_of(ib)
-            order = LimitOrder("BUY", 10, 180.0, orderRef="modify")
-            trade = ib.placeOrder(stock("AAPL"), order)
-            await until(ib, lambda: trade.orderStatus.status == "Submitted")
-            order.lmtPrice = 191.0  # now marketable
-            ib.placeOrder(stock("AAPL"), order)
-            await until(ib, filled_with_commissions(trade))
-            assert gw.state.placements["modify"] == 1
+@with_client()
+async def test_modify_ioc_and_untransmitted_orders(gw, ib):
+    errors = errors_of(ib)
+    order = LimitOrder("BUY", 10, 180.0, orderRef="modify")
+    trade = ib.placeOrder(stock("AAPL"), order)
+    await until(ib, lambda: trade.orderStatus.status == "Submitted")
+    order.lmtPrice = 191.0  # now marketable
+    ib.placeOrder(stock("AAPL"), order)
+    await until(ib, filled_with_commissions(trade))
+    assert gw.state.placements["modify"] == 1
 
-            ioc = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 10, 100.0, tif="IOC", orderRef="ioc"))
-            await until(ib, lambda: ioc.isDone())
-            assert ioc.orderStatus.status == "Cancelled" and not ioc.fills
+    ioc = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 10, 100.0, tif="IOC", orderRef="ioc"))
+    await until(ib, lambda: ioc.isDone())
+    assert ioc.orderStatus.status == "Cancelled" and not ioc.fills
 
-            held = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 1, transmit=False, orderRef="held"))
-            await until(ib, lambda: held.orderStatus.status == "PreSubmitted")
-            assert gw.state.orders_by_ref("held")[0].filled == 0
-            assert [code for _, code in errors if code < 2100] == []
-            ib.disconnect()
-
-    run(scenario())
+    held = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 1, transmit=False, orderRef="held"))
+    await until(ib, lambda: held.orderStatus.status == "PreSubmitted")
+    assert gw.state.orders_by_ref("held")[0].filled == 0
+    assert [code for _, code in errors if code < 2100] == []
 
 
-def test_market_data_snapshot_and_stream():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            [xom] = await ib.qualifyContractsAsync(stock("XOM"))  # ib_async keys tickers by conId
-            [ticker] = await ib.reqTickersAsync(xom)
-            assert (ticker.bid, ticker.ask, ticker.last, ticker.close) == (114.99, 115.01, 115.0, 115.0)
-            streaming = ib.reqMktData(xom)
-            await until(ib, lambda: streaming.last == 115.0)
-            gw.set_price("XOM", 117.5)
-            await until(ib, lambda: (streaming.bid, streaming.ask, streaming.last) == (117.49, 117.51, 117.5))
-            ib.cancelMktData(streaming.contract)
-            ib.disconnect()
-
-    run(scenario())
+@with_client()
+async def test_market_data_snapshot_and_stream(gw, ib):
+    [xom] = await ib.qualifyContractsAsync(stock("XOM"))  # ib_async keys tickers by conId
+    [ticker] = await ib.reqTickersAsync(xom)
+    assert (ticker.bid, ticker.ask, ticker.last, ticker.close) == (114.99, 115.01, 115.0, 115.0)
+    streaming = ib.reqMktData(xom)
+    await until(ib, lambda: streaming.last == 115.0)
+    gw.set_price("XOM", 117.5)
+    await until(ib, lambda: (streaming.bid, streaming.ask, streaming.last) == (117.49, 117.51, 117.5))
+    ib.cancelMktData(streaming.contract)
 
 
 def test_unknown_requests_are_ignored_and_logged(caplog):

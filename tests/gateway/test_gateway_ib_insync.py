@@ -13,22 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from kit.gateway import Faults, GatewayConfig, run_gateway_in_thread
+from tests.support import require_insync
 
-ROOT = Path(__file__).resolve().parents[2]
-INSYNC_PYTHON = ROOT / ".venv-insync" / "bin" / "python"
 DRIVER = Path(__file__).with_name("insync_driver.py")
-
-pytestmark = pytest.mark.skipif(
-    not INSYNC_PYTHON.exists(), reason="needs .venv-insync with ib_insync 0.9.86: run `make insync`"
-)
 
 
 def drive(scenario: str, port: int) -> dict:
     done = subprocess.run(
-        [str(INSYNC_PYTHON), str(DRIVER), scenario, str(port)], capture_output=True, text=True, timeout=60
+        [str(require_insync()), str(DRIVER), scenario, str(port)], capture_output=True, text=True, timeout=60
     )
     sys.stderr.write(done.stderr)
     assert done.returncode == 0, done.stderr

@@ -9,7 +9,16 @@ import re
 import struct
 from datetime import UTC, datetime, timedelta
 
-from gateway_support import connect, errors_of, filled_with_commissions, gateway, run, stock, until
+from gateway_support import (
+    connect,
+    errors_of,
+    filled_with_commissions,
+    gateway,
+    run,
+    stock,
+    until,
+    with_client,
+)
 from ib_async import LimitOrder, MarketOrder
 
 from kit.gateway import Faults, GatewayConfig, run_gateway_in_thread
@@ -35,78 +44,58 @@ def sent_statuses(ib) -> list[str]:
     return seen
 
 
-def test_presubmitted_before_submitted_and_pending_cancel_before_cancelled():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            errors, sent = errors_of(ib), sent_statuses(ib)
-            trade = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 10, 150.0, orderRef="rest"))
-            await until(ib, lambda: trade.orderStatus.status == "Submitted")
-            assert statuses(trade) == ["PendingSubmit", "PreSubmitted", "Submitted"]
-            ib.cancelOrder(trade.order)
-            await until(ib, lambda: trade.orderStatus.status == "Cancelled")
-            assert sent == ["PreSubmitted", "Submitted", "PendingCancel", "Cancelled"]
-            assert (trade.order.orderId, 202) in errors
-            ib.disconnect()
-
-    run(scenario())
+@with_client()
+async def test_presubmitted_before_submitted_and_pending_cancel_before_cancelled(gw, ib):
+    errors, sent = errors_of(ib), sent_statuses(ib)
+    trade = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 10, 150.0, orderRef="rest"))
+    await until(ib, lambda: trade.orderStatus.status == "Submitted")
+    assert statuses(trade) == ["PendingSubmit", "PreSubmitted", "Submitted"]
+    ib.cancelOrder(trade.order)
+    await until(ib, lambda: trade.orderStatus.status == "Cancelled")
+    assert sent == ["PreSubmitted", "Submitted", "PendingCancel", "Cancelled"]
+    assert (trade.order.orderId, 202) in errors
 
 
-def test_an_order_never_transmitted_is_api_cancelled():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            sent = sent_statuses(ib)
-            held = LimitOrder("BUY", 10, 150.0, orderRef="held", transmit=False)
-            trade = ib.placeOrder(stock("AAPL"), held)
-            await until(ib, lambda: trade.orderStatus.status == "PreSubmitted")
-            ib.cancelOrder(trade.order)
-            await until(ib, lambda: trade.isDone())
-            assert trade.orderStatus.status == "ApiCancelled" and sent == ["PreSubmitted", "ApiCancelled"]
-            assert gw.state.orders_by_ref("held")[0].status == "ApiCancelled"
-            ib.disconnect()
-
-    run(scenario())
+@with_client()
+async def test_an_order_never_transmitted_is_api_cancelled(gw, ib):
+    sent = sent_statuses(ib)
+    held = LimitOrder("BUY", 10, 150.0, orderRef="held", transmit=False)
+    trade = ib.placeOrder(stock("AAPL"), held)
+    await until(ib, lambda: trade.orderStatus.status == "PreSubmitted")
+    ib.cancelOrder(trade.order)
+    await until(ib, lambda: trade.isDone())
+    assert trade.orderStatus.status == "ApiCancelled" and sent == ["PreSubmitted", "ApiCancelled"]
+    assert gw.state.orders_by_ref("held")[0].status == "ApiCancelled"
 
 
-def test_fills_name_a_venue_and_a_resting_limit_adds_liquidity_a_marketable_one_removes_it():
-    async def scenario():
-        async with gateway(partial_fills=2).serving() as gw:
-            ib = await connect(gw)
-            resting = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 20, 189.0, orderRef="resting"))
-            await until(ib, lambda: resting.orderStatus.status == "Submitted")
-            taking = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 20, 191.0, orderRef="taking"))
-            market = ib.placeOrder(stock("AAPL"), MarketOrder("SELL", 20, orderRef="market"))
-            await until(ib, lambda: taking.isDone() and market.isDone())
-            gw.set_price("AAPL", 188.5)
-            await until(ib, filled_with_commissions(resting))
-            for trade in (resting, taking, market):
-                assert {f.execution.exchange for f in trade.fills} <= NASDAQ_VENUES, trade.order.orderRef
-            assert {f.execution.lastLiquidity for f in resting.fills} == {1}  # added
-            assert {f.execution.lastLiquidity for f in taking.fills + market.fills} == {2}  # removed
-            assert all(f.execution.price <= 189.0 for f in resting.fills)
-            ib.disconnect()
-
-    run(scenario())
+@with_client(partial_fills=2)
+async def test_fills_name_a_venue_and_a_resting_limit_adds_liquidity_a_marketable_one_removes_it(gw, ib):
+    resting = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 20, 189.0, orderRef="resting"))
+    await until(ib, lambda: resting.orderStatus.status == "Submitted")
+    taking = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 20, 191.0, orderRef="taking"))
+    market = ib.placeOrder(stock("AAPL"), MarketOrder("SELL", 20, orderRef="market"))
+    await until(ib, lambda: taking.isDone() and market.isDone())
+    gw.set_price("AAPL", 188.5)
+    await until(ib, filled_with_commissions(resting))
+    for trade in (resting, taking, market):
+        assert {f.execution.exchange for f in trade.fills} <= NASDAQ_VENUES, trade.order.orderRef
+    assert {f.execution.lastLiquidity for f in resting.fills} == {1}  # added
+    assert {f.execution.lastLiquidity for f in taking.fills + market.fills} == {2}  # removed
+    assert all(f.execution.price <= 189.0 for f in resting.fills)
 
 
-def test_exec_details_carry_cum_qty_and_avg_price_of_the_order():
-    async def scenario():
-        async with gateway(partial_fills=3).serving() as gw:
-            ib = await connect(gw)
-            trade = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 90, orderRef="cum"))
-            await until(ib, filled_with_commissions(trade))
-            executions = [f.execution for f in trade.fills]
-            cumulative = 0.0
-            for e in executions:
-                cumulative += e.shares
-                assert e.cumQty == cumulative
-            vwap = sum(e.shares * e.price for e in executions) / 90
-            assert abs(executions[-1].avgPrice - vwap) < 1e-6
-            assert trade.orderStatus.avgFillPrice == gw.state.orders_by_ref("cum")[0].avg_fill_price
-            ib.disconnect()
-
-    run(scenario())
+@with_client(partial_fills=3)
+async def test_exec_details_carry_cum_qty_and_avg_price_of_the_order(gw, ib):
+    trade = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 90, orderRef="cum"))
+    await until(ib, filled_with_commissions(trade))
+    executions = [f.execution for f in trade.fills]
+    cumulative = 0.0
+    for e in executions:
+        cumulative += e.shares
+        assert e.cumQty == cumulative
+    vwap = sum(e.shares * e.price for e in executions) / 90
+    assert abs(executions[-1].avgPrice - vwap) < 1e-6
+    assert trade.orderStatus.avgFillPrice == gw.state.orders_by_ref("cum")[0].avg_fill_price
 
 
 def test_minimum_commission_once_per_order_when_asked():
@@ -125,36 +114,26 @@ def test_minimum_commission_once_per_order_when_asked():
     run(scenario())
 
 
-def test_bare_inactive_order_stays_open_never_fills_and_can_be_cancelled():
-    async def scenario():
-        async with gateway(faults=Faults(bare_inactive={"idle"})).serving() as gw:
-            ib = await connect(gw)
-            errors = errors_of(ib)
-            trade = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 10, orderRef="idle"))
-            await until(ib, lambda: trade.orderStatus.status == "Inactive")
-            order = gw.state.orders_by_ref("idle")[0]
-            assert errors == [] and order.filled == 0 and gw.state.open_orders() == [order]
-            ib.cancelOrder(trade.order)
-            await until(ib, lambda: order.status == "Cancelled" and (trade.order.orderId, 202) in errors)
-            assert not gw.state.executions
-            ib.disconnect()
-
-    run(scenario())
+@with_client(faults=Faults(bare_inactive={"idle"}))
+async def test_bare_inactive_order_stays_open_never_fills_and_can_be_cancelled(gw, ib):
+    errors = errors_of(ib)
+    trade = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 10, orderRef="idle"))
+    await until(ib, lambda: trade.orderStatus.status == "Inactive")
+    order = gw.state.orders_by_ref("idle")[0]
+    assert errors == [] and order.filled == 0 and gw.state.open_orders() == [order]
+    ib.cancelOrder(trade.order)
+    await until(ib, lambda: order.status == "Cancelled" and (trade.order.orderId, 202) in errors)
+    assert not gw.state.executions
 
 
-def test_10349_warns_but_the_order_still_fills():
-    async def scenario():
-        async with gateway(faults=Faults(tif_preset_notice=True)).serving() as gw:
-            ib = await connect(gw)
-            errors = errors_of(ib)
-            trade = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 10, tif="GTC", orderRef="preset"))
-            order = gw.state.orders_by_ref
-            await until(ib, lambda: bool(order("preset")) and order("preset")[0].status == "Filled")
-            assert (trade.order.orderId, 10349) in errors
-            assert order("preset")[0].tif == "DAY" and sum(f.execution.shares for f in trade.fills) == 10
-            ib.disconnect()
-
-    run(scenario())
+@with_client(faults=Faults(tif_preset_notice=True))
+async def test_10349_warns_but_the_order_still_fills(gw, ib):
+    errors = errors_of(ib)
+    trade = ib.placeOrder(stock("AAPL"), MarketOrder("BUY", 10, tif="GTC", orderRef="preset"))
+    order = gw.state.orders_by_ref
+    await until(ib, lambda: bool(order("preset")) and order("preset")[0].status == "Filled")
+    assert (trade.order.orderId, 10349) in errors
+    assert order("preset")[0].tif == "DAY" and sum(f.execution.shares for f in trade.fills) == 10
 
 
 def test_110_and_321_refuse_an_order_before_it_exists():
@@ -178,15 +157,10 @@ def test_110_and_321_refuse_an_order_before_it_exists():
     run(scenario())
 
 
-def test_off_tick_prices_are_accepted_by_default():
-    async def scenario():
-        async with gateway().serving() as gw:
-            ib = await connect(gw)
-            trade = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 10, 189.995, orderRef="loose"))
-            await until(ib, lambda: trade.orderStatus.status == "Submitted")
-            ib.disconnect()
-
-    run(scenario())
+@with_client()
+async def test_off_tick_prices_are_accepted_by_default(gw, ib):
+    trade = ib.placeOrder(stock("AAPL"), LimitOrder("BUY", 10, 189.995, orderRef="loose"))
+    await until(ib, lambda: trade.orderStatus.status == "Submitted")
 
 
 def test_times_in_tws_zone_named_or_zone_less():

@@ -17,15 +17,10 @@ import json
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from kit.gateway import GatewayConfig, run_gateway_in_thread
 
-ROOT = Path(__file__).resolve().parents[2]
-INSYNC_PYTHON = ROOT / ".venv-insync" / "bin" / "python"
 ESTIMATE = (
     "initMarginBefore",
     "maintMarginBefore",
@@ -221,12 +216,13 @@ def test_a_what_if_is_checked_like_a_placement_and_leaves_no_record():
 # ib_insync
 
 
-@pytest.mark.skipif(not INSYNC_PYTHON.exists(), reason="needs .venv-insync: run `make insync`")
 def test_ib_insync_what_if_answers_an_estimate_and_books_nothing():
+    from tests.support import require_insync  # not at the top: this file also runs under .venv-insync
+
+    python = require_insync()
     with run_gateway_in_thread(GatewayConfig(max_order_size=1000)) as gw:
-        done = subprocess.run(
-            [str(INSYNC_PYTHON), __file__, str(gw.port)], capture_output=True, text=True, timeout=60
-        )
+        done = subprocess.run([str(python), __file__, str(gw.port)], capture_output=True, text=True,
+                              timeout=60)
         sys.stderr.write(done.stderr)
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout.strip().splitlines()[-1])
