@@ -49,7 +49,7 @@ def test_rejections_name_ibs_code_and_text_and_warnings_end_nothing():
     rejected = t.error(11, 201, "Order rejected - reason: size", AT)
     assert kinds(rejected) == [Rejected] and "201" in rejected[0].reason and "size" in rejected[0].reason
     assert kinds(t.error(11, 10311, "direct routing", AT)) == [Rejected]
-    for code in (2104, 10349, 404, 110, 202, 399):
+    for code in (2104, 10349, 404, 202, 399, 104, 105):
         events = t.error(11, code, "notice", AT)
         assert kinds(events) == [BrokerNotice] and events[0].client_order_id == "k-AAPL-BUY"
     assert t.error(-1, 2104, "Market data farm connection is OK", AT)[0].client_order_id is None
