@@ -148,7 +148,8 @@ def naive_utc(moment: datetime | str | None, default: datetime) -> datetime:
 class Figures:
     """One order as IB describes it, next to what kit counted from its executions."""
 
-    counted: dict[str, tuple[int, float]] = field(default_factory=dict)  # execution key -> (revision, shares)
+    # execution key -> (IB's base of its exec ids, revision, shares): what the core counts
+    counted: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     cum_qty: float | None = None  # execDetails cumQty of the latest execution IB sent
     filled: float | None = None  # orderStatus filled, latest
     remaining: float | None = None
@@ -161,7 +162,7 @@ class Figures:
 
     @property
     def total(self) -> float:
-        return math.fsum(shares for _, shares in self.counted.values())
+        return math.fsum(shares for _, _, shares in self.counted.values())
 
     def disagreement(self) -> str | None:
         """How IB's own cumulative figures differ from kit's sum of executions, or None.
@@ -292,8 +293,8 @@ class Translator:
         shares, cum = float(shares), _quantity(cum_qty)
         key, revision = self._key(figures, exec_id, shares, cum)
         held = figures.counted.get(key)
-        if held is None or held[0] <= revision:
-            figures.counted[key] = (revision, shares)
+        if held is None or held[1] <= revision:
+            figures.counted[key] = (split_exec_id(exec_id)[0], revision, shares)
         if cum is not None and cum > 0:
             figures.cum_qty = cum
         fill = Fill(exec_id, coid, shares, float(price), time, currency=currency, exchange=exchange,
@@ -309,15 +310,22 @@ class Translator:
         if exec_id in self.exec_keys:
             return self.exec_keys[exec_id]
         base, revision = split_exec_id(exec_id)
-        earlier = figures.counted.get(base)
+        earlier = {key: (rev, held) for key, (b, rev, held) in figures.counted.items()
+                   if b == base and rev < revision}
         key = base
-        if earlier is not None and revision > earlier[0] and cum is not None and cum > 0:
+        if earlier and cum is not None and cum > 0:
             total = figures.total
-            as_new_partial = total + shares
-            as_correction = total - earlier[1] + shares
-            if (abs(cum - as_new_partial) <= QUANTITY_TOLERANCE
-                    and abs(cum - as_correction) > QUANTITY_TOLERANCE):
-                key = exec_id  # an execution of its own
+
+            def near(quantity: float) -> bool:
+                return abs(cum - quantity) <= QUANTITY_TOLERANCE
+
+            corrected = [k for k, (_, held) in earlier.items() if near(total - held + shares)]
+            if corrected:  # the latest of those it may correct: equal shares, equal sums
+                key = max(corrected, key=lambda k: earlier[k][0])
+            elif near(total + shares):
+                key = exec_id  # a new partial fill: an execution of its own
+            elif base not in figures.counted:
+                key = max(earlier, key=lambda k: earlier[k][0])
         self.exec_keys[exec_id] = (key, revision)
         return key, revision
 
