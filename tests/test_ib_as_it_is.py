@@ -7,6 +7,7 @@ kit cannot read, and the callback signatures kit taps in both supported librarie
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import json
@@ -19,10 +20,11 @@ from typing import Any
 import pytest
 
 from kit.brokers.ib import IBBroker
+from kit.config import IBSettings
 from kit.gateway import Faults, GatewayConfig
 from kit.gateway import messages as gateway_messages
 from kit.gateway.handlers import Handlers
-from kit.gateway.state import Book
+from kit.gateway.state import Book, ExecFilter, Rejection
 from tests import test_ib_broker
 from tests.support import IB_BASKET
 from tests.test_ib_broker import INSYNC_PYTHON, by_id, drive, gateway_executions
@@ -69,6 +71,9 @@ def test_partial_fills_numbered_01_02_are_new_executions_not_corrections(library
     assert all(o["filled_quantity"] == o["quantity"] for o in orders.values())
     assert not notes_with(result, "fills_disagree")
     assert not any(e["kind"] == "cancel_requested" for e in result["events"])
+    again = drive(library, gateway, tmp_path, IB_BASKET, client_id=12)  # IB replays them to a new process
+    assert {f["exec_id"]: f["quantity"] for f in again["fills"]} == sent
+    assert [o["filled_quantity"] for o in by_id(again).values()] == [o["quantity"] for o in orders.values()]
 
 
 @pytest.mark.parametrize("gateway", [GatewayConfig(faults=Faults(exec_id_parts=True,
@@ -129,6 +134,22 @@ def test_an_execution_missed_live_is_fetched_again_when_ibs_filled_is_ahead(libr
     assert not any(e["kind"] == "cancel_requested" for e in result["events"])
 
 
+def test_an_order_ib_reports_filled_is_never_cancelled_even_when_kit_counts_less(gateway, tmp_path,
+                                                                                first_execution_lost,
+                                                                                monkeypatch):
+    """The lost execution is not in IB's listing either: kit's sum stays short of IB's Filled."""
+    matches = ExecFilter.matches
+    monkeypatch.setattr(ExecFilter, "matches", lambda self, e: e.exec_id not in first_execution_lost
+                        and matches(self, e))
+    result = drive("ib_async", gateway, tmp_path, AAPL, timeout=2)
+    aapl = by_id(result)["ib-test-AAPL-BUY"]
+    assert 0 < aapl["filled_quantity"] < 300  # what the executions kit received add up to, never invented
+    flagged = notes_with(result, "fills_disagree")  # (while it worked, if the recheck ended then) and done
+    assert 1 <= len(flagged) <= 2 and "Filled" in flagged[-1] and "will not cancel" in flagged[-1]
+    assert not any("10148" in (e["detail"] or "") for e in result["events"])  # no cancel reached IB
+    assert any("not cancelled" in (e["detail"] or "") for e in result["events"])
+
+
 # ---- refusals and IB's statuses ----------------------------------------------------------------------
 @pytest.mark.parametrize("gateway", [GatewayConfig(faults=Faults(reject_fractional_size=True))],
                          indirect=True)
@@ -149,6 +170,15 @@ def test_a_price_off_the_tick_is_refused_with_110(library, gateway, tmp_path):
     aapl = by_id(result)["ib-test-AAPL-BUY"]
     assert aapl["status"] == "REJECTED" and "IB error 110" in aapl["reason"]
     assert "minimum price variation" in aapl["reason"]
+    assert not any(e["kind"] == "cancel_requested" for e in result["events"])
+
+
+def test_a_refusal_by_a_code_ibs_tables_do_not_list_is_looked_up_then_rejected(gateway, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr(Book, "_refusal", lambda self, req, inst: Rejection(99123, "Something IB added"))
+    result = drive("ib_async", gateway, tmp_path, AAPL, timeout=3)
+    aapl = by_id(result)["ib-test-AAPL-BUY"]
+    assert aapl["status"] == "REJECTED" and "IB error 99123: Something IB added" in aapl["reason"]
     assert not any(e["kind"] == "cancel_requested" for e in result["events"])
 
 
@@ -188,6 +218,19 @@ def test_10349_is_a_notice_and_the_order_fills(library, gateway, tmp_path):
 
 
 # ---- times -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("gateway", [GatewayConfig(faults=Faults(time_zone="Asia/Tokyo"))], indirect=True)
+def test_kit_tells_the_client_library_twss_zone_from_the_connect_reply(gateway):
+    async def connected_zone() -> tuple[str, str]:
+        broker = IBBroker(IBSettings(port=gateway.port, client_id=21, connect_timeout=5))
+        await broker.connect()
+        try:
+            return broker.ib.TimezoneTWS, str(broker.tws_zone)
+        finally:
+            await broker.close()
+
+    assert asyncio.run(connected_zone()) == ("Asia/Tokyo", "Asia/Tokyo")
+
+
 def assert_fill_times_are_utc(result: dict[str, Any], gw: Any) -> None:
     """The ledger's fill times are the executions' UTC times (kit stamps a live fill with its receipt,
     within IB's one-second resolution), whatever zone TWS wrote them in."""

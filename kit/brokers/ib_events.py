@@ -158,7 +158,12 @@ class Figures:
     symbol: str = ""
     refusal: str = ""  # the latest error IB sent about the order, other than a notice
     rechecking: bool = False
-    flagged: bool = False
+    # Flagged while the order works, and again once IB calls it done: at most two notices per order.
+    flagged: set[bool] = field(default_factory=set)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_AT_IB
 
     @property
     def total(self) -> float:
@@ -174,7 +179,7 @@ class Figures:
         if self.cum_qty is not None and abs(self.cum_qty - total) > QUANTITY_TOLERANCE:
             return f"execDetails cumQty {self.cum_qty:g}"
         if self.filled is not None and (self.filled > total + QUANTITY_TOLERANCE or (
-                self.status in FINAL_AT_IB and abs(self.filled - total) > QUANTITY_TOLERANCE)):
+                self.final and abs(self.filled - total) > QUANTITY_TOLERANCE)):
             return f"orderStatus {self.status or '?'} filled {self.filled:g}"
         return None
 
@@ -331,7 +336,7 @@ class Translator:
 
     def _check(self, coid: str) -> Translated:
         figures = self.of(coid)
-        if figures.rechecking or figures.flagged or figures.disagreement() is None:
+        if figures.rechecking or figures.final in figures.flagged or figures.disagreement() is None:
             return []
         figures.rechecking = True
         return [RecheckExecutions(coid, figures.symbol)]
@@ -341,9 +346,9 @@ class Translator:
         figures = self.of(coid)
         figures.rechecking = False
         problem = figures.disagreement()
-        if problem is None or figures.flagged:
+        if problem is None or figures.final in figures.flagged:
             return []
-        figures.flagged = True
+        figures.flagged.add(figures.final)
         done = " IB reports it Filled: kit will not cancel it." if figures.filled_at_ib else ""
         return [BrokerNotice(at, Notice.FILLS_DISAGREE,
                              f"kit counts {figures.total:g} filled from IB's executions, IB reports "
