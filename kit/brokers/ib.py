@@ -80,7 +80,7 @@ class IBBroker(Broker):
         self.sync_is_complete = True
         self.tws_zone: Any = None  # TWS's login zone, from the connect reply
         self._raw_times: dict[str, str] = {}  # exec_id -> the time text IB sent
-        self.failure: KitError | None = None  # an IB message kit could not translate
+        self.failure: UntranslatableMessage | None = None  # an IB message kit could not translate
 
     @classmethod
     def from_config(cls) -> IBBroker:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kit.brokers.base import Notice
 from kit.brokers.ib_codes import PARAMETER_CODES, Meaning, meaning
+from kit.errors import BrokerMessageError
 from kit.model import (
     Accepted,
     BrokerEvent,
@@ -45,8 +46,8 @@ UNSET_DOUBLE = 1.7976931348623157e308
 QUANTITY_TOLERANCE = 1e-9  # IB sends quantities as decimals; kit keeps floats
 
 
-class UntranslatableMessage(ValueError):
-    """An IB message kit cannot read. Following the order on would mean guessing: the run must stop."""
+class UntranslatableMessage(BrokerMessageError, ValueError):
+    """An IB message kit cannot read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,7 @@ def execution_time(text: str, tws_zone: tzinfo | None) -> datetime:
     text = text.strip()
     if text.isdigit():
         return datetime.fromtimestamp(int(text), UTC).replace(tzinfo=None)
-    if "-" in text[:9] and text[8:9] == "-":
+    if text[8:9] == "-":
         return _parse(text[:8] + text[9:].strip(), text)
     day, _, rest = text.partition(" ")
     clock, _, name = rest.strip().partition(" ")
