@@ -127,6 +127,7 @@ from kit.brokers.ib_events import (  # noqa: E402
     LookUp,
     RecheckExecutions,
     UntranslatableMessage,
+    connect_reply_zone,
     connection_zone,
     execution_time,
     zone,
@@ -340,3 +341,10 @@ def test_twss_zone_comes_from_the_connect_reply():
 
 def test_fill_type_is_unchanged_for_the_core():
     assert {"key", "revision"} <= set(Fill.__dataclass_fields__)
+
+
+def test_the_zone_is_read_from_the_connect_reply_bytes_once_they_are_all_there():
+    body = b"178\x0020261201 09:30:00 US/Eastern\x00"
+    reply = len(body).to_bytes(4, "big") + body
+    assert [connect_reply_zone(reply[:n]) for n in (0, 3, 10)] == [None, None, None]
+    assert connect_reply_zone(reply) == connect_reply_zone(reply + b"\x00\x00\x00\x05more") == "US/Eastern"

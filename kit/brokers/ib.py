@@ -11,7 +11,7 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import timedelta, tzinfo
 from types import ModuleType
 from typing import Any
 
@@ -20,9 +20,10 @@ from kit.brokers.ib_events import (
     LookUp,
     RecheckExecutions,
     Request,
+    Translated,
     Translator,
     UntranslatableMessage,
-    connection_zone,
+    connect_reply_zone,
     execution_time,
     naive_utc,
     zone,
@@ -78,7 +79,7 @@ class IBBroker(Broker):
         self._up: asyncio.Event | None = None  # set while connected; submits and cancels wait for it
         self._stop: asyncio.Event | None = None
         self.sync_is_complete = True
-        self.tws_zone: Any = None  # TWS's login zone, from the connect reply
+        self.tws_zone: tzinfo | None = None  # TWS's login zone, from the connect reply
         self._raw_times: dict[str, str] = {}  # exec_id -> the time text IB sent
         self.failure: UntranslatableMessage | None = None  # an IB message kit could not translate
 
@@ -210,7 +211,7 @@ class IBBroker(Broker):
     def _tap_wrapper(self) -> None:
         """See IB's messages before the client library interprets them (why: kit.brokers.ib_events)."""
         wrapper = self.ib.wrapper
-        taps: dict[str, Callable[..., list]] = {
+        taps: dict[str, Callable[..., Translated]] = {
             "openOrder": self._open_order, "completedOrder": self._completed_order,
             "orderStatus": self._order_status, "execDetails": self._exec_details,
             "commissionReport": self._commission_report, "error": self._error,
@@ -232,16 +233,16 @@ class IBBroker(Broker):
                 handshake.clear()
                 return
             handshake.extend(data)
-            if len(handshake) >= 4 and len(handshake) >= 4 + int.from_bytes(handshake[:4], "big"):
-                fields = bytes(handshake[4:4 + int.from_bytes(handshake[:4], "big")]).split(b"\0")
-                name = connection_zone(fields[1].decode(errors="replace")) if len(fields) > 1 else ""
-                self.tws_zone = zone(name)
-                if self.tws_zone is not None:
-                    self.ib.TimezoneTWS = str(self.tws_zone)
-                else:
-                    log.warning("TWS's connect reply names no zone kit knows (%r): execution times without a "
-                                "zone name will stop the run", name)
-                handshake.clear()
+            name = connect_reply_zone(bytes(handshake))
+            if name is None:
+                return
+            self.tws_zone = zone(name)
+            if self.tws_zone is not None:
+                self.ib.TimezoneTWS = str(self.tws_zone)
+            else:
+                log.warning("TWS's connect reply names no zone kit knows (%r): an execution time without a "
+                            "zone name will stop the run", name)
+            handshake.clear()
 
         client.conn.hasData -= client._onSocketHasData  # peek first, then the client reads the same bytes
         client.conn.hasData += peek
@@ -255,7 +256,7 @@ class IBBroker(Broker):
 
         client.decoder.handlers[11] = exec_details
 
-    def _tapped(self, method: str, original: Callable[..., Any], translate: Callable[..., list]):
+    def _tapped(self, method: str, original: Callable[..., Any], translate: Callable[..., Translated]):
         def tapped(*args: Any, **kwargs: Any) -> Any:
             try:
                 for item in translate(*args):
@@ -289,23 +290,23 @@ class IBBroker(Broker):
             self.emit(event)  # type: ignore[arg-type]
 
     # ---- IB messages -> kit events ---------------------------------------------------------------------
-    def _open_order(self, order_id: int, contract: Any, order: Any, state: Any) -> list:
+    def _open_order(self, order_id: int, contract: Any, order: Any, state: Any) -> Translated:
         if getattr(order, "whatIf", False):
             return []
         return self.translator.open_order(order_id, order.clientId, order.permId, order.orderRef or "",
                                           state.status, utcnow())
 
-    def _completed_order(self, contract: Any, order: Any, state: Any) -> list:
+    def _completed_order(self, contract: Any, order: Any, state: Any) -> Translated:
         return self.translator.completed_order(order.permId, order.orderRef or "", state.status,
                                                getattr(state, "completedStatus", "") or "", utcnow())
 
     def _order_status(self, order_id: int, status: str, filled: float, remaining: float, avg: float,
                       perm_id: int, parent_id: int, last: float, client_id: int, why_held: str,
-                      *rest: Any) -> list:
+                      *rest: Any) -> Translated:
         return self.translator.order_status(order_id, status, perm_id, client_id, why_held, utcnow(),
                                             filled=filled, remaining=remaining)
 
-    def _exec_details(self, req_id: int, contract: Any, execution: Any) -> list:
+    def _exec_details(self, req_id: int, contract: Any, execution: Any) -> Translated:
         now = utcnow()
         raw = self._raw_times.pop(execution.execId, None)
         stamped = execution_time(raw, self.tws_zone) if raw else naive_utc(execution.time, now)
@@ -318,10 +319,10 @@ class IBBroker(Broker):
             price=execution.price, time=time, currency=contract.currency, exchange=execution.exchange,
             at=now, cum_qty=execution.cumQty, symbol=contract.symbol)
 
-    def _commission_report(self, report: Any) -> list:
+    def _commission_report(self, report: Any) -> Translated:
         return self.translator.commission(report.execId, report.commission, report.currency, utcnow())
 
-    def _error(self, req_id: int, code: int, message: str, *rest: Any) -> list:
+    def _error(self, req_id: int, code: int, message: str, *rest: Any) -> Translated:
         return self.translator.error(req_id, code, message, utcnow())
 
     def _on_request_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:

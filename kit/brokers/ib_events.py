@@ -112,6 +112,15 @@ def connection_zone(connection_time: str) -> str:
     return parts[2].strip() if len(parts) == 3 else ""
 
 
+def connect_reply_zone(data: bytes) -> str | None:
+    """The zone name in TWS's connect reply, read from a connection's first bytes (a length-prefixed
+    message of two fields: server version, time); None until the whole reply is there."""
+    if len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        return None
+    fields = data[4:4 + int.from_bytes(data[:4], "big")].split(b"\0")
+    return connection_zone(fields[1].decode(errors="replace")) if len(fields) > 1 else ""
+
+
 def execution_time(text: str, tws_zone: tzinfo | None) -> datetime:
     """IB's execution time as naive UTC. IB writes it three ways: "20261201 09:30:00 US/Eastern" (named),
     "20261201-14:30:00" (UTC, the dash form) and "20261201 09:30:00" (TWS's login zone, unnamed); also
