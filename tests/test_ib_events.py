@@ -348,3 +348,12 @@ def test_the_zone_is_read_from_the_connect_reply_bytes_once_they_are_all_there()
     reply = len(body).to_bytes(4, "big") + body
     assert [connect_reply_zone(reply[:n]) for n in (0, 3, 10)] == [None, None, None]
     assert connect_reply_zone(reply) == connect_reply_zone(reply + b"\x00\x00\x00\x05more") == "US/Eastern"
+
+
+def test_an_inactive_order_among_ibs_completed_orders_ends_rejected_with_its_reason():
+    """A new process (the error long gone) finds the order only in IB's completed list, Inactive."""
+    t, book = Translator(client_id=7), book_with(10)
+    t.track(["k-AAPL-BUY"])
+    apply_all(book, t.completed_order(555, "k-AAPL-BUY", "Inactive", "Rejected: size limit", AT))
+    order = book.orders["k-AAPL-BUY"]
+    assert order.status == "REJECTED" and "size limit" in order.reason

@@ -278,6 +278,8 @@ class Translator:
             return []
         self.seen.add(coid)
         self._learn(coid, 0, perm_id, -1)
+        if status == "Inactive":  # among IB's completed orders: it will never work, whatever kit missed
+            self.of(coid).refusal = self.of(coid).refusal or f"IB status Inactive: {reason or 'completed'}"
         return self._status(coid, status, at, reason)
 
     def order_status(self, order_id: int, status: str, perm_id: int, client_id: int, why_held: str,
