@@ -287,12 +287,13 @@ def test_every_refusal_in_the_table_rejects_a_new_order_with_ibs_text(code):
     assert kinds(events) == [Rejected] and f"IB error {code}: IB's own words" == events[0].reason
 
 
-def test_321_and_110_refuse_a_new_order_but_not_a_modification_of_a_working_one():
+def test_321_and_110_refuse_a_new_order_but_not_a_change_to_a_working_one():
     t = translator()
     assert kinds(t.error(11, 321, "Error validating request.-'bW' : cause - size", AT)) == [Rejected]
     working = translator()
     working.order_status(11, "Submitted", 555, 7, "", AT)
     assert kinds(working.error(11, 110, "The price does not conform", AT)) == [BrokerNotice]
+    assert kinds(working.error(11, 100, "Max rate of messages per second exceeded", AT)) == [BrokerNotice]
 
 
 def test_a_code_ib_does_not_list_is_looked_up_and_rejects_only_an_order_ib_does_not_know():

@@ -122,10 +122,10 @@ CODES: dict[int, Code] = {
 }  # fmt: skip
 del R, X, N, C
 
-#: Refusals about an order's parameters. IB sends them for a refused modification too, and a working order
-#: then stays as it was (wire-protocol reference, section 6: "110 on modify"): they end only an order IB has
-#: not acknowledged.
-PARAMETER_CODES = frozenset({109, 110, 111, 113, 140, 141, 163, 321, 388, 434})
+#: Refusals of a request rather than of an order: IB sends them for a refused modification (wire-protocol
+#: reference, section 6: "110 on modify") or cancel too (100, the pacing limit, for a cancelOrder), and a
+#: working order then stays as it was. They end only an order IB has not acknowledged.
+REQUEST_CODES = frozenset({100, 109, 110, 111, 113, 140, 141, 163, 321, 388, 434})
 
 
 def meaning(code: int) -> Meaning | None:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kit.brokers.base import Notice
-from kit.brokers.ib_codes import PARAMETER_CODES, Meaning, meaning
+from kit.brokers.ib_codes import REQUEST_CODES, Meaning, meaning
 from kit.errors import BrokerMessageError
 from kit.model import (
     Accepted,
@@ -383,8 +383,8 @@ class Translator:
             return [notice]
         effect, text = meaning(code), f"IB error {code}: {message}"
         figures = self.of(coid)
-        if effect is Meaning.REFUSED and code in PARAMETER_CODES and coid in self.acknowledged:
-            return [notice]  # a refused modification: the order works on as it was
+        if effect is Meaning.REFUSED and code in REQUEST_CODES and coid in self.acknowledged:
+            return [notice]  # a refused modification or cancel: the order works on
         if effect is Meaning.REFUSED:
             figures.refusal = text
             return [Rejected(coid, at, text)]
