@@ -41,6 +41,11 @@ class BrokerUnavailableError(KitError):
     """The broker could not be reached; nothing was sent."""
 
 
+class BrokerMessageError(KitError):
+    """A broker message kit cannot read (an IB status word or time it does not know). Following the order
+    on would mean guessing what it says: the run stops with the message."""
+
+
 class HaltedError(KitError):
     """The halt switch is on: no new order is sent until it is cleared (`kit halt --clear`)."""
 

@@ -36,18 +36,23 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     import kit
     from kit.brokers.ib import IBBroker
     from kit.config import IBSettings
+    from kit.model import OrderIntent
+    from kit.planner import Plan
 
     settings = IBSettings(port=spec["port"], client_id=spec.get("client_id", 11),
                           connect_timeout=spec.get("connect_timeout", 5))
     broker = IBBroker(settings, library=spec.get("library"), ack_timeout=spec.get("ack_timeout", 10.0),
                       sync_timeout=spec.get("sync_timeout", 10.0))
     result: dict[str, Any] = {"library": broker.lib.__name__}
+    # "orders": OrderIntent fields as given, past validation: what only IB itself would refuse (e.g. 10.5)
+    targets = (Plan(spec["run_key"], tuple(OrderIntent(**o) for o in spec["orders"])) if "orders" in spec
+               else pd.DataFrame(spec["targets"]))
     try:
         if spec.get("action") == "cancel":  # the kill switch, `kit cancel --run RUN_KEY`
             [run] = kit.cancel(spec["run_key"], broker=broker, db=spec["db"],
                                timeout=spec.get("timeout", 10.0))
         else:
-            run = kit.execute(pd.DataFrame(spec["targets"]), broker=broker, run_key=spec["run_key"],
+            run = kit.execute(targets, broker=broker, run_key=spec["run_key"],
                               db=spec["db"], timeout=spec.get("timeout", 10.0),
                               on_timeout=spec.get("on_timeout", "cancel"))
     except Exception as exc:

@@ -27,6 +27,8 @@ class Notice(StrEnum):
     CANCEL_IMPOSSIBLE = "cancel_impossible"  # this session cannot cancel that order
     RESENT = "resent"  # an order lost before it reached the broker was placed again
     NOT_WORKING = "not_working"  # a cancel of an order that is no longer working: nothing to do
+    FILLS_DISAGREE = "fills_disagree"  # the broker's cumulative figures differ from the executions counted
+    UNTRANSLATED = "untranslated"  # a broker message kit could not read: the run stops
 
 
 # The notices a run's notes report: each changes what the user should know about the run.

@@ -11,16 +11,27 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import timedelta, tzinfo
 from types import ModuleType
 from typing import Any
 
 from kit.brokers.base import Broker, Notice
-from kit.brokers.ib_events import Translator, naive_utc
+from kit.brokers.ib_events import (
+    LookUp,
+    RecheckExecutions,
+    Request,
+    Translated,
+    Translator,
+    UntranslatableMessage,
+    connect_reply_zone,
+    execution_time,
+    naive_utc,
+    zone,
+)
 from kit.clock import utcnow
 from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
-from kit.model import BrokerEvent, BrokerNotice, Order, OrderIntent, Rejected
+from kit.model import BrokerNotice, Order, OrderIntent, Rejected
 
 log = logging.getLogger("kit.ib")
 PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
@@ -70,6 +81,9 @@ class IBBroker(Broker):
         self._up: asyncio.Event | None = None  # set while connected; submits and cancels wait for it
         self._stop: asyncio.Event | None = None
         self.sync_is_complete = True
+        self.tws_zone: tzinfo | None = None  # TWS's login zone, from the connect reply
+        self._raw_times: dict[str, str] = {}  # exec_id -> the time text IB sent
+        self.failure: UntranslatableMessage | None = None  # an IB message kit could not translate
 
     @classmethod
     def from_config(cls) -> IBBroker:
@@ -193,49 +207,111 @@ class IBBroker(Broker):
             task.cancel()
         if self.ib is not None and self.ib.isConnected():
             self.ib.disconnect()
+        if self.failure is not None:
+            raise self.failure
 
     def _tap_wrapper(self) -> None:
         """See IB's messages before the client library interprets them (why: kit.brokers.ib_events)."""
         wrapper = self.ib.wrapper
-        taps: dict[str, Callable[..., list[BrokerEvent]]] = {
+        taps: dict[str, Callable[..., Translated]] = {
             "openOrder": self._open_order, "completedOrder": self._completed_order,
             "orderStatus": self._order_status, "execDetails": self._exec_details,
             "commissionReport": self._commission_report, "error": self._error,
         }
         for method, translate in taps.items():
             original = getattr(wrapper, method)
-            setattr(wrapper, method, self._tapped(original, translate))
+            setattr(wrapper, method, self._tapped(method, original, translate))
+        self._tap_times(self.ib.client)
 
-    def _tapped(self, original: Callable[..., Any], translate: Callable[..., list[BrokerEvent]]):
+    def _tap_times(self, client: Any) -> None:
+        """TWS writes times in its login zone, which neither client library knows unless told: read it from
+        the connect reply (its time carries the zone) and tell the library (IB.TimezoneTWS), and keep each
+        execution's time as IB wrote it, so kit reads all of IB's forms itself (ib_events.execution_time).
+        The connect reply is read from the socket's bytes before the client consumes them."""
+        handshake = bytearray()
+
+        def peek(data: bytes) -> None:
+            if client.serverVersion():  # the handshake is read: wait for the next connection's
+                handshake.clear()
+                return
+            handshake.extend(data)
+            name = connect_reply_zone(bytes(handshake))
+            if name is None:
+                return
+            self.tws_zone = zone(name)
+            if self.tws_zone is not None:
+                self.ib.TimezoneTWS = str(self.tws_zone)
+            else:
+                log.warning("TWS's connect reply names no zone kit knows (%r): an execution time without a "
+                            "zone name will stop the run", name)
+            handshake.clear()
+
+        client.conn.hasData -= client._onSocketHasData  # peek first, then the client reads the same bytes
+        client.conn.hasData += peek
+        client.conn.hasData += client._onSocketHasData
+        decode = client.decoder.handlers[11]  # execDetails: 11, reqId, orderId, 11 of contract, execId, time
+
+        def exec_details(fields: list[str]) -> None:
+            if len(fields) > 15:
+                self._raw_times[fields[14]] = fields[15]
+            decode(fields)
+
+        client.decoder.handlers[11] = exec_details
+
+    def _tapped(self, method: str, original: Callable[..., Any], translate: Callable[..., Translated]):
         def tapped(*args: Any, **kwargs: Any) -> Any:
             try:
-                for event in translate(*args):
-                    self.emit(event)
-            except Exception:  # a translation bug must never break the IB session
-                log.exception("kit could not translate an IB message %s", args)
+                for item in translate(*args):
+                    if isinstance(item, Request):
+                        self._spawn(self._ask(item))
+                    else:
+                        self.emit(item)
+            except Exception as exc:  # never guess: say it, and fail the run (close() raises it)
+                log.exception("kit could not translate IB's %s%s", method, args)
+                text = f"kit could not translate IB's {method} {args!r}: {exc}"
+                self.failure = self.failure or UntranslatableMessage(text)
+                self.emit(BrokerNotice(utcnow(), Notice.UNTRANSLATED, text))
             return original(*args, **kwargs)
 
         return tapped
 
+    async def _ask(self, request: Request) -> None:
+        """What a translation needs from IB: its order listing, or the order's executions again."""
+        coid = request.client_order_id
+        if isinstance(request, LookUp):
+            await self._fetch_orders()
+            events = self.translator.looked_up(coid, request.refusal, utcnow())
+        else:
+            assert isinstance(request, RecheckExecutions)
+            await self._ready()
+            wanted = self.lib.ExecutionFilter(symbol=request.symbol)
+            with contextlib.suppress(TimeoutError):  # unanswered: what is counted stays flagged
+                await asyncio.wait_for(self.ib.reqExecutionsAsync(wanted), self.sync_timeout)
+            events = self.translator.rechecked(coid, utcnow())
+        for event in events:
+            self.emit(event)  # type: ignore[arg-type]
+
     # ---- IB messages -> kit events ---------------------------------------------------------------------
-    def _open_order(self, order_id: int, contract: Any, order: Any, state: Any) -> list[BrokerEvent]:
+    def _open_order(self, order_id: int, contract: Any, order: Any, state: Any) -> Translated:
         if getattr(order, "whatIf", False):
             return []
         return self.translator.open_order(order_id, order.clientId, order.permId, order.orderRef or "",
                                           state.status, utcnow())
 
-    def _completed_order(self, contract: Any, order: Any, state: Any) -> list[BrokerEvent]:
+    def _completed_order(self, contract: Any, order: Any, state: Any) -> Translated:
         return self.translator.completed_order(order.permId, order.orderRef or "", state.status,
                                                getattr(state, "completedStatus", "") or "", utcnow())
 
     def _order_status(self, order_id: int, status: str, filled: float, remaining: float, avg: float,
                       perm_id: int, parent_id: int, last: float, client_id: int, why_held: str,
-                      *rest: Any) -> list[BrokerEvent]:
-        return self.translator.order_status(order_id, status, perm_id, client_id, why_held, utcnow())
+                      *rest: Any) -> Translated:
+        return self.translator.order_status(order_id, status, perm_id, client_id, why_held, utcnow(),
+                                            filled=filled, remaining=remaining)
 
-    def _exec_details(self, req_id: int, contract: Any, execution: Any) -> list[BrokerEvent]:
+    def _exec_details(self, req_id: int, contract: Any, execution: Any) -> Translated:
         now = utcnow()
-        stamped = naive_utc(execution.time, now)
+        raw = self._raw_times.pop(execution.execId, None)
+        stamped = execution_time(raw, self.tws_zone) if raw else naive_utc(execution.time, now)
         # IB stamps executions to the second. A live fill received within that second happened between the
         # stamp and its receipt: the receipt time is the closer estimate, and fill latencies stay honest.
         time = now if timedelta(0) <= now - stamped < timedelta(seconds=1) else stamped
@@ -243,12 +319,12 @@ class IBBroker(Broker):
             exec_id=execution.execId, order_id=execution.orderId, perm_id=execution.permId,
             client_id=execution.clientId, order_ref=execution.orderRef or "", shares=execution.shares,
             price=execution.price, time=time, currency=contract.currency, exchange=execution.exchange,
-            at=now)
+            at=now, cum_qty=execution.cumQty, symbol=contract.symbol)
 
-    def _commission_report(self, report: Any) -> list[BrokerEvent]:
+    def _commission_report(self, report: Any) -> Translated:
         return self.translator.commission(report.execId, report.commission, report.currency, utcnow())
 
-    def _error(self, req_id: int, code: int, message: str, *rest: Any) -> list[BrokerEvent]:
+    def _error(self, req_id: int, code: int, message: str, *rest: Any) -> Translated:
         return self.translator.error(req_id, code, message, utcnow())
 
     def _on_request_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
@@ -337,6 +413,10 @@ class IBBroker(Broker):
                                    "not list it; it is not assumed cancelled", client_order_id))
 
     async def cancel(self, client_order_id: str) -> None:
+        if self.translator.filled_at_ib(client_order_id):  # whatever kit counted: ib_events flags that
+            self.emit(BrokerNotice(utcnow(), Notice.NOT_WORKING, "IB reports this order Filled: not "
+                                   "cancelled", client_order_id))
+            return
         order_id = self.translator.order_id_of.get(client_order_id)
         if order_id is None:
             self.emit(BrokerNotice(utcnow(), Notice.CANCEL_IMPOSSIBLE,
