@@ -48,6 +48,7 @@ which kit does not have; for the same reason notional and the averages stay with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -215,12 +216,15 @@ def _aggregate_fills(fills: pd.DataFrame) -> pd.DataFrame:
         }
     )
     grouped = frame.groupby("client_order_id", sort=False)
+    # math.fsum (exact, then rounded once), as kit.model sums an order's fills: the totals, and so every
+    # figure built on them, do not depend on the order the fills arrived in. An unknown commission (NaN)
+    # keeps the order's commission unknown.
     return pd.DataFrame(
         {
             "fills": grouped.size(),
-            "filled_quantity": grouped["quantity"].sum(),
-            "notional": grouped["notional"].sum(),
-            "commission": grouped["commission"].sum(skipna=False),
+            "filled_quantity": grouped["quantity"].agg(math.fsum),
+            "notional": grouped["notional"].agg(math.fsum),
+            "commission": grouped["commission"].agg(math.fsum),
             "first_fill_at": grouped["time"].min(),
             "last_fill_at": grouped["time"].max(),
         }
