@@ -79,3 +79,27 @@ class InputError(ValidationError):
         super().__init__(problems)
         lines = [f"  {key}: {reason}" if key else f"  {reason}" for key, reason in self.problems]
         self.args = (f"{len(self.problems)} problem(s) in {what}; nothing was sent:\n" + "\n".join(lines),)
+
+
+class RunInterrupted(KitError):
+    """The task running a run was cancelled (a kernel interrupt, Ctrl-C, SIGTERM, or an async caller's
+    cancel). The engine has already asked the broker to cancel the working orders and waited, for a bounded
+    time, for its word; `run` is the run as it stood afterwards, and its notes say what was left working."""
+
+    def __init__(self, message: str, run: object = None):
+        super().__init__(message)
+        self.run = run
+
+
+class Interrupted(KeyboardInterrupt):
+    """What the blocking calls (kit.execute, kit.plan, kit.cancel) raise after an interrupt: a
+    KeyboardInterrupt, so a notebook stops at this cell and a script stops, but with kit's short account of
+    what it did (in Jupyter, instead of a traceback) and the run in `run` (None if no run had started)."""
+
+    def __init__(self, message: str, run: object = None):
+        super().__init__(message)
+        self.run = run
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows these lines instead of a traceback: the interrupt was the user's, not a bug."""
+        return [f"Interrupted: {self}"]
