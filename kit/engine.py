@@ -431,6 +431,8 @@ class Engine:
         self.recorder.note(kind or ("run_resumed" if resuming else "run_started"), now, **detail)
 
     def _finish(self, error: BaseException | None) -> None:
+        if self.observer is not None:
+            self.observer(self.book.orders.values())
         now = utcnow()
         status = RunStatus.PLANNED if self.dry_run else run_status(list(self.book.orders.values()))
         if error is not None:
