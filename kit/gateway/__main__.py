@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 
+from kit.errors import ConfigError
 from kit.gateway.config import GatewayConfig
 from kit.gateway.instruments import Instrument, round_price
 from kit.gateway.server import Gateway
@@ -47,8 +48,11 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
 def last_prices(path: str) -> dict[str, float]:
     """The last price of each symbol column of a prices CSV (rows oldest first; empty cells skipped), so
     the gateway quotes what the notebook that reads the same file decides on."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
     prices: dict[str, float] = {}
     for row in rows:
         for symbol, text in row.items():
@@ -56,9 +60,10 @@ def last_prices(path: str) -> dict[str, float]:
                 try:
                     prices[symbol] = float(text)
                 except ValueError:
-                    raise ValueError(f"{path}: {symbol} has a price that is not a number: {text!r}") from None
+                    raise ConfigError(f"{path}: {symbol} has a price that is not a number: "
+                                      f"{text!r}") from None
     if not prices:
-        raise ValueError(f"{path}: no prices (expected a date column and one column per symbol)")
+        raise ConfigError(f"{path}: no prices (expected a date column and one column per symbol)")
     return prices
 
 
@@ -71,7 +76,7 @@ def priced(instruments: tuple[Instrument, ...], prices: dict[str, float]) -> tup
               file=sys.stderr)
     for symbol, price in prices.items():
         if symbol in known and not price > 0:
-            raise ValueError(f"the price of {symbol} must be positive, got {price}")
+            raise ConfigError(f"the price of {symbol} must be positive, got {price}")
     return tuple(dataclasses.replace(inst, price=round_price(prices[inst.symbol], inst))
                  if inst.symbol in prices else inst for inst in instruments)
 
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = build_config(args)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, ConfigError) as exc:
         print(f"kit gateway: {exc}", file=sys.stderr)
         return 2
     try:
