@@ -27,7 +27,7 @@ from kit.engine import Engine, OnTimeout, Run, RunInfo
 from kit.errors import Interrupted, KitError, RiskError, RunInterrupted
 from kit.ids import check_run_key, run_id_for
 from kit.planner import Plan, is_positions_frame, make_plan
-from kit.progress import Mode, Progress
+from kit.progress import TICK, Mode, Progress
 from kit.risk import RiskLimits
 from kit.store import Ledger
 
@@ -96,25 +96,42 @@ def _run(coroutine: Coroutine[Any, Any, T], progress: Progress | None = None) ->
 
     worker = threading.Thread(target=work, name="kit-worker", daemon=True)
     interrupts = 0
+    notice = ""  # said at the top of the loop, where another interrupt is caught like the first
     with _sigterm_interrupts():
         worker.start()
         while True:
             try:
-                item = inbox.get()
+                if notice:
+                    said, notice = notice, ""
+                    print(said, file=sys.stderr, flush=True)
+                try:
+                    item = inbox.get(timeout=TICK) if progress is not None else inbox.get()
+                except queue.Empty:  # nothing from the worker for a while: show the time passing
+                    item = None
                 if item is _FINISHED:
                     break
                 if progress is not None:
-                    progress.draw(item)
+                    progress.draw(item) if item is not None else progress.tick()
             except KeyboardInterrupt:
                 interrupts += 1
                 if interrupts > len(ON_INTERRUPT):
                     raise Interrupted("stopped waiting for kit's worker thread; the run goes on finishing in "
                                       "the background (check `kit runs` and `kit reconcile`)") from None
-                print(ON_INTERRUPT[interrupts - 1], file=sys.stderr, flush=True)
                 with suppress(RuntimeError):  # the loop has closed: the run ended meanwhile
-                    loop.call_soon_threadsafe(task.cancel)
+                    # A later interrupt is queued behind the task's reaction to the earlier one, or two
+                    # cancels in a row would reach the task as one.
+                    loop.call_soon_threadsafe(_cancel_after_pending, loop, task, interrupts)
+                notice = ON_INTERRUPT[interrupts - 1]
     worker.join()
     return _outcome(outcome, interrupts, progress)
+
+
+def _cancel_after_pending(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], rounds: int) -> None:
+    """Cancel `task` once the callbacks queued before this one (a pending cancel's wake-up) have run."""
+    if rounds > 1:
+        loop.call_soon(_cancel_after_pending, loop, task, rounds - 1)
+    elif not task.done():
+        task.cancel()
 
 
 def _outcome(outcome: dict[str, Any], interrupts: int, progress: Progress | None) -> Any:

@@ -95,7 +95,7 @@ class Engine:
         self.notes: list[str] = []
         # Called with the run's orders after each batch of events is applied (kit.progress shows them).
         self.observer = observer
-        self.stopped_waiting = False  # a second interrupt ended the wait for cancel confirmations
+        self.stopping = False  # an interrupt (or a cancel wait it cut short) is being dealt with
 
     # ---- the run -------------------------------------------------------------------------------------
     async def run(self) -> Run:
@@ -220,7 +220,7 @@ class Engine:
                 if not await self._follow(loop.time() + self.timeout):
                     await self._on_timeout()
             except asyncio.CancelledError:
-                if not self.stopped_waiting:
+                if not self.stopping:
                     await self._stop_following()
                 raise
         finally:
@@ -230,6 +230,7 @@ class Engine:
     async def _stop_following(self) -> None:
         """The user pressed stop: cancel the working orders and wait, cancel_timeout at most, for the
         broker's word. A second interrupt ends the wait (see _cancel) and leaves them working."""
+        self.stopping = True
         self._drain()
         working = [self.book.orders[c] for c in sorted(self.open) if self.book.orders[c].working]
         self.notes.append(f"interrupted by the user: {len(working)} working order(s) to cancel")
@@ -240,12 +241,12 @@ class Engine:
         for order in left:
             self.recorder.order(order, "left_working", utcnow(), why="interrupted again")
         self.notes.append(f"interrupted again: stopped waiting for the broker; {len(left)} order(s) left "
-                          "working (cancel requested, not confirmed: they may still fill; see "
-                          "`kit reconcile`, `kit cancel`)")
+                          "working (no cancel confirmed: they may still fill; see `kit reconcile`, "
+                          "`kit cancel`)")
         if len(orders) > len(left):
             self.notes.append(f"{len(orders) - len(left)} working order(s) cancelled ({why})")
         self.recorder.flush()
-        self.stopped_waiting = True
+        self.stopping = True
 
     def _interruption(self) -> str:
         working = sum(1 for o in self.book.orders.values() if o.working)
@@ -351,12 +352,14 @@ class Engine:
         """Ask for cancels and wait for the broker's confirmations; never mark one cancelled ourselves."""
         if not orders:
             return
-        for order in orders:
-            self.recorder.order(order, "cancel_requested", utcnow(), why=why)
-            await self.broker.cancel(order.client_order_id)
-        self.recorder.flush()
-        now = asyncio.get_running_loop().time()
         try:
+            for order in orders:
+                self.recorder.order(order, "cancel_requested", utcnow(), why=why)
+                await self.broker.cancel(order.client_order_id)
+            self.recorder.flush()
+            if self.stopping and _cancels_requested() > 1:  # a second interrupt came before the wait did
+                raise asyncio.CancelledError
+            now = asyncio.get_running_loop().time()
             await self._follow(now + self.cancel_timeout, done=lambda: not any(o.working for o in orders))
             if any(not o.working for o in orders):
                 # A fill racing a cancel can come after the confirmation: listen a moment longer, or it is
@@ -454,6 +457,13 @@ class Engine:
         fills = [fill_row(o, f) for o in orders for f in sorted(o.fills.values(), key=lambda f: f.time)]
         return Run(self.run_id, self.plan.run_key, self.status, frame([order_row(o) for o in orders],
                    ORDER_COLUMNS), frame(fills, FILL_COLUMNS), self.notes)
+
+
+def _cancels_requested() -> int:
+    """How often this task was asked to stop: two interrupts close together reach it as one CancelledError,
+    and this count is what tells them apart."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
 
 
 def _json(value: Any) -> str:

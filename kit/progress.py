@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 from typing import Literal, Protocol
 
@@ -22,6 +22,7 @@ from kit.model import Order
 Mode = Literal["auto", "notebook", "bar", "log", "off"]
 MODES = ("auto", "notebook", "bar", "log", "off")
 INTERVAL = 0.2  # seconds between redraws of a live display
+TICK = 1.0  # seconds without broker events after which the elapsed time is redrawn
 LOG_EVERY = 15.0  # seconds between lines where nothing redraws in place
 
 
@@ -153,6 +154,7 @@ class Progress:
         self.started = clock.monotonic()
         self.drawn_at = -math.inf
         self.orders: Iterable[Order] = ()
+        self.drawn: Snapshot | None = None  # the last snapshot drawn (by the calling thread)
 
     def observe(self, orders: Iterable[Order]) -> None:
         self.orders = orders  # the engine's live view of its orders: the last one seen is the final state
@@ -164,7 +166,14 @@ class Progress:
 
     def draw(self, snapshot: Snapshot) -> None:
         if self.view is not None:
+            self.drawn = snapshot
             self.view.update(snapshot)
+
+    def tick(self) -> None:
+        """No news from the broker for a while: the last state again, with the time that has passed, so a
+        run waiting on a resting order is seen to be alive."""
+        if self.drawn is not None:
+            self.draw(replace(self.drawn, elapsed=clock.monotonic() - self.started))
 
     def close(self, status: str) -> None:
         """The final state, once the engine has stopped (so its orders no longer change)."""
