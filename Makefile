@@ -79,8 +79,11 @@ demo: $(VENV)/.installed
 	$(BIN)/kit summary --run $(RUN_KEY)
 
 # The same notebook on the IB path: kit's simulated gateway on a free loopback port, stopped afterwards.
+# The simulated gateway quotes the prices the notebook decides on (kit/sample.py writes them for both).
+DEMO_PRICES ?= data/demo-prices.csv
 demo-ib: $(VENV)/.installed
-	$(BIN)/kit gateway --port 0 --log-level WARNING -- \
+	$(BIN)/python -m kit.sample $(DEMO_PRICES)
+	$(BIN)/kit gateway --port 0 --log-level WARNING --prices $(DEMO_PRICES) -- \
 		$(BIN)/kit run notebooks/momentum.ipynb --run-key $(RUN_KEY)-ib -p broker ib
 	$(BIN)/kit summary --run $(RUN_KEY)-ib
 

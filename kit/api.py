@@ -1,15 +1,20 @@
 """The notebook-facing API: kit.plan, kit.execute, kit.execute_async, kit.cancel, kit.ledger, kit.tca.
 
-`execute` must work in a script, in a Jupyter kernel and under papermill. Inside a running event loop it
-runs the engine on a private loop in a worker thread and waits for it, instead of patching the user's loop.
+`execute` must work in a script, in a Jupyter kernel and under papermill, and stop when the user presses
+stop. The blocking calls run their coroutine on a private loop in a worker thread (a kernel's thread already
+runs a loop, which kit does not patch) while the calling thread waits, draws progress and takes interrupts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import secrets
+import signal
+import sys
 import threading
-from collections.abc import Awaitable, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,9 +24,10 @@ from kit import clock
 from kit.brokers.base import Broker
 from kit.config import risk_limits, settings
 from kit.engine import Engine, OnTimeout, Run, RunInfo
-from kit.errors import KitError, RiskError
+from kit.errors import Interrupted, KitError, RiskError, RunInterrupted
 from kit.ids import check_run_key, run_id_for
 from kit.planner import Plan, is_positions_frame, make_plan
+from kit.progress import TICK, Mode, Progress
 from kit.risk import RiskLimits
 from kit.store import Ledger
 
@@ -51,26 +57,130 @@ def make_broker(broker: str | Broker, prices: Prices = None) -> Broker:
     raise KitError(f"broker must be 'mock', 'ib' or a Broker object, not {broker!r}")
 
 
-def _run(coroutine: Awaitable[T]) -> T:
-    """Run a coroutine to completion from sync code, even when this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)  # type: ignore[arg-type]
-    result: dict[str, Any] = {}
+_FINISHED = object()  # the worker's last message to the waiting thread
+# What the waiting thread says on the first and second interrupt (a third stops waiting for the worker).
+ON_INTERRUPT = (
+    "kit: interrupted: cancelling the run's working orders and waiting for the broker's confirmation "
+    "(interrupt again to stop waiting and leave them working)",
+    "kit: interrupted again: no longer waiting for cancel confirmations; unconfirmed orders stay working",
+)
 
-    def target() -> None:
+
+def _run(coroutine: Coroutine[Any, Any, T], progress: Progress | None = None) -> T:
+    """Run a coroutine to completion from sync code, even when this thread already runs an event loop.
+
+    The coroutine runs on a private loop in a worker thread. This thread waits for it, draws the progress
+    the worker sends, and takes the interrupts Python delivers here (SIGINT: a kernel interrupt or Ctrl-C;
+    SIGTERM too while this runs in the main thread). The first interrupt cancels the coroutine's task, and
+    the engine turns that into "cancel the working orders, wait a bounded time for the broker's word"; the
+    second cancels it again, which ends that wait and leaves unconfirmed orders working; a third stops
+    waiting for the worker. The call then raises kit.errors.Interrupted, a KeyboardInterrupt that carries
+    the run and shows as one short line in Jupyter, so the notebook stops at this cell.
+    """
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coroutine)
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    outcome: dict[str, Any] = {}
+    if progress is not None:
+        progress.sink = inbox.put
+
+    def work() -> None:
+        asyncio.set_event_loop(loop)
         try:
-            result["value"] = asyncio.run(coroutine)  # type: ignore[arg-type]
+            outcome["value"] = loop.run_until_complete(task)
         except BaseException as exc:
-            result["error"] = exc
+            outcome["error"] = exc
+        finally:
+            _close_loop(loop)
+            inbox.put(_FINISHED)
 
-    worker = threading.Thread(target=target, name="kit-worker")
-    worker.start()
+    worker = threading.Thread(target=work, name="kit-worker", daemon=True)
+    interrupts = 0
+    notice = ""  # said at the top of the loop, where another interrupt is caught like the first
+    with _sigterm_interrupts():
+        worker.start()
+        while True:
+            try:
+                if notice:
+                    said, notice = notice, ""
+                    print(said, file=sys.stderr, flush=True)
+                try:
+                    item = inbox.get(timeout=TICK) if progress is not None else inbox.get()
+                except queue.Empty:  # nothing from the worker for a while: show the time passing
+                    item = None
+                if item is _FINISHED:
+                    break
+                if progress is not None:
+                    progress.draw(item) if item is not None else progress.tick()
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts > len(ON_INTERRUPT):
+                    raise Interrupted("stopped waiting for kit's worker thread; the run goes on finishing in "
+                                      "the background (check `kit runs` and `kit reconcile`)") from None
+                with suppress(RuntimeError):  # the loop has closed: the run ended meanwhile
+                    # A later interrupt is queued behind the task's reaction to the earlier one, or two
+                    # cancels in a row would reach the task as one.
+                    loop.call_soon_threadsafe(_cancel_after_pending, loop, task, interrupts)
+                notice = ON_INTERRUPT[interrupts - 1]
     worker.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+    return _outcome(outcome, interrupts, progress)
+
+
+def _cancel_after_pending(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], rounds: int) -> None:
+    """Cancel `task` once the callbacks queued before this one (a pending cancel's wake-up) have run."""
+    if rounds > 1:
+        loop.call_soon(_cancel_after_pending, loop, task, rounds - 1)
+    elif not task.done():
+        task.cancel()
+
+
+def _outcome(outcome: dict[str, Any], interrupts: int, progress: Progress | None) -> Any:
+    error = outcome.get("error")
+    value = outcome.get("value")
+    if progress is not None:
+        progress.close(value.status if isinstance(value, Run) else "interrupted" if interrupts else "failed")
+    if isinstance(error, RunInterrupted):
+        raise Interrupted(str(error), error.run) from None
+    if isinstance(error, asyncio.CancelledError):
+        raise Interrupted("stopped before any order was sent") from None
+    if error is not None:
+        raise error
+    if interrupts:  # the work ended before the interrupt could stop it: stop the notebook all the same
+        state = f"run {value.run_key} ended {value.status}" if isinstance(value, Run) else "it had finished"
+        raise Interrupted(f"interrupted, but {state} before the interrupt reached it", value)
+    return value
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio.run does after its main task: cancel what is left, close generators and the loop."""
+    try:
+        leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping a job, `kill`) is an interrupt while kit waits in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 async def _account_state(broker: Broker, db: str | Path | None) -> tuple[dict[str, float], dict[str, float]]:
@@ -136,13 +246,17 @@ async def execute_async(
     dry_run: bool | None = None,
     approve: str | None = None,
     info: RunInfo | None = None,
+    cancel_timeout: float = 10.0,
+    progress: Progress | None = None,
     **plan_options: Any,
 ) -> Run:
     """Plan (if given a frame), check risk, send, follow every order to a final state, record it all.
 
     dry_run (or KIT_DRY_RUN=1) records the plan as a run with status 'planned' and sends nothing.
     strict=True refuses the whole run when any order breaks a risk limit. A live account also needs
-    KIT_ALLOW_LIVE=1 and approve=<the plan's hash>.
+    KIT_ALLOW_LIVE=1 and approve=<the plan's hash>. Cancelling the task that awaits this cancels the working
+    orders, waits up to cancel_timeout seconds for the broker's confirmations (a second cancel stops the
+    wait) and raises kit.errors.RunInterrupted, whose `run` is the run as recorded.
     """
     if isinstance(targets, Plan):
         the_plan = targets
@@ -154,7 +268,7 @@ async def execute_async(
         the_plan = await plan_async(targets, broker, run_key, db=db, prices=prices, **plan_options)
     if strict and any(the_plan.breaches):
         stopped = [f"  {o.client_order_id}: {'; '.join(b)}"
-                   for o, b in zip(the_plan.orders, the_plan.breaches, strict=True) if b]
+                   for o, b in zip(the_plan.intents, the_plan.breaches, strict=True) if b]
         raise RiskError("strict=True and orders break risk limits; nothing was sent:\n" + "\n".join(stopped))
     if dry_run is None:
         dry_run = settings().dry_run
@@ -162,15 +276,24 @@ async def execute_async(
     await asyncio.to_thread(ledger.open)  # may wait for another process to let go of the file
     with ledger:
         engine = Engine(the_plan, make_broker(broker, prices), ledger, timeout=timeout, on_timeout=on_timeout,
-                        allow_live=settings().allow_live, approve=approve, dry_run=dry_run,
-                        info=info)
+                        cancel_timeout=cancel_timeout, allow_live=settings().allow_live, approve=approve,
+                        dry_run=dry_run, info=info, observer=progress.observe if progress else None)
         return await engine.run()
 
 
 def execute(targets: pd.DataFrame | Plan, broker: str | Broker = "mock", run_key: str | None = None,
-            db: str | Path | None = None, timeout: float = 60.0, **options: Any) -> Run:
-    """Blocking form of execute_async; safe to call from a notebook cell whose kernel runs an event loop."""
-    return _run(execute_async(targets, broker, run_key, db, timeout, **options))
+            db: str | Path | None = None, timeout: float = 60.0, *, progress: Mode | bool = "auto",
+            **options: Any) -> Run:
+    """Blocking form of execute_async; safe to call from a notebook cell whose kernel runs an event loop.
+
+    progress: "auto" (one live display in Jupyter, a bar on a terminal, a few lines on stderr otherwise),
+    "notebook", "bar", "log", or False. An interrupt (kernel interrupt, Ctrl-C, SIGTERM) stops the run: the
+    working orders are cancelled and the broker's word awaited (cancel_timeout, 10 s), then
+    kit.errors.Interrupted (a KeyboardInterrupt) is raised with the run; a second interrupt stops the wait
+    and leaves unconfirmed orders working.
+    """
+    shown = Progress(progress)
+    return _run(execute_async(targets, broker, run_key, db, timeout, progress=shown, **options), shown)
 
 
 async def cancel_async(run: str | None = None, *, all_runs: bool = False, broker: str | Broker | None = None,

@@ -7,6 +7,7 @@ Tests that need a fixed time patch this module, not `datetime`.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 
@@ -18,3 +19,8 @@ def now_utc() -> datetime:
 def utcnow() -> datetime:
     """The current time as kit stores it: naive UTC."""
     return now_utc().replace(tzinfo=None)
+
+
+def monotonic() -> float:
+    """Seconds on a clock that never jumps, for durations (a run's elapsed time), never for timestamps."""
+    return time.monotonic()

@@ -118,7 +118,12 @@ def risk_limits(overrides: Mapping[str, Any] | RiskLimits | None = None) -> Risk
     checked = _validate(RiskSettings, settings().risk.model_dump() | given, source)
     values = checked.model_dump()
     symbols = values.pop("allowed_symbols")
-    return RiskLimits(**values, allowed_symbols=None if symbols is None else frozenset(symbols))
+    # Only the built-in defaults let an order without a price pass the notional limits (kit.risk).
+    chosen = settings().risk.model_fields_set | set(given)
+    price_required = any(values[name] is not None for name in chosen & {"max_order_notional",
+                                                                         "max_gross_notional"})
+    return RiskLimits(**values, allowed_symbols=None if symbols is None else frozenset(symbols),
+                      price_required=price_required)
 
 
 # ---- what the shells read -------------------------------------------------------------------------------
@@ -189,7 +194,7 @@ def _load(path: Path | None, environment: Mapping[str, str]) -> Settings:
     from kit.config_schema import ENVIRONMENT_ONLY, Settings
 
     problems: list[str] = []
-    from_file = _read_file(path) if path is not None else {}
+    from_file = _limits_off(_read_file(path) if path is not None else {})
     for key in sorted(ENVIRONMENT_ONLY & set(from_file)):
         problems.append(f"{path}: {key} can be set only in the environment ({PREFIX}{key.upper()})")
         del from_file[key]
@@ -208,6 +213,7 @@ def _load(path: Path | None, environment: Mapping[str, str]) -> Settings:
         elif text != "":  # an empty variable is as if it were not set
             target = from_environment.setdefault(loc[0], {}) if len(loc) > 1 else from_environment
             target[loc[-1]] = _parse(_field(Settings, loc).annotation, text)
+    _limits_off(from_environment)
     env_source = _Source(lambda loc: f"environment variable {_env_name(loc)}",
                          lambda loc: f"unknown environment variable {_env_name(loc)}",
                          lambda loc, value: repr(environment[_env_name(loc)]))
@@ -281,6 +287,15 @@ def _model_at(model: Any, loc: tuple[str, ...]) -> Any:
     for part in loc:
         model = _base(model.model_fields[part].annotation)
     return model
+
+
+def _limits_off(values: dict[str, Any]) -> dict[str, Any]:
+    """A risk limit written "off" is no limit: TOML and the environment cannot write None, and the default
+    fat-finger limits must be possible to turn off in kit.toml too."""
+    limits = values.get("risk")
+    if isinstance(limits, dict):
+        values["risk"] = {name: None if value == "off" else value for name, value in limits.items()}
+    return values
 
 
 def _field(model: Any, loc: tuple[str, ...]) -> Any:

@@ -23,12 +23,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+# The fat-finger guard, on unless turned off explicitly: "off" in kit.toml or KIT_RISK_* (TOML has no null;
+# kit.config reads "off" as None), None in a call's risk={...}. Ten and fifty times what the shipped
+# notebooks trade in one order and one run (capital 1,000,000): their runs pass, a capital typed with a few
+# zeros too many does not.
+DEFAULT_MAX_ORDER_NOTIONAL = 10_000_000.0
+DEFAULT_MAX_GROSS_NOTIONAL = 50_000_000.0
+
+
 class RiskSettings(_Strict):
     """[risk] in kit.toml, KIT_RISK_<NAME> in the environment, `risk={...}` per call. None: no limit."""
 
-    max_order_notional: Amount | None = None
+    max_order_notional: Amount | None = DEFAULT_MAX_ORDER_NOTIONAL
     max_order_quantity: Amount | None = None
-    max_gross_notional: Amount | None = None
+    max_gross_notional: Amount | None = DEFAULT_MAX_GROSS_NOTIONAL
     max_position: Amount | None = None
     allowed_symbols: list[str] | None = None
     collar: Amount | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any, Literal
@@ -20,7 +20,7 @@ from kit.brokers.base import RUN_NOTICES, Broker
 from kit.clock import utcnow
 from kit.config import halted
 from kit.crashpoints import crash_point
-from kit.errors import HaltedError, LiveAccountError, PayloadConflictError
+from kit.errors import HaltedError, LiveAccountError, PayloadConflictError, RunInterrupted
 from kit.ids import run_id_for
 from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Order, Rejected, RunStatus, Status, Submitted
 from kit.planner import Plan
@@ -72,18 +72,16 @@ class Run:
         return self.summary()
 
     def _repr_html_(self) -> str:
-        columns = ["client_order_id", "symbol", "side", "quantity", "status", "filled_quantity",
-                   "avg_fill_price", "commission", "reason"]
-        notes = "".join(f"<br>{n}" for n in self.notes)
-        return (f"<p><b>Run</b> {self.run_key} &middot; <b>{self.status}</b> &middot; {len(self.orders)} "
-                f"orders &middot; {len(self.fills)} fills{notes}</p>"
-                + self.orders.reindex(columns=columns).to_html(index=False, na_rep=""))
+        from kit.display import run_html
+
+        return run_html(self)
 
 
 class Engine:
     def __init__(self, plan: Plan, broker: Broker, ledger: Ledger, *, timeout: float = 60.0,
                  on_timeout: OnTimeout = "cancel", cancel_timeout: float = 10.0, allow_live: bool = False,
-                 approve: str | None = None, dry_run: bool = False, info: RunInfo | None = None):
+                 approve: str | None = None, dry_run: bool = False, info: RunInfo | None = None,
+                 observer: Callable[[Iterable[Order]], None] | None = None):
         if on_timeout not in ("cancel", "leave"):
             raise ValueError(f"on_timeout must be 'cancel' or 'leave', not {on_timeout!r}")
         self.plan, self.broker, self.ledger = plan, broker, ledger
@@ -95,6 +93,9 @@ class Engine:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.open: set[str] = set()  # orders at the broker not settled yet: working or missing a commission
         self.notes: list[str] = []
+        # Called with the run's orders after each batch of events is applied (kit.progress shows them).
+        self.observer = observer
+        self.stopping = False  # an interrupt (or a cancel wait it cut short) is being dealt with
 
     # ---- the run -------------------------------------------------------------------------------------
     async def run(self) -> Run:
@@ -108,12 +109,12 @@ class Engine:
         self._check_payloads(previous)  # before anything is written
         self._open_run(previous, "run_planned" if self.dry_run else None)
         now = utcnow()
-        planned = {intent.client_order_id for intent in self.plan.orders}
+        planned = {intent.client_order_id for intent in self.plan.intents}
         for order in previous:
             if not order.at_broker and order.status is Status.NEW and order.client_order_id not in planned:
                 self._apply(Rejected(order.client_order_id, now, "superseded: not in the plan executed "
                                      f"(hash {self.plan.hash}); never sent"))
-        for intent, breaches in zip(self.plan.orders, self.plan.breaches, strict=True):
+        for intent, breaches in zip(self.plan.intents, self.plan.breaches, strict=True):
             existing = self.book.orders.get(intent.client_order_id)
             if existing is not None and not (not existing.at_broker and (existing.intent != intent or
                                                                          existing.status is not Status.NEW)):
@@ -142,11 +143,16 @@ class Engine:
         error: BaseException | None = None
         try:
             await work
+        except asyncio.CancelledError:  # interrupted: the working orders were dealt with (_stop_following)
+            error = RunInterrupted(self._interruption())
+            raise error from None
         except BaseException as exc:
             error = exc
             raise
         finally:
             self._finish(error)
+            if isinstance(error, RunInterrupted):
+                error.run = self._result()
         return self._result()
 
     async def _connected(self) -> None:
@@ -200,20 +206,55 @@ class Engine:
             return
         await self._connected()
         try:
-            self._check_account()
-            if to_sync:
-                to_send = await self._resume(to_sync) + to_send
-            if to_send:
-                halt = halted()
-                if halt:
-                    raise HaltedError(f"the halt switch is on ({halt}); {len(to_send)} order(s) not sent")
-                await self.broker.prepare([o.intent for o in to_send])
-                await self._submit(to_send)
-            loop = asyncio.get_running_loop()
-            if not await self._follow(loop.time() + self.timeout):
-                await self._on_timeout()
+            try:
+                self._check_account()
+                if to_sync:
+                    to_send = await self._resume(to_sync) + to_send
+                if to_send:
+                    halt = halted()
+                    if halt:
+                        raise HaltedError(f"the halt switch is on ({halt}); {len(to_send)} order(s) not sent")
+                    await self.broker.prepare([o.intent for o in to_send])
+                    await self._submit(to_send)
+                loop = asyncio.get_running_loop()
+                if not await self._follow(loop.time() + self.timeout):
+                    await self._on_timeout()
+            except asyncio.CancelledError:
+                if not self.stopping:
+                    await self._stop_following()
+                raise
         finally:
             await self._disconnect()
+
+    # ---- interrupts: stop means stop ------------------------------------------------------------------
+    async def _stop_following(self) -> None:
+        """The user pressed stop: cancel the working orders and wait, cancel_timeout at most, for the
+        broker's word. A second interrupt ends the wait (see _cancel) and leaves them working."""
+        self.stopping = True
+        self._drain()
+        working = [self.book.orders[c] for c in sorted(self.open) if self.book.orders[c].working]
+        self.notes.append(f"interrupted by the user: {len(working)} working order(s) to cancel")
+        await self._cancel(working, "interrupted")
+
+    def _leave_working(self, orders: list[Order], why: str) -> None:
+        left = [o for o in orders if o.working]
+        for order in left:
+            self.recorder.order(order, "left_working", utcnow(), why="interrupted again")
+        self.notes.append(f"interrupted again: stopped waiting for the broker; {len(left)} order(s) left "
+                          "working (no cancel confirmed: they may still fill; see `kit reconcile`, "
+                          "`kit cancel`)")
+        if len(orders) > len(left):
+            self.notes.append(f"{len(orders) - len(left)} working order(s) cancelled ({why})")
+        self.recorder.flush()
+        self.stopping = True
+
+    def _interruption(self) -> str:
+        working = sum(1 for o in self.book.orders.values() if o.working)
+        cancelled = sum(1 for o in self.book.orders.values() if o.status is Status.CANCELLED)
+        state = (f"{working} order(s) left working at the broker" if working
+                 else "no order is left working at the broker")
+        return (f"run {self.plan.run_key} stopped by an interrupt: {state}; {cancelled} cancelled "
+                "(each confirmed by the broker)")
 
     def _check_account(self) -> None:
         """Nothing reaches a live account by accident: it takes KIT_ALLOW_LIVE and this plan's hash."""
@@ -294,6 +335,8 @@ class Engine:
             self._drain()
             crash_point("engine.applied_not_written")
             self.recorder.flush()
+            if self.observer is not None:
+                self.observer(self.book.orders.values())
         return True
 
     async def _on_timeout(self) -> None:
@@ -311,16 +354,22 @@ class Engine:
         """Ask for cancels and wait for the broker's confirmations; never mark one cancelled ourselves."""
         if not orders:
             return
-        for order in orders:
-            self.recorder.order(order, "cancel_requested", utcnow(), why=why)
-            await self.broker.cancel(order.client_order_id)
-        self.recorder.flush()
-        now = asyncio.get_running_loop().time()
-        await self._follow(now + self.cancel_timeout, done=lambda: not any(o.working for o in orders))
-        if any(not o.working for o in orders):
-            # A fill racing a cancel can come after the confirmation: listen a moment longer, or it is left
-            # to a later reconcile.
-            await self._follow(asyncio.get_running_loop().time() + LATE_FILL_GRACE, done=lambda: False)
+        try:
+            for order in orders:
+                self.recorder.order(order, "cancel_requested", utcnow(), why=why)
+                await self.broker.cancel(order.client_order_id)
+            self.recorder.flush()
+            if self.stopping and _cancels_requested() > 1:  # a second interrupt came before the wait did
+                raise asyncio.CancelledError
+            now = asyncio.get_running_loop().time()
+            await self._follow(now + self.cancel_timeout, done=lambda: not any(o.working for o in orders))
+            if any(not o.working for o in orders):
+                # A fill racing a cancel can come after the confirmation: listen a moment longer, or it is
+                # left to a later reconcile.
+                await self._follow(asyncio.get_running_loop().time() + LATE_FILL_GRACE, done=lambda: False)
+        except asyncio.CancelledError:  # interrupted while waiting: stop waiting, say what is left working
+            self._leave_working(orders, why)
+            raise
         unconfirmed = [o for o in orders if o.working]
         for order in unconfirmed:
             self.recorder.order(order, "cancel_unconfirmed", utcnow())
@@ -352,7 +401,7 @@ class Engine:
     def _check_payloads(self, previous: list[Order]) -> None:
         known = {o.client_order_id: o.intent for o in previous if o.at_broker}
         conflicts = []
-        for intent in self.plan.orders:
+        for intent in self.plan.intents:
             old = known.get(intent.client_order_id)
             if old is not None and old.payload() != intent.payload():
                 diffs = ", ".join(f"{name} {a!r} -> {b!r}" for name, a, b in
@@ -362,7 +411,7 @@ class Engine:
             raise PayloadConflictError(
                 f"run_key {self.plan.run_key!r} already has these orders with a different payload; nothing "
                 "was sent. Use a new run_key for a new plan.\n" + "\n".join(conflicts))
-        taken = self.ledger.owners([i.client_order_id for i in self.plan.orders], self.run_id)
+        taken = self.ledger.owners([i.client_order_id for i in self.plan.intents], self.run_id)
         if taken:  # e.g. run key "x" with symbol "A-B" and run key "x-A" with symbol "B"
             raise PayloadConflictError(
                 "these client_order_ids already belong to other runs; nothing was sent. Use another "
@@ -370,7 +419,7 @@ class Engine:
 
     def _start_run(self, kind: str | None, resuming: bool) -> None:
         now = utcnow()
-        detail = {"plan_hash": self.plan.hash, "orders": len(self.plan.orders)}
+        detail = {"plan_hash": self.plan.hash, "orders": len(self.plan.intents)}
         row = self.ledger.run_row(self.run_id)
         if row is None:
             self.ledger.insert_run({
@@ -387,6 +436,8 @@ class Engine:
         self.recorder.note(kind or ("run_resumed" if resuming else "run_started"), now, **detail)
 
     def _finish(self, error: BaseException | None) -> None:
+        if self.observer is not None:
+            self.observer(self.book.orders.values())
         now = utcnow()
         status = RunStatus.PLANNED if self.dry_run else run_status(list(self.book.orders.values()))
         if error is not None:
@@ -408,6 +459,13 @@ class Engine:
         fills = [fill_row(o, f) for o in orders for f in sorted(o.fills.values(), key=lambda f: f.time)]
         return Run(self.run_id, self.plan.run_key, self.status, frame([order_row(o) for o in orders],
                    ORDER_COLUMNS), frame(fills, FILL_COLUMNS), self.notes)
+
+
+def _cancels_requested() -> int:
+    """How often this task was asked to stop: two interrupts close together reach it as one CancelledError,
+    and this count is what tells them apart."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
 
 
 def _json(value: Any) -> str:

@@ -89,3 +89,27 @@ class InputError(ValidationError):
 class LedgerIdentityError(KitError):
     """The file is not the ledger kit may write: another program's DuckDB database, a ledger of a newer
     schema, or (during a run) a ledger that disappeared or was replaced. Nothing was written to it."""
+
+
+class RunInterrupted(KitError):
+    """The task running a run was cancelled (a kernel interrupt, Ctrl-C, SIGTERM, or an async caller's
+    cancel). The engine has already asked the broker to cancel the working orders and waited, for a bounded
+    time, for its word; `run` is the run as it stood afterwards, and its notes say what was left working."""
+
+    def __init__(self, message: str, run: object = None):
+        super().__init__(message)
+        self.run = run
+
+
+class Interrupted(KeyboardInterrupt):
+    """What the blocking calls (kit.execute, kit.plan, kit.cancel) raise after an interrupt: a
+    KeyboardInterrupt, so a notebook stops at this cell and a script stops, but with kit's short account of
+    what it did (in Jupyter, instead of a traceback) and the run in `run` (None if no run had started)."""
+
+    def __init__(self, message: str, run: object = None):
+        super().__init__(message)
+        self.run = run
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows these lines instead of a traceback: the interrupt was the user's, not a bug."""
+        return [f"Interrupted: {self}"]

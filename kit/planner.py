@@ -40,7 +40,7 @@ POSITION_COLUMNS = ("symbol", *TARGET_COLUMNS, "tif", "exchange", "currency", "p
 @dataclass(frozen=True)
 class Plan:
     run_key: str
-    orders: tuple[OrderIntent, ...]
+    intents: tuple[OrderIntent, ...]  # what the engine sends; `orders` is the same as a DataFrame
     breaches: tuple[tuple[str, ...], ...] = ()  # per order; () passes every limit
     current: Mapping[str, float] = field(default_factory=dict)  # position + working, per symbol
     targets: Mapping[str, float] = field(default_factory=dict)  # target positions, when planned from them
@@ -48,23 +48,29 @@ class Plan:
 
     def __post_init__(self) -> None:
         if not self.breaches:
-            object.__setattr__(self, "breaches", tuple(() for _ in self.orders))
+            object.__setattr__(self, "breaches", tuple(() for _ in self.intents))
 
     @cached_property  # a frozen plan's hash never changes; a 100,000-order plan takes a second to hash
     def hash(self) -> str:
         digest = hashlib.sha256(self.run_key.encode())
         payload = operator.attrgetter(*PAYLOAD_FIELDS)  # the tuple OrderIntent.payload() gives, built in C
         digest.update("".join([repr((order.client_order_id, *payload(order), breaches))
-                               for order, breaches in zip(self.orders, self.breaches, strict=True)]).encode())
+                               for order, breaches in zip(self.intents, self.breaches, strict=True)]).encode())
         return digest.hexdigest()[:16]
 
     @property
     def passing(self) -> tuple[OrderIntent, ...]:
-        return tuple(o for o, b in zip(self.orders, self.breaches, strict=True) if not b)
+        return tuple(o for o, b in zip(self.intents, self.breaches, strict=True) if not b)
+
+    @property
+    def orders(self) -> pd.DataFrame:
+        """One row per order, like run.orders: what a quant reads first (symbol, side, quantity, type, limit,
+        notional, risk), then everything else."""
+        return self.frame()
 
     def frame(self) -> pd.DataFrame:
         rows = []
-        for order, breaches in zip(self.orders, self.breaches, strict=True):
+        for order, breaches in zip(self.intents, self.breaches, strict=True):
             price = order_price(order, self.prices)
             current = self.current.get(order.symbol, 0.0)
             rows.append({
@@ -72,27 +78,28 @@ class Plan:
                 "current": current, "target": self.targets.get(order.symbol, current + signed(order)),
                 "delta": signed(order),
                 **{name: getattr(order, name) for name in PAYLOAD_FIELDS if name != "symbol"},
-                "price": price, "notional": None if price is None else price * order.quantity,
+                "side": str(order.side),
+                "price": price, "decision_price": order.decision_price,
+                "notional": None if price is None else price * order.quantity,
                 "risk": "; ".join(breaches) or "ok",
             })
-        columns = ["client_order_id", "symbol", "current", "target", "delta", *PAYLOAD_FIELDS[1:],
-                   "price", "notional", "risk"]
+        first = ["symbol", "side", "quantity", "order_type", "limit_price", "notional", "risk"]
+        columns = [*first, "client_order_id", "current", "target", "delta", "price", "decision_price",
+                   *(name for name in PAYLOAD_FIELDS if name not in first)]
         return pd.DataFrame(rows, columns=columns)
 
     def __len__(self) -> int:
-        return len(self.orders)
+        return len(self.intents)
 
     def __repr__(self) -> str:
         stopped = sum(1 for b in self.breaches if b)
-        return (f"Plan(run_key={self.run_key!r}, orders={len(self.orders)}, stopped_by_risk={stopped}, "
+        return (f"Plan(run_key={self.run_key!r}, orders={len(self.intents)}, stopped_by_risk={stopped}, "
                 f"hash={self.hash})")
 
     def _repr_html_(self) -> str:
-        stopped = sum(1 for b in self.breaches if b)
-        title = (f"<b>Plan</b> {self.run_key} &middot; {len(self.orders)} orders"
-                 f"{f' &middot; <b>{stopped} stopped by risk</b>' if stopped else ''} &middot; "
-                 f"hash <code>{self.hash}</code>")
-        return f"<p>{title}</p>{self.frame().to_html(index=False, na_rep='')}"
+        from kit.display import plan_html
+
+        return plan_html(self)
 
 
 def is_positions_frame(frame: Any) -> bool:

@@ -27,9 +27,14 @@ class RiskLimits:
     allowed_symbols: frozenset[str] | None = None
     collar: float | None = None  # a limit price may be at most this fraction away from the reference
     max_orders: int | None = None
+    # A notional limit someone set refuses an order it cannot price; the default fat-finger limits (set by
+    # nobody) check the orders that have a price and let the others through, or IB orders without a
+    # decision_price, which get their price only at submission, could never be sent.
+    price_required: bool = True
 
     def active(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "price_required" and getattr(self, f.name) is not None}
 
 
 def signed(order: OrderIntent) -> float:
@@ -64,7 +69,7 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
         if limits.max_order_quantity is not None and order.quantity > limits.max_order_quantity:
             breaches.append(f"max_order_quantity: {order.quantity:g} > {limits.max_order_quantity:g}")
         needs_price = (limits.max_order_notional, limits.max_gross_notional)
-        if notional is None and any(limit is not None for limit in needs_price):
+        if notional is None and limits.price_required and any(limit is not None for limit in needs_price):
             breaches.append("no price to check notional limits against (give decision_price or prices)")
         if notional is not None and limits.max_order_notional is not None \
                 and notional > limits.max_order_notional:

@@ -129,7 +129,7 @@ def test_there_are_at_least_25_kinds_of_bad_input():
 def test_a_good_frame_next_to_each_bad_one_goes_through(db):
     """The cases above fail for the reason they name, not for something the shared parts get wrong."""
     plan = kit.plan(weights(0.5, 0.25), capital=1e5, prices=PRICES, run_key="good-weights", db=db)
-    assert [o.quantity for o in plan.orders] == [263.0, 60.0]
+    assert [o.quantity for o in plan.intents] == [263.0, 60.0]
     run = kit.execute(orders(), broker=MockBroker(prices=PRICES), run_key="good", db=db, timeout=5)
     assert run.status == "done"
 

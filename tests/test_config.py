@@ -253,8 +253,10 @@ def test_every_setting_is_documented_with_its_type_and_default():
             continue
         assert name in documented, f"{name} is not in docs/configuration.md"
         default = field.default
+        number = f"{default:,.0f}" if isinstance(default, float) and default >= 1e6 else f"{default:g}" \
+            if isinstance(default, int | float) else ""
         shown = "none" if default is None else \
-            f"`{json.dumps(default) if isinstance(default, bool | str) else f'{default:g}'}`"
+            f"`{json.dumps(default) if isinstance(default, bool | str) else number}`"
         assert documented[name].split(" | ")[1] == shown, f"{name}: the documented default is not {shown}"
     assert {n for n in documented if n in ENVIRONMENT_ONLY} == set(ENVIRONMENT_ONLY)
 

@@ -74,7 +74,7 @@ def test_a_plan_can_be_executed_as_planned(db):
     plan = kit.plan(TARGETS, run_key="k")
     run = kit.execute(plan, prices=PRICES, db=db, timeout=5)
     assert run.run_key == "k"
-    assert run.orders["client_order_id"].tolist() == [o.client_order_id for o in plan.orders]
+    assert run.orders["client_order_id"].tolist() == [o.client_order_id for o in plan.intents]
     with pytest.raises(kit.KitError, match="differs from the plan"):
         kit.execute(plan, prices=PRICES, run_key="other", db=db)
 

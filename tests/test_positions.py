@@ -27,7 +27,7 @@ def targets(**quantities: float) -> pd.DataFrame:
 
 
 def legs(plan) -> list[tuple[str, str, float]]:
-    return [(o.symbol, str(o.side), o.quantity) for o in plan.orders]
+    return [(o.symbol, str(o.side), o.quantity) for o in plan.intents]
 
 
 class StallingBroker(MockBroker):
@@ -66,7 +66,7 @@ def test_target_quantities_become_the_orders_that_reach_them():
     plan = make_plan(targets(AAPL=100, MSFT=-20, TSLA=30), "k", positions={"TSLA": 50, "MSFT": 10},
                      prices=PRICES)
     assert legs(plan) == [("AAPL", "BUY", 100), ("MSFT", "SELL", 30), ("TSLA", "SELL", 20)]
-    assert [o.client_order_id for o in plan.orders] == ["k-AAPL-BUY", "k-MSFT-SELL", "k-TSLA-SELL"]
+    assert [o.client_order_id for o in plan.intents] == ["k-AAPL-BUY", "k-MSFT-SELL", "k-TSLA-SELL"]
 
 
 def test_target_weights_and_capital_become_shares_rounded_toward_zero():
@@ -76,14 +76,14 @@ def test_target_weights_and_capital_become_shares_rounded_toward_zero():
     # AAPL 50,000 / 200 = 250; MSFT 30,000 / 410 = 73.17 -> 73 (its decision price wins); TSLA -80.
     assert legs(plan) == [("AAPL", "BUY", 250), ("MSFT", "BUY", 73), ("TSLA", "SELL", 80)]
     assert dict(plan.targets) == {"AAPL": 250, "MSFT": 73, "TSLA": -80}
-    assert plan.orders[1].decision_price == 410.0  # carried to the order, for TCA
+    assert plan.intents[1].decision_price == 410.0  # carried to the order, for TCA
 
 
 def test_symbols_absent_from_the_frame_are_left_alone():
     plan = make_plan(targets(AAPL=10), "k", positions={"AAPL": 10, "TSLA": 500}, working={"NVDA": -40},
                      prices=PRICES)
-    assert plan.orders == ()
-    assert make_plan(targets(TSLA=0), "k", positions={"AAPL": 10, "TSLA": 5}).orders[0].symbol == "TSLA"
+    assert plan.intents == ()
+    assert make_plan(targets(TSLA=0), "k", positions={"AAPL": 10, "TSLA": 5}).intents[0].symbol == "TSLA"
 
 
 def test_working_orders_count_toward_the_target():
@@ -154,8 +154,8 @@ def test_a_bad_decision_price_is_named_not_a_reason_to_drop_the_order():
 
 def test_sells_first_puts_every_sell_before_the_buys_and_keeps_frame_order_otherwise():
     frame = targets(AAPL=10, MSFT=-10, TSLA=10, NVDA=-10)
-    assert [o.symbol for o in make_plan(frame, "k").orders] == ["AAPL", "MSFT", "TSLA", "NVDA"]
-    assert [(o.symbol, str(o.side)) for o in make_plan(frame, "k", sells_first=True).orders] == [
+    assert [o.symbol for o in make_plan(frame, "k").intents] == ["AAPL", "MSFT", "TSLA", "NVDA"]
+    assert [(o.symbol, str(o.side)) for o in make_plan(frame, "k", sells_first=True).intents] == [
         ("MSFT", "SELL"), ("NVDA", "SELL"), ("AAPL", "BUY"), ("TSLA", "BUY")]
 
 
@@ -253,7 +253,7 @@ def test_rerunning_after_a_rejected_order_sends_only_the_remainder(db, rerun_key
     assert kit.ledger(db).book("mock") == ({"AAPL": 100.0, "MSFT": 50.0, "TSLA": -30.0}, {})
     assert second.status == ("partial" if rerun_key == "remainder" else "done")  # the run keeps its reject
 
-    assert kit.plan(wanted, broker=broker, run_key=rerun_key, db=db, prices=PRICES).orders == ()
+    assert kit.plan(wanted, broker=broker, run_key=rerun_key, db=db, prices=PRICES).intents == ()
 
 
 @pytest.mark.parametrize("rerun_key", ["stall", "stall-2"])
@@ -274,7 +274,7 @@ def test_rerunning_after_a_partial_fill_sends_only_the_unfilled_part(db, rerun_k
     assert len(new) == 2 and all(c.startswith(rerun_key + "-") for c in new)
     assert ids.loc[new, "quantity"].tolist() == [100 - aapl_filled, 40 - tsla_filled]
     assert kit.ledger(db).book("mock") == ({"AAPL": 100.0, "TSLA": -40.0}, {})
-    assert kit.plan(wanted, broker=broker, run_key=rerun_key, db=db, prices=PRICES).orders == ()
+    assert kit.plan(wanted, broker=broker, run_key=rerun_key, db=db, prices=PRICES).intents == ()
 
 
 def test_a_positions_plan_already_at_its_targets_sends_nothing_and_is_done(db):

@@ -22,6 +22,9 @@ from kit.risk import RiskLimits
 from kit.store import Ledger
 
 PRICES = {"AAPL": 200.0, "MSFT": 400.0, "TSLA": 250.0}
+# The fat-finger guard every run gets unless it is turned off (docs/configuration.md).
+DEFAULT_ORDER, DEFAULT_GROSS = 10_000_000.0, 50_000_000.0
+DEFAULTS = {"max_order_notional": DEFAULT_ORDER, "max_gross_notional": DEFAULT_GROSS}
 pytestmark = pytest.mark.usefixtures("clean_config")
 
 
@@ -165,7 +168,7 @@ def test_limits_from_the_environment(monkeypatch):
     monkeypatch.setenv("KIT_RISK_COLLAR", "")  # empty means not set
     limits = risk_limits()
     assert limits.active() == {"max_order_notional": 50_000.0, "allowed_symbols": frozenset({"AAPL", "MSFT"}),
-                               "max_orders": 3}
+                               "max_orders": 3, "max_gross_notional": DEFAULT_GROSS}
     assert isinstance(limits.max_orders, int)
 
 
@@ -174,12 +177,14 @@ def test_limits_from_kit_toml_the_environment_wins_and_a_call_wins_over_both(mon
         'db = "ledger.duckdb"\n[risk]\nmax_order_notional = 1e6\nmax_orders = 20\n'
         'allowed_symbols = ["AAPL", "MSFT"]\ncollar = 0.05\n')
     assert risk_limits().active() == {"max_order_notional": 1e6, "max_orders": 20,
-                                      "allowed_symbols": frozenset({"AAPL", "MSFT"}), "collar": 0.05}
+                                      "allowed_symbols": frozenset({"AAPL", "MSFT"}), "collar": 0.05,
+                                      "max_gross_notional": DEFAULT_GROSS}
     monkeypatch.setenv("KIT_RISK_MAX_ORDERS", "5")
     assert risk_limits().max_orders == 5
     limits = risk_limits({"max_orders": 2, "collar": None, "max_position": 300})
     assert limits.active() == {"max_order_notional": 1e6, "max_orders": 2, "max_position": 300.0,
-                               "allowed_symbols": frozenset({"AAPL", "MSFT"})}
+                               "allowed_symbols": frozenset({"AAPL", "MSFT"}),
+                               "max_gross_notional": DEFAULT_GROSS}
 
 
 def test_a_limits_object_is_taken_as_it_is(monkeypatch):
@@ -191,7 +196,8 @@ def test_a_limits_object_is_taken_as_it_is(monkeypatch):
 def test_per_call_limits_take_numpy_numbers_and_any_collection_of_symbols():
     limits = risk_limits({"max_orders": np.int64(4), "max_position": np.float64(10.5),
                           "allowed_symbols": {"AAPL"}})
-    assert limits.active() == {"max_orders": 4, "max_position": 10.5, "allowed_symbols": frozenset({"AAPL"})}
+    assert limits.active() == {"max_orders": 4, "max_position": 10.5, "allowed_symbols": frozenset({"AAPL"}),
+                               **DEFAULTS}
 
 
 def test_an_unknown_limit_per_call_is_a_clear_error_naming_the_nearest_limit():
@@ -330,3 +336,49 @@ def test_limits_that_need_a_price_use_the_prices_of_the_broker_given(tmp_path):
                       db=tmp_path / "kit.duckdb", timeout=5, risk={"max_order_notional": 1e6})
     assert broker.submitted == ["broker-prices-AAPL-BUY"]
     assert run.status == "done"
+
+
+# ---- the fat-finger guard: on by default, off only when asked -------------------------------------------
+def momentum_targets(capital: float) -> pd.DataFrame:
+    """What notebooks/momentum.ipynb ends with: three leaders, capital split equally, at its own prices."""
+    prices = {"AAPL": 289.0, "MSFT": 153.0, "NFLX": 309.0}
+    return pd.DataFrame({"symbol": list(prices), "side": "BUY",
+                         "quantity": [int(capital / 3 / p) for p in prices.values()],
+                         "decision_price": list(prices.values())})
+
+
+def test_the_default_limits_pass_the_notebooks_capital_and_stop_a_fat_finger(db):
+    assert risk_limits().active() == DEFAULTS
+    assert kit.plan(momentum_targets(1_000_000), run_key="ok", db=db).breaches == ((), (), ())
+    broker = MockBroker(prices={"AAPL": 289.0, "MSFT": 153.0, "NFLX": 309.0})
+    run = kit.execute(momentum_targets(3e9), broker=broker, run_key="fat", db=db, timeout=5)
+    assert broker.submitted == [] and run.status == "failed"
+    assert set(run.orders["status"]) == {"REJECTED"}
+    assert run.orders["reason"].str.match(r"risk: max_order_notional: 99\d,\d{3},\d{3}\.\d\d > "
+                                          r"10,000,000\.00").all()
+
+
+def test_many_orders_under_the_order_limit_still_meet_the_gross_limit(db):
+    symbols = ["AAPL", "MSFT", "NFLX", "GOOG", "AMZN", "META"]  # 9,000,000 each: 54,000,000 in all
+    targets = pd.DataFrame({"symbol": symbols, "side": "BUY", "quantity": 90_000, "decision_price": 100.0})
+    stopped = kit.plan(targets, run_key="gross", db=db)
+    assert [stopped_by(b) for b in stopped.breaches] == [[]] * 5 + [["max_gross_notional"]]
+
+
+def test_turning_the_guard_off_is_explicit_per_call_in_kit_toml_and_in_the_environment(db, tmp_path,
+                                                                                           monkeypatch):
+    huge = momentum_targets(3e9)
+    off = {"max_order_notional": None, "max_gross_notional": None}
+    assert kit.plan(huge, run_key="off-call", db=db, risk=off).breaches == ((), (), ())
+    (tmp_path / "kit.toml").write_text('[risk]\nmax_order_notional = "off"\n')
+    monkeypatch.setenv("KIT_RISK_MAX_GROSS_NOTIONAL", "off")
+    assert risk_limits().active() == {}
+    assert kit.plan(huge, run_key="off-config", db=db).breaches == ((), (), ())
+
+
+def test_the_defaults_let_an_order_without_a_price_through_but_a_limit_you_set_does_not():
+    unpriced = orders(("AAPL", "BUY", 100))
+    assert make_plan(unpriced, "k", limits=risk_limits()).breaches == ((),)
+    chosen = risk_limits({"max_order_notional": 1e6})
+    assert stopped_by(make_plan(unpriced, "k", limits=chosen).breaches[0]) == [
+        "no price to check notional limits against (give decision_price or prices)"]

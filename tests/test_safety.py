@@ -136,7 +136,7 @@ def test_a_changed_risk_verdict_is_a_changed_plan(monkeypatch, db):
     approved = kit.plan(buys(AAPL=10, MSFT=5), broker=broker, run_key="live-5", db=db, prices=PRICES)
     stopped = kit.plan(buys(AAPL=10, MSFT=5), broker=broker, run_key="live-5", db=db, prices=PRICES,
                        risk={"max_order_quantity": 5})  # the same orders, but AAPL is now stopped
-    assert stopped.orders == approved.orders and stopped.hash != approved.hash
+    assert stopped.intents == approved.intents and stopped.hash != approved.hash
     with pytest.raises(LiveAccountError, match="does not match this plan"):
         kit.execute(stopped, broker=broker, db=db, approve=approved.hash, timeout=5)
     assert broker.submitted == []
@@ -159,7 +159,7 @@ def test_only_the_orders_of_the_approved_plan_reach_a_live_account(monkeypatch, 
                     dry_run=True)
     monkeypatch.setenv("KIT_ALLOW_LIVE", "1")
     smaller = kit.plan(buys(AAPL=10), broker=broker, run_key="live-4", db=db, prices=PRICES)
-    assert [o.client_order_id for o in smaller.orders] == ["live-4-AAPL-BUY"]
+    assert smaller.orders["client_order_id"].tolist() == ["live-4-AAPL-BUY"]
     kit.execute(smaller, broker=broker, db=db, approve=smaller.hash, timeout=5)
     assert broker.submitted == ["live-4-AAPL-BUY"]  # actual: MSFT, never approved, is sent as well
 

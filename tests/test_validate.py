@@ -127,8 +127,8 @@ def test_a_good_frame_becomes_orders_with_defaults_and_ids():
         "currency": [None, "EUR", None], "decision_price": [190.0, None, None],
     })
     plan = kit.plan(targets, run_key="k")
-    first, tte, second = plan.orders
-    assert [o.client_order_id for o in plan.orders] == ["k-AAPL-BUY", "k-TTE-SELL", "k-AAPL-BUY-2"]
+    first, tte, second = plan.intents
+    assert [o.client_order_id for o in plan.intents] == ["k-AAPL-BUY", "k-TTE-SELL", "k-AAPL-BUY-2"]
     assert (first.side, first.quantity, first.order_type, first.tif) == (Side.BUY, 100.0, "MKT", "DAY")
     assert (first.sec_type, first.exchange, first.currency, first.decision_price) == ("STK", "SMART", "USD",
                                                                                      190.0)
@@ -138,12 +138,12 @@ def test_a_good_frame_becomes_orders_with_defaults_and_ids():
 
 def test_a_signed_quantity_without_side_gives_the_side():
     plan = kit.plan(pd.DataFrame({"symbol": ["AAPL", "MSFT"], "quantity": [100, -40]}), run_key="k")
-    assert [(o.side, o.quantity) for o in plan.orders] == [(Side.BUY, 100.0), (Side.SELL, 40.0)]
+    assert [(o.side, o.quantity) for o in plan.intents] == [(Side.BUY, 100.0), (Side.SELL, 40.0)]
 
 
 def test_numpy_and_nullable_integer_quantities_are_numbers():
     targets = pd.DataFrame({"symbol": ["AAPL", "MSFT"], "quantity": pd.array([3, -4], dtype="Int64")})
-    assert [o.quantity for o in kit.plan(targets, run_key="k").orders] == [3.0, 4.0]
+    assert [o.quantity for o in kit.plan(targets, run_key="k").intents] == [3.0, 4.0]
 
 
 def test_an_empty_frame_with_the_columns_is_an_empty_plan():
@@ -166,7 +166,7 @@ def test_a_plan_without_run_key_gets_a_fresh_one():
     first = kit.plan(pd.DataFrame(GOOD))
     second = kit.plan(pd.DataFrame(GOOD))
     assert first.run_key != second.run_key
-    assert first.orders[0].client_order_id.startswith(first.run_key + "-AAPL-BUY")
+    assert first.intents[0].client_order_id.startswith(first.run_key + "-AAPL-BUY")
 
 
 # ---- property: one corrupted cell is always found, and named by its row ---------------------------------

@@ -17,8 +17,8 @@ from browser_support import ENABLED, SKIP_REASON
 pytestmark = pytest.mark.skipif(not ENABLED, reason=SKIP_REASON)
 
 # kit's live progress display while kit.execute follows the orders (DESIGN: "Jupyter shows one live progress
-# display") is being built. Set this to True when kit.execute shows one: test_progress_display then checks it.
-PROGRESS_DISPLAY_EXPECTED = False
+# display"): kit.progress draws an HTML <progress> bar, updated in place under one display id.
+PROGRESS_DISPLAY_EXPECTED = True
 PROGRESS = "progress, [role=progressbar], .widget-progress, .jupyter-widgets-progress"
 RUN_ALL_SECONDS = 120
 
@@ -78,7 +78,8 @@ def test_the_plan_renders_as_a_table_with_one_row_per_order(momentum_page) -> No
 
 
 def test_the_run_result_shows_done_and_every_order_filled(momentum_page, lab) -> None:
-    output = code_cell(momentum_page, "kit.execute(").locator(".jp-OutputArea-output")
+    # The cell's last output is the run; the live progress display comes before it.
+    output = code_cell(momentum_page, "kit.execute(").locator(".jp-OutputArea-output").last
     text = output.inner_text()
     match = re.search(r"Run\s+(momentum-\d{4}-\d{2}-\d{2})\s+·\s+done\s+·\s+3 orders", text)
     assert match, text
@@ -95,3 +96,8 @@ def test_progress_display(momentum_page) -> None:
     """While following orders kit shows one live progress display; after the run it says how far it got."""
     shown = code_cell(momentum_page, "kit.execute(").locator(f".jp-OutputArea-output :is({PROGRESS})")
     assert shown.count() == 1, "no progress display in the kit.execute cell's output"
+    bar = shown.first
+    assert bar.get_attribute("value") == bar.get_attribute("max") == "3"  # every order done
+    line = code_cell(momentum_page, "kit.execute(").locator(".kit-progress").inner_text()
+    final = r"kit: done: 3/3 orders done, 0 working, [\d,]+ shares filled, notional [\d,.]+"
+    assert re.search(final, line), line
