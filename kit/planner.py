@@ -54,8 +54,9 @@ class Plan:
     def hash(self) -> str:
         digest = hashlib.sha256(self.run_key.encode())
         payload = operator.attrgetter(*PAYLOAD_FIELDS)  # the tuple OrderIntent.payload() gives, built in C
+        rows = zip(self.intents, self.breaches, strict=True)
         digest.update("".join([repr((order.client_order_id, *payload(order), breaches))
-                               for order, breaches in zip(self.intents, self.breaches, strict=True)]).encode())
+                               for order, breaches in rows]).encode())
         return digest.hexdigest()[:16]
 
     @property
