@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from kit.brokers.base import RUN_NOTICES, Broker
+from kit.brokers.base import RUN_NOTICES, Broker, Notice
 from kit.clock import utcnow
 from kit.config import halted
 from kit.crashpoints import crash_point
-from kit.errors import HaltedError, LiveAccountError, PayloadConflictError
+from kit.errors import BrokerUnavailableError, HaltedError, LiveAccountError, PayloadConflictError
 from kit.ids import run_id_for
 from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Order, Rejected, RunStatus, Status, Submitted
 from kit.planner import Plan
@@ -95,6 +95,7 @@ class Engine:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.open: set[str] = set()  # orders at the broker not settled yet: working or missing a commission
         self.notes: list[str] = []
+        self.lost = False  # the broker went away and did not come back within its reconnect window
 
     # ---- the run -------------------------------------------------------------------------------------
     async def run(self) -> Run:
@@ -151,6 +152,8 @@ class Engine:
 
     async def _connected(self) -> None:
         self.broker.bind(self.queue.put_nowait)
+        self.recorder.flush()
+        self.ledger.release()  # a connect can take its whole timeout: nobody waits for the ledger meanwhile
         await self.broker.connect()
         self.recorder.run(account=self.broker.account or None)
 
@@ -201,8 +204,7 @@ class Engine:
         await self._connected()
         try:
             self._check_account()
-            if to_sync:
-                to_send = await self._resume(to_sync) + to_send
+            to_send = await self._resume(to_sync, to_send)
             if to_send:
                 halt = halted()
                 if halt:
@@ -210,10 +212,22 @@ class Engine:
                 await self.broker.prepare([o.intent for o in to_send])
                 await self._submit(to_send)
             loop = asyncio.get_running_loop()
-            if not await self._follow(loop.time() + self.timeout):
+            if not await self._follow(loop.time() + self.timeout) and not self.lost:
                 await self._on_timeout()
+        except BrokerUnavailableError as exc:  # the broker went away after orders may have reached it
+            self.lost = True
+            self.recorder.note("broker_lost", utcnow(), error=str(exc))
         finally:
+            if self.lost:
+                self._note_lost()
             await self._disconnect()
+
+    def _note_lost(self) -> None:
+        working = [o for o in self.book.orders.values() if o.working]
+        self.notes.append(
+            f"the connection to the broker was lost and not regained; {len(working)} order(s) may still be "
+            "working at the broker and keep their last known state here (kit marks none cancelled). Follow "
+            f"them by running run_key {self.plan.run_key!r} again, or with `kit reconcile`")
 
     def _check_account(self) -> None:
         """Nothing reaches a live account by accident: it takes KIT_ALLOW_LIVE and this plan's hash."""
@@ -228,17 +242,20 @@ class Engine:
             raise LiveAccountError(f"live account {account}: {given} this plan (hash {self.plan.hash}); "
                                    "review the plan and pass its hash as approve=. Nothing was sent.")
 
-    async def _resume(self, orders: list[Order]) -> list[Order]:
-        """Ask the broker what it has before sending anything: known orders are followed, never resent.
+    async def _resume(self, sent: list[Order], unsent: list[Order]) -> list[Order]:
+        """List the broker before anything is sent, on a first run as on a resume: the broker's record, not
+        the ledger, decides what goes out. Returns the orders to send now.
 
-        An order kit handed over today that the broker, after a complete listing, does not know never
-        reached it (a crash between the ledger write and the send): it is returned to be sent now. Anything
-        else unknown is flagged and left alone.
+        An order the broker lists under its client_order_id (IB: orderRef) is followed, never sent again,
+        whatever the ledger says: a deleted, fresh or wrong ledger adopts the broker's record. An order kit
+        handed over today that the broker, after a complete listing, does not know never reached it (a
+        crash between the ledger write and the send): it is sent now. Anything else unknown is flagged and
+        left alone.
         """
-        known = await self.broker.sync(orders)
+        known = await self.broker.sync(sent + unsent)
         now = utcnow()
         resend = []
-        for order in orders:
+        for order in sent:
             if order.client_order_id in known:
                 self.open.add(order.client_order_id)
             elif order.status is Status.CANCELLED:
@@ -252,10 +269,25 @@ class Engine:
                 self.recorder.order(order, "unknown_at_broker", now)
                 self.notes.append(f"{order.client_order_id} was sent earlier but the broker does not list "
                                   "it; it was not sent again")
+        adopted = [o for o in unsent if o.client_order_id in known]
+        for order in adopted:  # before the listing's events are applied: they are about a sent order
+            self.recorder.order(order, "adopted", now, reason="the broker already has this order")
+            self._apply(Submitted(order.client_order_id, now, None))
+            self.open.add(order.client_order_id)
+        if adopted:
+            self.notes.append(f"{len(adopted)} order(s) the ledger had not sent were already at the broker "
+                              "(same client_order_id): adopted from the broker's record, not sent again")
+        to_send = resend + [o for o in unsent if o.client_order_id not in known]
+        if to_send and not self.broker.orders_listed:
+            for order in to_send:
+                self.recorder.order(order, "not_sent", now, reason="the broker's listing was incomplete")
+            self.notes.append(f"the broker did not finish listing its orders: {len(to_send)} order(s) not "
+                              f"sent, since it may have them already; run_key {self.plan.run_key!r} again")
+            to_send = []
         self._drain()
         self.open = {c for c in self.open if not self.book.orders[c].settled}  # a cancelled one may be done
         self.recorder.flush()
-        return resend
+        return to_send
 
     async def _submit(self, orders: list[Order]) -> None:
         if not orders:
@@ -277,6 +309,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         done = done or (lambda: not self.open)
         while not done():
+            if self.lost:
+                return False
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
@@ -329,6 +363,8 @@ class Engine:
 
     # ---- event folding -------------------------------------------------------------------------------
     def _apply(self, event: Event) -> None:
+        if isinstance(event, BrokerNotice) and event.code == Notice.RECONNECT_FAILED:
+            self.lost = True
         if isinstance(event, BrokerNotice) and event.code in RUN_NOTICES:  # the run's notes say these
             self.notes.append(f"{event.at:%H:%M:%S} {event.code}: {event.message}"
                               + (f" ({event.client_order_id})" if event.client_order_id else ""))
@@ -387,6 +423,8 @@ class Engine:
     def _finish(self, error: BaseException | None) -> None:
         now = utcnow()
         status = RunStatus.PLANNED if self.dry_run else run_status(list(self.book.orders.values()))
+        if self.lost and any(o.working for o in self.book.orders.values()):
+            status = RunStatus.DISCONNECTED
         if error is not None:
             if not self._any_fill():
                 status = RunStatus.FAILED
