@@ -3,6 +3,11 @@
 It plays a tiny exchange on the running event loop: acknowledgements, partial fills and commissions are
 scheduled with loop.call_later, so the engine sees the same kind of event stream an IB session gives. The
 same seed, prices and orders always give the same executions.
+
+Its world lives in its process (in this object). kit lists it before every send like any broker, so within
+one process an order it already has is never sent again; but a new process starts with an empty mock, and
+there the ledger is the only record of what the mock was sent: for the mock, "the broker's record" is the
+ledger. A lost ledger with a new mock forgets everything, which costs nothing, since nothing was traded.
 """
 
 from __future__ import annotations
