@@ -22,7 +22,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                           connect_timeout=spec.get("connect_timeout", 5))
     broker = IBBroker(settings, library=spec.get("library"), ack_timeout=spec.get("ack_timeout", 10.0),
                       sync_timeout=spec.get("sync_timeout", 10.0),
-                      reconnect_for=spec.get("reconnect_for", 120.0))
+                      reconnect_for=spec.get("reconnect_for"))
     result: dict[str, Any] = {"library": broker.lib.__name__}
     try:
         run = kit.execute(pd.DataFrame(spec["targets"]), broker=broker, run_key=spec["run_key"],

@@ -36,14 +36,15 @@ def placements(gw: Any) -> dict[str, int]:
     return {ref: refs.count(ref) for ref in refs}
 
 
-def on_first(gw: Any, name: str, action) -> None:
-    """Run `action` on the gateway's loop instead of sending the first outbound message called `name`."""
+def on_first(gw: Any, name: str, action, orders: int = 0) -> None:
+    """Run `action` on the gateway's loop before it sends the first outbound message called `name` (once it
+    has at least `orders` orders)."""
     server = gw.gateway
     original = server.send
     fired: list[bool] = []
 
     def send(conn: Any, msg: Any) -> None:
-        if msg.name == name and not fired:
+        if msg.name == name and not fired and len(server.state.orders) >= orders:
             fired.append(True)
             action(server)
         original(conn, msg)
@@ -52,11 +53,17 @@ def on_first(gw: Any, name: str, action) -> None:
 
 
 def test_a_ledger_deleted_mid_run_or_replaced_never_resends(gateway, tmp_path):
-    db = tmp_path / "kit.duckdb"
-    on_first(gateway, "execDetails", lambda server: [p.unlink() for p in tmp_path.glob("kit.duckdb*")])
+    deleted: list[Path] = []
+
+    def delete_ledger(server: Any) -> None:
+        deleted.extend(tmp_path.glob("kit.duckdb*"))
+        for path in deleted:
+            path.unlink()
+
+    on_first(gateway, "execDetails", delete_ledger)
     first = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, on_timeout="leave")
     assert "error" not in first, first
-    assert not db.exists() or len(kit.ledger(db).orders()) <= len(MIXED)
+    assert tmp_path / "kit.duckdb" in deleted  # the ledger went away while the run was trading
     # the same key again on what is left of the ledger, then on a ledger from another folder
     again = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, on_timeout="leave")
     elsewhere = tmp_path / "other"
@@ -110,14 +117,16 @@ def test_a_duplicate_order_id_is_placed_again_under_a_fresh_id_never_rejected(ga
 
 
 def test_a_gateway_that_never_comes_back_ends_the_run_with_orders_left_as_they_were(gateway, tmp_path):
-    timeout, window = 1.0, 1.0
-    on_first(gateway, "execDetails", lambda server: asyncio.ensure_future(server.stop()))
+    timeout, window = 3.0, 1.0  # the gateway goes away before the timeout
+    stopping: list[asyncio.Future] = []  # held: the loop keeps only a weak reference to a task
+    on_first(gateway, "orderStatus", lambda server: stopping.append(asyncio.ensure_future(server.stop())),
+             orders=len(MIXED["symbol"]))
     started = time.monotonic()
     result = drive("ib_async", gateway, tmp_path, MIXED, timeout=timeout, reconnect_for=window,
                    connect_timeout=1.0)
     assert time.monotonic() - started < timeout + window + 5
     orders = by_id(result)
-    assert result["status"] == "disconnected"
+    assert result["status"] == "disconnected", result["notes"]
     assert "CANCELLED" not in {o["status"] for o in orders.values()}  # kit never calls one cancelled
     assert orders["ib-test-IBM-BUY"]["status"] == "SUBMITTED"
     notes = " ".join(result["notes"])

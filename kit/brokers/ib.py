@@ -50,7 +50,7 @@ class IBBroker(Broker):
     def __init__(self, settings: IBSettings | None = None, *, library: str | None = None,
                  ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 47,
                  burst: int = 3,
-                 reconnect_for: float = 120.0):
+                 reconnect_for: float | None = None):
         super().__init__()
         self.settings = settings or IBSettings.load()
         self.lib = ib_library(library)
@@ -58,7 +58,7 @@ class IBBroker(Broker):
         self.sync_timeout = sync_timeout
         self.max_messages_per_second = max_messages_per_second
         self.burst = burst
-        self.reconnect_for = reconnect_for
+        self.reconnect_for = self.settings.reconnect_window if reconnect_for is None else reconnect_for
         self.translator = Translator(self.settings.client_id)
         self.ib: Any = None
         self.contracts: dict[tuple, Any] = {}  # None: IB found no (single) contract
@@ -95,7 +95,7 @@ class IBBroker(Broker):
         try:
             await self._connect_once()
         except (OSError, TimeoutError) as exc:
-            raise BrokerUnavailableError(self._why_not_connected(exc)) from exc
+            raise BrokerUnavailableError(f"{self._why_not_connected(exc)} Nothing was sent.") from exc
         self.account = self._choose_account(self.ib.managedAccounts())
         self.is_paper = self.account.startswith(PAPER_PREFIXES)
         self.ib.disconnectedEvent += self._on_disconnected
@@ -110,13 +110,13 @@ class IBBroker(Broker):
         if self._refused:
             return (f"clientId {settings.client_id} is in use: {where} refused it (IB error "
                     f"{CLIENT_ID_IN_USE}: {self._refused}). Another program or kit process is connected with "
-                    "it; set KIT_IB_CLIENT_ID to another clientId. Nothing was sent.")
+                    "it; set KIT_IB_CLIENT_ID to another clientId.")
         if isinstance(exc, TimeoutError) and not self._heard:
             return (f"{where} accepted the connection but never answered the API handshake within "
                     f"{settings.connect_timeout:g}s (clientId {settings.client_id}): is it TWS/IB Gateway "
-                    "with the API enabled, or another program on that port? Nothing was sent.")
+                    "with the API enabled, or another program on that port?")
         return (f"cannot reach {where} (clientId {settings.client_id}): {exc or type(exc).__name__}. Start "
-                "TWS/IB Gateway or `kit gateway`; nothing was sent.")
+                "TWS/IB Gateway or `kit gateway`.")
 
     def _pace(self, client: Any) -> None:
         """IB allows 50 messages a second, counted on its side. The client library's throttle lets
@@ -324,7 +324,12 @@ class IBBroker(Broker):
         await self._ready()
         contracts = {key: self.lib.Stock(o.symbol, o.exchange, o.currency, primaryExchange=o.primary_exchange)
                      for key, o in missing.items()}
-        details = await asyncio.gather(*(self.ib.reqContractDetailsAsync(c) for c in contracts.values()))
+        try:
+            details = await asyncio.wait_for(asyncio.gather(
+                *(self.ib.reqContractDetailsAsync(c) for c in contracts.values())), self.sync_timeout)
+        except TimeoutError:
+            raise BrokerUnavailableError(f"IB did not answer contract lookups within {self.sync_timeout:g}s; "
+                                         "no order was sent") from None
         for (key, contract), found in zip(contracts.items(), details, strict=True):
             self.contracts[key] = contract if len(found) == 1 else None
             if len(found) == 1:
@@ -459,12 +464,12 @@ class IBBroker(Broker):
         return {name: _number_or_text(getattr(state, name, None)) for name in fields}
 
     async def positions(self) -> dict[str, float]:
-        held = await self.ib.reqPositionsAsync()
+        held = await self._answer(self.ib.reqPositionsAsync(), "positions")
         return {p.contract.symbol: float(p.position) for p in held
                 if p.account == self.account and p.position}
 
     async def working(self) -> dict[str, float]:
-        trades = await self.ib.reqAllOpenOrdersAsync()
+        trades = await self._answer(self.ib.reqAllOpenOrdersAsync(), "open orders")
         working: dict[str, float] = {}
         for trade in trades:
             if trade.order.account not in ("", self.account):
@@ -473,6 +478,12 @@ class IBBroker(Broker):
             sign = 1 if trade.order.action == "BUY" else -1
             working[trade.contract.symbol] = working.get(trade.contract.symbol, 0.0) + sign * remaining
         return working
+
+    async def _answer(self, request: Any, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(request, self.sync_timeout)
+        except TimeoutError:
+            raise BrokerUnavailableError(f"IB did not answer {what} within {self.sync_timeout:g}s") from None
 
     # ---- resume --------------------------------------------------------------------------------------
     async def sync(self, orders: Iterable[Order]) -> set[str]:
