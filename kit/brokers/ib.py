@@ -203,9 +203,16 @@ class IBBroker(Broker):
                 self._place(order, contract)
 
     def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
+        task = asyncio.ensure_future(self._unless_gone(coroutine))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _unless_gone(coroutine: Any) -> None:
+        """A lookup or re-placement in the background ends quietly when IB is gone for good: the run learns
+        that from the reconnect_failed notice."""
+        with contextlib.suppress(BrokerUnavailableError):
+            await coroutine
 
     async def _ready(self) -> None:
         """Wait for the connection, but never past the reconnect window: then BrokerUnavailableError."""
