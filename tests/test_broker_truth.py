@@ -264,3 +264,46 @@ def test_a_dead_holder_does_not_block(tmp_path):
     holder.wait(10)
     with RunLock("k"):  # the kernel let go of the dead holder's lock
         pass
+
+
+def test_messages_match_by_order_ref_then_perm_id_and_order_id_only_for_this_connection():
+    from datetime import datetime
+
+    from kit.brokers.ib_events import Translator
+    from kit.model import Execution, StatusUpdate
+
+    at = datetime(2026, 12, 1, 15)
+    mine = Translator(client_id=17)
+    mine.track({"later-AAPL-BUY"})
+    mine.placed("later-AAPL-BUY", 1)  # the id an earlier run on clientId 17 also used, before a rollback
+
+    def execution(order_ref: str, perm_id: int, exec_id: str) -> list:
+        return mine.execution(exec_id=exec_id, order_id=1, perm_id=perm_id, client_id=17, order_ref=order_ref,
+                              shares=10, price=1.0, time=at, currency="USD", exchange="X", at=at)
+
+    assert mine.open_order(1, 17, 500, "early-AAPL-BUY", "Submitted", at) == []  # another run's order
+    assert execution("early-AAPL-BUY", 500, "e.01.01") == []  # its fill, same orderId: never this run's
+    assert mine.order_status(1, "Filled", 500, 17, "", at) == []  # its status, known by its permId
+    assert mine.commission("e.01.01", 1.0, "USD", at) == []
+    assert mine.highest_order_id == 1
+    ours = mine.open_order(1, 17, 600, "later-AAPL-BUY", "Submitted", at)
+    assert any(isinstance(e, StatusUpdate) for e in ours)
+    assert [type(e) for e in execution("later-AAPL-BUY", 600, "f.01.01")] == [Execution]
+    mine.new_connection()  # the orderId no longer identifies the order; its permId still does
+    assert mine.order_status(1, "Submitted", 0, 17, "", at) == []
+    assert mine.order_status(1, "Submitted", 600, 17, "", at)
+
+
+def test_the_mock_adopts_what_it_already_has_when_the_ledger_is_new(tmp_path):
+    import pandas as pd
+
+    from kit.brokers.mock import MockBroker
+
+    broker = MockBroker({"AAPL": 190.0, "MSFT": 410.0, "IBM": 185.0})
+    first = kit.execute(pd.DataFrame(MIXED), broker=broker, run_key="m", db=tmp_path / "a.duckdb",
+                        timeout=0.3, on_timeout="leave")
+    again = kit.execute(pd.DataFrame(MIXED), broker=broker, run_key="m", db=tmp_path / "b.duckdb",
+                        timeout=0.3, on_timeout="leave")
+    assert sorted(broker.submitted) == sorted(first.orders["client_order_id"])  # nothing sent twice
+    assert any("adopted from the broker's record" in note for note in again.notes), again.notes
+    assert list(again.orders["status"]) == list(first.orders["status"])
