@@ -29,6 +29,7 @@ from kit.ids import check_run_key, run_id_for
 from kit.planner import Plan, is_positions_frame, make_plan
 from kit.progress import TICK, Mode, Progress
 from kit.risk import RiskLimits
+from kit.runlock import RunLock
 from kit.store import Ledger
 
 if TYPE_CHECKING:
@@ -273,12 +274,14 @@ async def execute_async(
     if dry_run is None:
         dry_run = settings().dry_run
     ledger = Ledger(db)
-    await asyncio.to_thread(ledger.open)  # may wait for another process to let go of the file
-    with ledger:
-        engine = Engine(the_plan, make_broker(broker, prices), ledger, timeout=timeout, on_timeout=on_timeout,
-                        cancel_timeout=cancel_timeout, allow_live=settings().allow_live, approve=approve,
-                        dry_run=dry_run, info=info, observer=progress.observe if progress else None)
-        return await engine.run()
+    with RunLock(the_plan.run_key):  # before the ledger: a second process refuses before it writes anything
+        await asyncio.to_thread(ledger.open)  # may wait for another process to let go of the file
+        with ledger:
+            engine = Engine(the_plan, make_broker(broker, prices), ledger, timeout=timeout,
+                            on_timeout=on_timeout, cancel_timeout=cancel_timeout,
+                            allow_live=settings().allow_live, approve=approve, dry_run=dry_run, info=info,
+                            observer=progress.observe if progress else None)
+            return await engine.run()
 
 
 def execute(targets: pd.DataFrame | Plan, broker: str | Broker = "mock", run_key: str | None = None,

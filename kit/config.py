@@ -170,13 +170,14 @@ class IBSettings:
     account: str = ""
     allow_live: bool = False
     connect_timeout: float = 10.0
+    reconnect_window: float = 120.0
 
     @classmethod
     def load(cls) -> IBSettings:
         config = settings()
         return cls(host=config.ib_host, port=config.ib_port, client_id=config.ib_client_id,
                    account=config.ib_account, allow_live=config.allow_live,
-                   connect_timeout=config.ib_connect_timeout)
+                   connect_timeout=config.ib_connect_timeout, reconnect_window=config.ib_reconnect_window)
 
 
 # ---- loading and checking -------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ class Settings(_Strict):
     ib_account: str = ""
     ib_library: Literal["ib_async", "ib_insync"] | None = None
     ib_connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    # Seconds a run keeps trying to reconnect to IB before it ends (its orders may still be working there).
+    ib_reconnect_window: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 120.0
     allow_live: bool = False
     halt: bool = False
     halt_file: str = "data/HALT"

@@ -16,11 +16,18 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from kit.brokers.base import RUN_NOTICES, Broker
+from kit.brokers.base import RUN_NOTICES, Broker, Notice
 from kit.clock import utcnow
 from kit.config import halted
 from kit.crashpoints import crash_point
-from kit.errors import HaltedError, LiveAccountError, PayloadConflictError, RunInterrupted
+from kit.errors import (
+    BrokerMessageError,
+    BrokerUnavailableError,
+    HaltedError,
+    LiveAccountError,
+    PayloadConflictError,
+    RunInterrupted,
+)
 from kit.ids import run_id_for
 from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Order, Rejected, RunStatus, Status, Submitted
 from kit.planner import Plan
@@ -96,6 +103,8 @@ class Engine:
         # Called with the run's orders after each batch of events is applied (kit.progress shows them).
         self.observer = observer
         self.stopping = False  # an interrupt (or a cancel wait it cut short) is being dealt with
+        self.lost = False  # the broker went away and did not come back within its reconnect window
+        self.not_working: set[str] = set()  # orders the broker says it can no longer cancel (e.g. IB: Filled)
 
     # ---- the run -------------------------------------------------------------------------------------
     async def run(self) -> Run:
@@ -157,6 +166,8 @@ class Engine:
 
     async def _connected(self) -> None:
         self.broker.bind(self.queue.put_nowait)
+        self.recorder.flush()
+        self.ledger.release()  # a connect can take its whole timeout: nobody waits for the ledger meanwhile
         await self.broker.connect()
         self.recorder.run(account=self.broker.account or None)
 
@@ -208,8 +219,7 @@ class Engine:
         try:
             try:
                 self._check_account()
-                if to_sync:
-                    to_send = await self._resume(to_sync) + to_send
+                to_send = await self._resume(to_sync, to_send)
                 if to_send:
                     halt = halted()
                     if halt:
@@ -217,13 +227,18 @@ class Engine:
                     await self.broker.prepare([o.intent for o in to_send])
                     await self._submit(to_send)
                 loop = asyncio.get_running_loop()
-                if not await self._follow(loop.time() + self.timeout):
+                if not await self._follow(loop.time() + self.timeout) and not self.lost:
                     await self._on_timeout()
             except asyncio.CancelledError:
                 if not self.stopping:
                     await self._stop_following()
                 raise
+        except BrokerUnavailableError as exc:  # the broker went away after orders may have reached it
+            self.lost = True
+            self.recorder.note("broker_lost", utcnow(), error=str(exc))
         finally:
+            if self.lost:
+                self._note_lost()
             await self._disconnect()
 
     # ---- interrupts: stop means stop ------------------------------------------------------------------
@@ -256,6 +271,13 @@ class Engine:
         return (f"run {self.plan.run_key} stopped by an interrupt: {state}; {cancelled} cancelled "
                 "(each confirmed by the broker)")
 
+    def _note_lost(self) -> None:
+        working = [o for o in self.book.orders.values() if o.working]
+        self.notes.append(
+            f"the connection to the broker was lost and not regained; {len(working)} order(s) may still be "
+            "working at the broker and keep their last known state here (kit marks none cancelled). Follow "
+            f"them by running run_key {self.plan.run_key!r} again, or with `kit reconcile`")
+
     def _check_account(self) -> None:
         """Nothing reaches a live account by accident: it takes KIT_ALLOW_LIVE and this plan's hash."""
         if self.broker.is_paper:
@@ -269,17 +291,20 @@ class Engine:
             raise LiveAccountError(f"live account {account}: {given} this plan (hash {self.plan.hash}); "
                                    "review the plan and pass its hash as approve=. Nothing was sent.")
 
-    async def _resume(self, orders: list[Order]) -> list[Order]:
-        """Ask the broker what it has before sending anything: known orders are followed, never resent.
+    async def _resume(self, sent: list[Order], unsent: list[Order]) -> list[Order]:
+        """List the broker before anything is sent, on a first run as on a resume: the broker's record, not
+        the ledger, decides what goes out. Returns the orders to send now.
 
-        An order kit handed over today that the broker, after a complete listing, does not know never
-        reached it (a crash between the ledger write and the send): it is returned to be sent now. Anything
-        else unknown is flagged and left alone.
+        An order the broker lists under its client_order_id (IB: orderRef) is followed, never sent again,
+        whatever the ledger says: a deleted, fresh or wrong ledger adopts the broker's record. An order kit
+        handed over today that the broker, after a complete listing, does not know never reached it (a
+        crash between the ledger write and the send): it is sent now. Anything else unknown is flagged and
+        left alone.
         """
-        known = await self.broker.sync(orders)
+        known = await self.broker.sync(sent + unsent)
         now = utcnow()
         resend = []
-        for order in orders:
+        for order in sent:
             if order.client_order_id in known:
                 self.open.add(order.client_order_id)
             elif order.status is Status.CANCELLED:
@@ -293,10 +318,25 @@ class Engine:
                 self.recorder.order(order, "unknown_at_broker", now)
                 self.notes.append(f"{order.client_order_id} was sent earlier but the broker does not list "
                                   "it; it was not sent again")
+        adopted = [o for o in unsent if o.client_order_id in known]
+        for order in adopted:  # before the listing's events are applied: they are about a sent order
+            self.recorder.order(order, "adopted", now, reason="the broker already has this order")
+            self._apply(Submitted(order.client_order_id, now, None))
+            self.open.add(order.client_order_id)
+        if adopted:
+            self.notes.append(f"{len(adopted)} order(s) the ledger had not sent were already at the broker "
+                              "(same client_order_id): adopted from the broker's record, not sent again")
+        to_send = resend + [o for o in unsent if o.client_order_id not in known]
+        if to_send and not self.broker.orders_listed:
+            for order in to_send:
+                self.recorder.order(order, "not_sent", now, reason="the broker's listing was incomplete")
+            self.notes.append(f"the broker did not finish listing its orders: {len(to_send)} order(s) not "
+                              f"sent, since it may have them already; run_key {self.plan.run_key!r} again")
+            to_send = []
         self._drain()
         self.open = {c for c in self.open if not self.book.orders[c].settled}  # a cancelled one may be done
         self.recorder.flush()
-        return resend
+        return to_send
 
     async def _submit(self, orders: list[Order]) -> None:
         if not orders:
@@ -320,6 +360,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         done = done or (lambda: not self.open)
         while not done():
+            if self.lost:
+                return False
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
@@ -362,7 +404,7 @@ class Engine:
             if self.stopping and _cancels_requested() > 1:  # a second interrupt came before the wait did
                 raise asyncio.CancelledError
             now = asyncio.get_running_loop().time()
-            await self._follow(now + self.cancel_timeout, done=lambda: not any(o.working for o in orders))
+            await self._follow(now + self.cancel_timeout, done=lambda: not self._awaiting_cancel(orders))
             if any(not o.working for o in orders):
                 # A fill racing a cancel can come after the confirmation: listen a moment longer, or it is
                 # left to a later reconcile.
@@ -370,7 +412,11 @@ class Engine:
         except asyncio.CancelledError:  # interrupted while waiting: stop waiting, say what is left working
             self._leave_working(orders, why)
             raise
-        unconfirmed = [o for o in orders if o.working]
+        unconfirmed = self._awaiting_cancel(orders)
+        for order in orders:
+            if order.working and order.client_order_id in self.not_working:
+                self.notes.append(f"{order.client_order_id}: the broker says it is no longer working, though "
+                                  "kit counts less filled; not cancelled (see the order's events)")
         for order in unconfirmed:
             self.recorder.order(order, "cancel_unconfirmed", utcnow())
         if unconfirmed:
@@ -378,13 +424,24 @@ class Engine:
                               f"{self.cancel_timeout:g}s; those orders may still fill: check `kit reconcile`")
         self.notes.append(f"{len(orders) - len(unconfirmed)} working order(s) cancelled ({why})")
 
+    def _awaiting_cancel(self, orders: list[Order]) -> list[Order]:
+        """Orders whose cancel confirmation is still to come: working, and not reported done by the broker."""
+        return [o for o in orders if o.working and o.client_order_id not in self.not_working]
+
     # ---- event folding -------------------------------------------------------------------------------
     def _apply(self, event: Event) -> None:
+        if isinstance(event, BrokerNotice):
+            if event.code == Notice.RECONNECT_FAILED:
+                self.lost = True
+            elif event.code == Notice.NOT_WORKING and event.client_order_id:
+                self.not_working.add(event.client_order_id)
         if isinstance(event, BrokerNotice) and event.code in RUN_NOTICES:  # the run's notes say these
             self.notes.append(f"{event.at:%H:%M:%S} {event.code}: {event.message}"
                               + (f" ({event.client_order_id})" if event.client_order_id else ""))
         outcome = self.book.apply(event)
         self.recorder.record(event, outcome)
+        if isinstance(event, BrokerNotice) and event.code == Notice.UNTRANSLATED:
+            raise BrokerMessageError(f"the broker sent a message kit cannot translate: {event.message}")
         order = outcome.order
         if order is not None and order.client_order_id in self.open and order.settled:
             self.open.discard(order.client_order_id)
@@ -440,6 +497,8 @@ class Engine:
             self.observer(self.book.orders.values())
         now = utcnow()
         status = RunStatus.PLANNED if self.dry_run else run_status(list(self.book.orders.values()))
+        if self.lost and any(o.working for o in self.book.orders.values()):
+            status = RunStatus.DISCONNECTED
         if error is not None:
             if not self._any_fill():
                 status = RunStatus.FAILED

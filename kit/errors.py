@@ -62,6 +62,10 @@ class ScheduleError(KitError, ValueError):
     """A job file or scheduler state that cannot be used; the message names the job and the field."""
 
 
+class RunKeyBusyError(KitError):
+    """Another live process is executing this run key right now; the message names it (pid, host, start)."""
+
+
 class JobLocked(KitError):
     """Another process is running this job right now."""
 

@@ -41,6 +41,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"  # nothing filled
     PLANNED = "planned"  # a dry run: recorded, nothing sent
     SKIPPED = "skipped"  # a notebook ended itself early with kit.Skip
+    DISCONNECTED = "disconnected"  # the broker did not come back: orders may still be working there
 
 # The fields that define what an order asks the broker to do. Two orders with the same client_order_id
 # must agree on all of them, or resuming a run would silently change what was sent.

@@ -16,6 +16,7 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KIT_DB", str(home / "default.duckdb"))
         patch.setenv("KIT_CONFIG", str(home / "kit.toml"))
+        patch.setenv("KIT_LOCK_DIR", str(home / "locks"))  # run-key locks of this session only
         patch.delenv("KIT_ALLOW_LIVE", raising=False)
         yield
 

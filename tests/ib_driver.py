@@ -42,7 +42,8 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     settings = IBSettings(port=spec["port"], client_id=spec.get("client_id", 11),
                           connect_timeout=spec.get("connect_timeout", 5))
     broker = IBBroker(settings, library=spec.get("library"), ack_timeout=spec.get("ack_timeout", 10.0),
-                      sync_timeout=spec.get("sync_timeout", 10.0))
+                      sync_timeout=spec.get("sync_timeout", 10.0),
+                      reconnect_for=spec.get("reconnect_for"))
     result: dict[str, Any] = {"library": broker.lib.__name__}
     # "orders": OrderIntent fields as given, past validation: what only IB itself would refuse (e.g. 10.5)
     targets = (Plan(spec["run_key"], tuple(OrderIntent(**o) for o in spec["orders"])) if "orders" in spec

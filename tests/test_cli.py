@@ -185,7 +185,7 @@ def test_filters_by_status_in_any_case_and_by_date(ledger_with_runs, capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["runs", "--status", "bogus"], "kit: argument --status: invalid choice: 'bogus' (choose from 'running', "
-                                    "'done', 'partial', 'failed', 'planned', 'skipped')"),
+                                    "'done', 'partial', 'failed', 'planned', 'skipped', 'disconnected')"),
     (["orders", "--status", "bogus"], "invalid choice: 'BOGUS' (choose from 'NEW', 'SUBMITTED', 'PARTIAL', "
                                       "'FILLED', 'CANCELLED', 'REJECTED')"),
     (["runs", "--date", "2026/12/01"], "kit: argument --date: '2026/12/01' is not a date: use YYYY-MM-DD"),

@@ -29,6 +29,7 @@ class Notice(StrEnum):
     NOT_WORKING = "not_working"  # a cancel of an order that is no longer working: nothing to do
     FILLS_DISAGREE = "fills_disagree"  # the broker's cumulative figures differ from the executions counted
     UNTRANSLATED = "untranslated"  # a broker message kit could not read: the run stops
+    ID_COLLISION = "id_collision"  # the broker refused an order id already used; placed again with a new one
 
 
 # The notices a run's notes report: each changes what the user should know about the run.
@@ -42,6 +43,9 @@ class Broker(ABC):
     # After sync(): True when the broker listed everything it has, so an order it does not know was
     # never received by it (and may be sent). False when the answer was cut short.
     sync_is_complete: bool = True
+    # After sync(): True when the broker listed every order it has (open and completed), executions aside:
+    # what kit needs before it sends anything, so an order the broker already has is never sent again.
+    orders_listed: bool = True
 
     def __init__(self) -> None:
         self._sink: EventSink | None = None
@@ -76,7 +80,8 @@ class Broker(ABC):
     async def sync(self, orders: Iterable[Order]) -> set[str]:
         """Replay what the broker knows of these orders as events; return the client_order_ids it knows.
 
-        Called on resume, before anything is sent, so an order the broker already has is never sent again.
+        Called before anything is sent, on a first run as on a resume, with every order of the run: an order
+        the broker already has is followed, never sent again, whatever the ledger holds.
         """
 
     def reference_price(self, symbol: str) -> float | None:

@@ -35,6 +35,10 @@ from kit.model import BrokerNotice, Order, OrderIntent, Rejected
 
 log = logging.getLogger("kit.ib")
 PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
+DUPLICATE_ORDER_ID = 103
+CLIENT_ID_IN_USE = 326
+# Placements of one order refused as duplicate ids before kit stops trying (each takes a fresh id from IB).
+MAX_ID_COLLISIONS = 20
 
 
 def ib_library(name: str | None = None) -> ModuleType:
@@ -59,7 +63,7 @@ class IBBroker(Broker):
     def __init__(self, settings: IBSettings | None = None, *, library: str | None = None,
                  ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 47,
                  burst: int = 3,
-                 reconnect_for: float = 120.0):
+                 reconnect_for: float | None = None):
         super().__init__()
         self.settings = settings or IBSettings.load()
         self.lib = ib_library(library)
@@ -67,7 +71,7 @@ class IBBroker(Broker):
         self.sync_timeout = sync_timeout
         self.max_messages_per_second = max_messages_per_second
         self.burst = burst
-        self.reconnect_for = reconnect_for
+        self.reconnect_for = self.settings.reconnect_window if reconnect_for is None else reconnect_for
         self.translator = Translator(self.settings.client_id)
         self.ib: Any = None
         self.contracts: dict[tuple, Any] = {}  # None: IB found no (single) contract
@@ -80,10 +84,16 @@ class IBBroker(Broker):
         self._listing: asyncio.Future[None] | None = None
         self._up: asyncio.Event | None = None  # set while connected; submits and cancels wait for it
         self._stop: asyncio.Event | None = None
+        self._gone: asyncio.Event | None = None  # set when reconnecting gave up: waits end, with an error
+        self._refused = ""  # IB's words when it refused this clientId at connect (326)
+        self._heard = False  # the endpoint answered the API handshake
+        self._next_ids: list[asyncio.Future[int]] = []  # reqIds answers awaited
+        self._collisions: dict[str, int] = {}
         self.sync_is_complete = True
         self.tws_zone: tzinfo | None = None  # TWS's login zone, from the connect reply
         self._raw_times: dict[str, str] = {}  # exec_id -> the time text IB sent
         self.failure: UntranslatableMessage | None = None  # an IB message kit could not translate
+        self.orders_listed = True
 
     @classmethod
     def from_config(cls) -> IBBroker:
@@ -92,23 +102,37 @@ class IBBroker(Broker):
     # ---- connection ----------------------------------------------------------------------------------
     async def connect(self) -> None:
         self._closing = False
-        self._up, self._stop = asyncio.Event(), asyncio.Event()
+        self._up, self._stop, self._gone = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self.ib = self.lib.IB()
         self._pace(self.ib.client)
         self._tap_wrapper()
         self.ib.errorEvent += self._on_request_error
+        self.ib.client.conn.hasData += self._on_data
         try:
             await self._connect_once()
         except (OSError, TimeoutError) as exc:
-            settings = self.settings
-            raise BrokerUnavailableError(
-                f"cannot reach IB at {settings.host}:{settings.port} (clientId {settings.client_id}): "
-                f"{exc or type(exc).__name__}. Start TWS/IB Gateway or `kit gateway`; nothing was sent."
-            ) from exc
+            raise BrokerUnavailableError(f"{self._why_not_connected(exc)} Nothing was sent.") from exc
         self.account = self._choose_account(self.ib.managedAccounts())
         self.is_paper = self.account.startswith(PAPER_PREFIXES)
         self.ib.disconnectedEvent += self._on_disconnected
         self.ib.client.apiStart += self._on_api_start
+
+    def _on_data(self, data: bytes) -> None:
+        self._heard = True
+
+    def _why_not_connected(self, exc: BaseException) -> str:
+        settings = self.settings
+        where = f"IB at {settings.host}:{settings.port}"
+        if self._refused:
+            return (f"clientId {settings.client_id} is in use: {where} refused it (IB error "
+                    f"{CLIENT_ID_IN_USE}: {self._refused}). Another program or kit process is connected with "
+                    "it; set KIT_IB_CLIENT_ID to another clientId.")
+        if isinstance(exc, TimeoutError) and not self._heard:
+            return (f"{where} accepted the connection but never answered the API handshake within "
+                    f"{settings.connect_timeout:g}s (clientId {settings.client_id}): is it TWS/IB Gateway "
+                    "with the API enabled, or another program on that port?")
+        return (f"cannot reach {where} (clientId {settings.client_id}): {exc or type(exc).__name__}. Start "
+                "TWS/IB Gateway or `kit gateway`.")
 
     def _pace(self, client: Any) -> None:
         """IB allows 50 messages a second, counted on its side. The client library's throttle lets
@@ -119,11 +143,13 @@ class IBBroker(Broker):
         client.MaxRequests = self.burst
         client.RequestsInterval = self.burst / self.max_messages_per_second
 
-    async def _connect_once(self) -> None:
+    async def _connect_once(self, timeout: float | None = None) -> None:
         settings = self.settings
+        self._refused, self._heard = "", False
         await self.ib.connectAsync(settings.host, settings.port, clientId=settings.client_id,
-                                   timeout=settings.connect_timeout, account=settings.account)
+                                   timeout=timeout or settings.connect_timeout, account=settings.account)
         self._session += 1
+        self.translator.new_connection()
         assert self._up is not None
         self._up.set()
 
@@ -148,24 +174,36 @@ class IBBroker(Broker):
         give_up, delay, attempts = loop.time() + self.reconnect_for, 0.1, 0
         while not self._closing:
             attempts += 1
-            try:
-                await self._connect_once()
+            try:  # no attempt outlasts the window
+                await self._connect_once(max(0.1, min(self.settings.connect_timeout, give_up - loop.time())))
                 break
-            except (OSError, TimeoutError, ConnectionError):
+            except (OSError, TimeoutError, ConnectionError) as exc:
                 if loop.time() + delay > give_up:
+                    assert self._gone is not None
+                    self._gone.set()
                     self.emit(BrokerNotice(utcnow(), Notice.RECONNECT_FAILED,
                                            f"could not reconnect to IB in {attempts} attempts over "
-                                           f"{self.reconnect_for:g}s"))
+                                           f"{self.reconnect_for:g}s ({self._why_not_connected(exc)})"))
                     return
             with contextlib.suppress(TimeoutError):  # back off, unless close() ends the wait
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 5.0)
         if not self._closing:
-            # A restarted gateway may hand out a nextValidId below ids this client already used, and IB
-            # refuses a used orderId (103): new orders continue after the highest one placed.
-            self.ib.client.updateReqId(max(self.translator.by_order_id, default=0) + 1)
             await self._fetch_orders(executions=True)
+            self._continue_ids()
             self._replace_lost()
+
+    def _continue_ids(self) -> None:
+        """A restarted gateway (or TWS's "Reset API order ID sequence") may hand out a nextValidId below ids
+        this clientId already used today, and IB refuses a used orderId (103): new orders continue after
+        the highest one IB listed or this process placed."""
+        highest = max(self.translator.highest_order_id, *self.translator.order_id_of.values(), 0)
+        given = self.ib.client._reqIdSeq  # the next id the client library will hand out
+        if given <= highest:
+            self.emit(BrokerNotice(utcnow(), Notice.ID_COLLISION,
+                                   f"IB's next order id {given} is not above id {highest} already used by "
+                                   f"clientId {self.settings.client_id} today; new orders continue after it"))
+            self.ib.client.updateReqId(highest + 1)
 
     def _replace_lost(self) -> None:
         """Orders handed to the client library before the connection dropped may never have left its
@@ -181,13 +219,30 @@ class IBBroker(Broker):
                 self._place(order, contract)
 
     def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
+        task = asyncio.ensure_future(self._unless_gone(coroutine))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @staticmethod
+    async def _unless_gone(coroutine: Any) -> None:
+        """A lookup or re-placement in the background ends quietly when IB is gone for good: the run learns
+        that from the reconnect_failed notice."""
+        with contextlib.suppress(BrokerUnavailableError):
+            await coroutine
+
     async def _ready(self) -> None:
-        assert self._up is not None
-        await self._up.wait()
+        """Wait for the connection, but never past the reconnect window: then BrokerUnavailableError."""
+        assert self._up is not None and self._gone is not None and self._stop is not None
+        if not self._up.is_set():
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._up, self._gone, self._stop)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if not self._up.is_set():
+            raise BrokerUnavailableError(f"the connection to IB was lost and did not come back within "
+                                         f"{self.reconnect_for:g}s")
 
     def _choose_account(self, accounts: list[str]) -> str:
         wanted = self.settings.account
@@ -217,6 +272,7 @@ class IBBroker(Broker):
             "openOrder": self._open_order, "completedOrder": self._completed_order,
             "orderStatus": self._order_status, "execDetails": self._exec_details,
             "commissionReport": self._commission_report, "error": self._error,
+            "nextValidId": self._next_valid_id,
         }
         for method, translate in taps.items():
             original = getattr(wrapper, method)
@@ -325,7 +381,19 @@ class IBBroker(Broker):
         return self.translator.commission(report.execId, report.commission, report.currency, utcnow())
 
     def _error(self, req_id: int, code: int, message: str, *rest: Any) -> Translated:
+        if code == CLIENT_ID_IN_USE:
+            self._refused = message
+        coid = self.translator.by_order_id.get(req_id) if req_id > 0 else None
+        if code == DUPLICATE_ORDER_ID and coid is not None and coid in self._placed:
+            return self._collided(coid, req_id, message)
         return self.translator.error(req_id, code, message, utcnow())
+
+    def _next_valid_id(self, order_id: int) -> Translated:
+        for waiter in self._next_ids:
+            if not waiter.done():
+                waiter.set_result(order_id)
+        self._next_ids.clear()
+        return []
 
     def _on_request_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         if contract is not None and code == 200:
@@ -341,7 +409,12 @@ class IBBroker(Broker):
         await self._ready()
         contracts = {key: self.lib.Stock(o.symbol, o.exchange, o.currency, primaryExchange=o.primary_exchange)
                      for key, o in missing.items()}
-        details = await asyncio.gather(*(self.ib.reqContractDetailsAsync(c) for c in contracts.values()))
+        try:
+            details = await asyncio.wait_for(asyncio.gather(
+                *(self.ib.reqContractDetailsAsync(c) for c in contracts.values())), self.sync_timeout)
+        except TimeoutError:
+            raise BrokerUnavailableError(f"IB did not answer contract lookups within {self.sync_timeout:g}s; "
+                                         "no order was sent") from None
         for (key, contract), found in zip(contracts.items(), details, strict=True):
             self.contracts[key] = contract if len(found) == 1 else None
             if len(found) == 1:
@@ -412,6 +485,41 @@ class IBBroker(Broker):
                                    f"IB has not acknowledged this order after {self.ack_timeout:g}s and does "
                                    "not list it; it is not assumed cancelled", client_order_id))
 
+    def _collided(self, coid: str, order_id: int, message: str) -> Translated:
+        """IB refused the orderId as used (103): the order never worked under it. Not a rejection of the
+        order: once a listing confirms IB does not have it, it is placed again under a fresh id."""
+        del self.translator.by_order_id[order_id]
+        self.translator.highest_order_id = max(self.translator.highest_order_id, order_id)
+        self._collisions[coid] = tries = self._collisions.get(coid, 0) + 1
+        if tries > MAX_ID_COLLISIONS:
+            return [Rejected(coid, utcnow(), f"IB error {DUPLICATE_ORDER_ID}: {message} ({tries} fresh order "
+                             "ids refused in a row)")]
+        self._spawn(self._place_again(coid))
+        return [BrokerNotice(utcnow(), Notice.ID_COLLISION, f"IB refused orderId {order_id} as already used "
+                             f"(error {DUPLICATE_ORDER_ID}); placing the order again under a fresh id", coid)]
+
+    async def _place_again(self, coid: str) -> None:
+        await self._fetch_orders()
+        if coid in self.translator.seen:
+            return  # IB has it after all: it is followed, not placed again
+        if not self.orders_listed:
+            self.emit(BrokerNotice(utcnow(), Notice.UNACKNOWLEDGED, "IB refused the order id and did not "
+                                   "finish listing its orders: not placed again", coid))
+            return
+        await self._fresh_id()
+        intent, contract, _ = self._placed[coid]
+        self._place(intent, contract)
+
+    async def _fresh_id(self) -> None:
+        """Ask IB for its next valid id (reqIds), and go above every id known to be used."""
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._next_ids.append(waiter)
+        await self._ready()
+        self.ib.client.reqIds(1)
+        with contextlib.suppress(TimeoutError):
+            self.ib.client.updateReqId(await asyncio.wait_for(waiter, self.ack_timeout))
+        self._continue_ids()
+
     async def cancel(self, client_order_id: str) -> None:
         if self.translator.filled_at_ib(client_order_id):  # whatever kit counted: ib_events flags that
             self.emit(BrokerNotice(utcnow(), Notice.NOT_WORKING, "IB reports this order Filled: not "
@@ -445,12 +553,12 @@ class IBBroker(Broker):
         return {name: _number_or_text(getattr(state, name, None)) for name in fields}
 
     async def positions(self) -> dict[str, float]:
-        held = await self.ib.reqPositionsAsync()
+        held = await self._answer(self.ib.reqPositionsAsync(), "positions")
         return {p.contract.symbol: float(p.position) for p in held
                 if p.account == self.account and p.position}
 
     async def working(self) -> dict[str, float]:
-        trades = await self.ib.reqAllOpenOrdersAsync()
+        trades = await self._answer(self.ib.reqAllOpenOrdersAsync(), "open orders")
         working: dict[str, float] = {}
         for trade in trades:
             if trade.order.account not in ("", self.account):
@@ -460,6 +568,12 @@ class IBBroker(Broker):
             working[trade.contract.symbol] = working.get(trade.contract.symbol, 0.0) + sign * remaining
         return working
 
+    async def _answer(self, request: Any, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(request, self.sync_timeout)
+        except TimeoutError:
+            raise BrokerUnavailableError(f"IB did not answer {what} within {self.sync_timeout:g}s") from None
+
     # ---- resume --------------------------------------------------------------------------------------
     async def sync(self, orders: Iterable[Order]) -> set[str]:
         coids = {o.client_order_id for o in orders}
@@ -468,6 +582,7 @@ class IBBroker(Broker):
             if order.perm_id:
                 self.translator.by_perm_id[int(order.perm_id)] = order.client_order_id
         await self._fetch_orders(executions=True)
+        self._continue_ids()
         return coids & self.translator.seen
 
     async def _fetch_orders(self, executions: bool = False) -> None:
@@ -483,14 +598,19 @@ class IBBroker(Broker):
         await asyncio.shield(self._listing)
 
     async def _list(self, executions: bool) -> None:
+        """Orders first, then executions (as IB's clients do), within one sync_timeout."""
         await self._ready()
-        requests = [self.ib.reqAllOpenOrdersAsync(), self.ib.reqCompletedOrdersAsync(False)]
-        if executions:
-            requests.append(self.ib.reqExecutionsAsync(self.lib.ExecutionFilter()))
+        deadline = asyncio.get_running_loop().time() + self.sync_timeout
+        self.orders_listed = False
         try:
-            await asyncio.wait_for(asyncio.gather(*requests), self.sync_timeout)
+            await asyncio.wait_for(asyncio.gather(self.ib.reqAllOpenOrdersAsync(),
+                                                  self.ib.reqCompletedOrdersAsync(False)), self.sync_timeout)
+            self.orders_listed = True
+            if executions:
+                remaining = deadline - asyncio.get_running_loop().time()
+                await asyncio.wait_for(self.ib.reqExecutionsAsync(self.lib.ExecutionFilter()), remaining)
             self.sync_is_complete = True
-        except TimeoutError:
+        except (TimeoutError, ConnectionError):
             self.sync_is_complete = False
             self.emit(BrokerNotice(utcnow(), Notice.SYNC_INCOMPLETE, "IB did not finish listing orders and "
                                    f"executions within {self.sync_timeout:g}s"))

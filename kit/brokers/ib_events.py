@@ -208,7 +208,9 @@ class Translator:
 
     client_id: int
     tracked: set[str] = field(default_factory=set)
-    by_order_id: dict[int, str] = field(default_factory=dict)  # this client's orderIds
+    # orderIds this process placed on the current connection: the only ones that identify an order, since a
+    # restarted gateway or another process on this clientId hands the same ids out again.
+    by_order_id: dict[int, str] = field(default_factory=dict)
     by_perm_id: dict[int, str] = field(default_factory=dict)
     order_id_of: dict[str, int] = field(default_factory=dict)
     perm_id_of: dict[str, int] = field(default_factory=dict)
@@ -217,12 +219,15 @@ class Translator:
     foreign_execs: set[str] = field(default_factory=set)
     figures: dict[str, Figures] = field(default_factory=dict)
     exec_keys: dict[str, tuple[str, int]] = field(default_factory=dict)  # exec_id -> (key, revision)
+    foreign_perm_ids: set[int] = field(default_factory=set)  # orders IB listed under another orderRef
+    highest_order_id: int = 0  # the highest orderId IB showed for this clientId, whoever placed it
 
     def track(self, client_order_ids: set[str] | list[str]) -> None:
         self.tracked.update(client_order_ids)
 
     def placed(self, client_order_id: str, order_id: int) -> None:
         self.tracked.add(client_order_id)
+        self.by_order_id[order_id] = client_order_id
         self._learn(client_order_id, order_id, 0, self.client_id)
 
     def of(self, coid: str) -> Figures:
@@ -232,17 +237,31 @@ class Translator:
         """IB reports the order filled: nothing is left to cancel, whatever kit counted."""
         return coid in self.figures and self.figures[coid].filled_at_ib
 
+    def new_connection(self) -> None:
+        """orderIds of an earlier connection may be handed out again: they no longer identify an order."""
+        self.by_order_id.clear()
+
     def _learn(self, coid: str, order_id: int, perm_id: int, client_id: int) -> None:
         if order_id > 0 and client_id == self.client_id:
-            self.by_order_id[order_id] = coid
-            self.order_id_of[coid] = order_id
+            self.order_id_of[coid] = order_id  # what a cancel from this clientId names
         if perm_id > 0:
             self.by_perm_id[perm_id] = coid
             self.perm_id_of[coid] = perm_id
 
-    def _resolve(self, order_ref: str, order_id: int, perm_id: int) -> str | None:
-        coid = order_ref if order_ref in self.tracked else None
-        coid = coid or self.by_perm_id.get(perm_id) or self.by_order_id.get(order_id)
+    def _resolve(self, order_ref: str, order_id: int, perm_id: int, client_id: int = -1) -> str | None:
+        """orderRef first: a message naming another orderRef is never this run's, whatever its ids. Then
+        the permId IB gave a tracked orderRef; an orderId only when this process placed it on this
+        connection."""
+        if order_id > 0 and client_id == self.client_id:
+            self.highest_order_id = max(self.highest_order_id, order_id)
+        if order_ref:
+            coid = order_ref if order_ref in self.tracked else None
+        elif perm_id > 0 and (perm_id in self.by_perm_id or perm_id in self.foreign_perm_ids):
+            coid = self.by_perm_id.get(perm_id)
+        else:
+            coid = self.by_order_id.get(order_id)
+        if coid is None and order_ref and perm_id > 0:
+            self.foreign_perm_ids.add(perm_id)
         return coid if coid in self.tracked else None
 
     def _status(self, coid: str, word: str, at: datetime, reason: str = "") -> Translated:
@@ -263,7 +282,7 @@ class Translator:
 
     def open_order(self, order_id: int, client_id: int, perm_id: int, order_ref: str, status: str,
                    at: datetime) -> Translated:
-        coid = self._resolve(order_ref, order_id, perm_id)
+        coid = self._resolve(order_ref, order_id, perm_id, client_id)
         if coid is None:
             return []
         self.seen.add(coid)
@@ -285,7 +304,7 @@ class Translator:
     def order_status(self, order_id: int, status: str, perm_id: int, client_id: int, why_held: str,
                      at: datetime, *, filled: float | None = None,
                      remaining: float | None = None) -> Translated:
-        coid = self._resolve("", order_id if client_id == self.client_id else -1, perm_id)
+        coid = self._resolve("", order_id if client_id == self.client_id else -1, perm_id, client_id)
         if coid is None:
             return []
         self.seen.add(coid)
@@ -298,7 +317,7 @@ class Translator:
     def execution(self, *, exec_id: str, order_id: int, perm_id: int, client_id: int, order_ref: str,
                   shares: float, price: float, time: datetime, currency: str, exchange: str,
                   at: datetime, cum_qty: float | None = None, symbol: str = "") -> Translated:
-        coid = self._resolve(order_ref, order_id if client_id == self.client_id else -1, perm_id)
+        coid = self._resolve(order_ref, order_id if client_id == self.client_id else -1, perm_id, client_id)
         if coid is None:
             self.foreign_execs.add(exec_id)
             return []

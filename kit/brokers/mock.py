@@ -3,6 +3,11 @@
 It plays a tiny exchange on the running event loop: acknowledgements, partial fills and commissions are
 scheduled with loop.call_later, so the engine sees the same kind of event stream an IB session gives. The
 same seed, prices and orders always give the same executions.
+
+Its world lives in its process (in this object). kit lists it before every send like any broker, so within
+one process an order it already has is never sent again; but a new process starts with an empty mock, and
+there the ledger is the only record of what the mock was sent: for the mock, "the broker's record" is the
+ledger. A lost ledger with a new mock forgets everything, which costs nothing, since nothing was traded.
 """
 
 from __future__ import annotations
@@ -128,7 +133,8 @@ class MockBroker(Broker):
     async def submit(self, order: OrderIntent) -> None:
         self.submitted.append(order.client_order_id)
         # Ids unique across runs and processes (fills are keyed by exec_id in the ledger), same every time.
-        number = int(hashlib.sha256(order.client_order_id.encode()).hexdigest()[:8], 16)
+        # 64 bits of the hash: with 32, two orders of a 100,000-order basket share an exec id more often than not.
+        number = int(hashlib.sha256(order.client_order_id.encode()).hexdigest()[:16], 16)
         rng = random.Random(f"{self.seed}:{order.client_order_id}")
         working = _Working(order, number, split(order.quantity, _pieces(self.partial_fills, rng), rng))
         self.orders[order.client_order_id] = working
@@ -209,7 +215,7 @@ class MockBroker(Broker):
         intent = working.intent
         price = self.prices[intent.symbol]
         quantity = working.chunks[index]
-        key = f"mock.{working.number:08x}.{index + 1:02d}"  # the mock never corrects: revision 1 of each
+        key = f"mock.{working.number:016x}.{index + 1:02d}"  # the mock never corrects: revision 1 of each
         exec_id = f"{key}.01"
         at = utcnow()
         working.fills_sent += 1
