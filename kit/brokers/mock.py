@@ -133,7 +133,7 @@ class MockBroker(Broker):
     async def submit(self, order: OrderIntent) -> None:
         self.submitted.append(order.client_order_id)
         # Ids unique across runs and processes (fills are keyed by exec_id in the ledger), same every time.
-        # 64 bits of the hash: with 32, two orders of a 100,000-order basket share an exec id more often than not.
+        # 64 bits of the hash: with 32, two orders of a 100,000-order basket likely share an exec id.
         number = int(hashlib.sha256(order.client_order_id.encode()).hexdigest()[:16], 16)
         rng = random.Random(f"{self.seed}:{order.client_order_id}")
         working = _Working(order, number, split(order.quantity, _pieces(self.partial_fills, rng), rng))
