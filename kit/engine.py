@@ -172,9 +172,16 @@ class Engine:
         self.recorder.run(account=self.broker.account or None)
 
     async def _disconnect(self) -> None:
-        self._drain()
-        self.recorder.flush()
-        await self.broker.close()
+        """The broker is closed whatever happens to the ledger meanwhile (a lost ledger raises once)."""
+        try:
+            self._drain()
+            self.recorder.flush()
+        finally:
+            try:
+                await self.broker.close()
+            finally:  # what the broker said while closing (e.g. a re-check's verdict) is recorded too
+                self._drain()
+                self.recorder.flush()
 
     async def _what_if(self) -> None:
         """Dry run: ask the broker what the orders would cost (IB: margin and commission), send nothing."""

@@ -62,14 +62,16 @@ def test_a_ledger_deleted_mid_run_or_replaced_never_resends(gateway, tmp_path):
 
     on_first(gateway, "execDetails", delete_ledger)
     first = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, on_timeout="leave")
-    assert "error" not in first, first
+    # The run notices the ledger is gone when it next reconnects to it and fails loudly (issue 15); if it
+    # never let go of the file meanwhile, it finishes on the unlinked file. Either way, nothing is resent.
+    assert "error" not in first or "LedgerIdentityError" in first["error"], first
     assert tmp_path / "kit.duckdb" in deleted  # the ledger went away while the run was trading
     # the same key again on what is left of the ledger, then on a ledger from another folder
     again = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, on_timeout="leave")
     elsewhere = tmp_path / "other"
     elsewhere.mkdir()
     wrong = drive("ib_async", gateway, elsewhere, MIXED, timeout=1.0, on_timeout="leave")
-    assert placements(gateway) == {coid: 1 for coid in by_id(first)}  # 0 orders sent twice
+    assert placements(gateway) == {coid: 1 for coid in by_id(again)}  # 0 orders sent twice
     for result in (again, wrong):
         orders = by_id(result)
         assert any("adopted from the broker's record" in note for note in result["notes"]), result["notes"]

@@ -39,10 +39,10 @@ def basket(count: int) -> tuple[pd.DataFrame, dict[str, float]]:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 2 MiB filesystem of its own (tmpfs), unmounted afterwards."""
+    """A 4 MiB filesystem of its own (tmpfs), unmounted afterwards."""
     where = tmp_path / "small"
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
@@ -91,7 +91,7 @@ class FillsTheDisk(MockBroker):
 
 
 @pytest.mark.parametrize("when", ["before_send", "after_send"])
-def test_a_2_mib_filesystem_filling_up_mid_run_ends_with_a_clear_error_and_a_clean_resume(small_disk, when,
+def test_a_small_filesystem_filling_up_mid_run_ends_with_a_clear_error_and_a_clean_resume(small_disk, when,
                                                                                            caplog):
     db = small_disk / "kit.duckdb"
     targets, prices = basket(40)

@@ -255,6 +255,11 @@ class IBBroker(Broker):
         return accounts[0]
 
     async def close(self) -> None:
+        # Lookups and re-checks under way were asked for by the translator (an unknown refusal, a sum that
+        # disagrees with IB's): let them answer, sync_timeout at most, so their verdict reaches the run.
+        pending = [task for task in self._tasks if not task.done()]
+        if pending and self.ib is not None and self.ib.isConnected():
+            await asyncio.wait(pending, timeout=self.sync_timeout)
         self._closing = True
         if self._stop is not None:
             self._stop.set()
