@@ -59,13 +59,14 @@ def _cpu() -> float:
 
 def _kit(folder: Path, plan_only: bool) -> dict[str, Any]:
     import kit
+    from bench._common import NO_FAT_FINGER
     from kit.brokers.mock import MockBroker
 
     targets, prices = basket()
     ready = _rss_mib()
     if plan_only:
         start, cpu = time.perf_counter(), _cpu()
-        plan = kit.plan(targets, run_key="bench-big-plan", prices=prices)
+        plan = kit.plan(targets, run_key="bench-big-plan", prices=prices, risk=NO_FAT_FINGER)
         seconds, cpu = time.perf_counter() - start, _cpu() - cpu
         if len(plan) != ORDERS:
             raise AssertionError(f"plan has {len(plan)} orders")
@@ -73,7 +74,7 @@ def _kit(folder: Path, plan_only: bool) -> dict[str, Any]:
     db = folder / "kit.duckdb"
     broker = MockBroker(prices)
     start, cpu = time.perf_counter(), _cpu()
-    run = kit.execute(targets, broker=broker, run_key=RUN_KEY, db=db, timeout=600)
+    run = kit.execute(targets, broker=broker, run_key=RUN_KEY, db=db, timeout=600, risk=NO_FAT_FINGER)
     seconds, cpu = time.perf_counter() - start, _cpu() - cpu
     peak = _rss_mib()
     if run.status != "done":

@@ -61,6 +61,7 @@ def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float
     k/throttle seconds (k=throttle: ib_async's throttle as it ships).
     """
     import kit
+    from bench._common import NO_FAT_FINGER
     from kit.brokers.ib import IBBroker
     from kit.config import IBSettings
     from kit.gateway import GatewayConfig, run_gateway_in_thread
@@ -98,7 +99,8 @@ def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float
         client_id = next(_client_ids)
         broker = TimedIB(IBSettings(port=gw.port, client_id=client_id, connect_timeout=10),
                          max_messages_per_second=throttle, ack_timeout=ack_timeout)
-        run = kit.execute(_targets(), broker=broker, run_key=f"bench-pacing-{client_id}", db=db, timeout=120)
+        run = kit.execute(_targets(), broker=broker, run_key=f"bench-pacing-{client_id}", db=db, timeout=120,
+                          risk=NO_FAT_FINGER)
         max_rate = gw.call(book.max_inbound_rate)
         total = gw.call(lambda: book.inbound[client_id].count)
     if run.status != "done" or len(placed) != ORDERS or broker.prepare_started is None:

@@ -97,15 +97,16 @@ def commit_per_fill_engine() -> type:
 
 def run(reps: int = 3) -> dict[str, Any]:
     import kit
-    from bench._common import isolated, summary
+    from bench._common import NO_FAT_FINGER, isolated, summary
 
     with isolated() as folder:
         targets, prices = basket(ORDERS)
         start = time.perf_counter()
-        plan = kit.plan(targets, run_key="bench-throughput", prices=prices)
+        plan = kit.plan(targets, run_key="bench-throughput", prices=prices, risk=NO_FAT_FINGER)
         plan_seconds = time.perf_counter() - start
         small_targets, small_prices = basket(SLICE)
-        small_plan = kit.plan(small_targets, run_key="bench-throughput-slice", prices=small_prices)
+        small_plan = kit.plan(small_targets, run_key="bench-throughput-slice", prices=small_prices,
+                               risk=NO_FAT_FINGER)
         naive = commit_per_fill_engine()
 
         full, full_commits, slice_kit, slice_base, base_commits = [], 0, [], [], 0

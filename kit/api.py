@@ -105,8 +105,8 @@ def _run(coroutine: Coroutine[Any, Any, T], progress: Progress | None = None) ->
                 if notice:
                     said, notice = notice, ""
                     print(said, file=sys.stderr, flush=True)
-                try:
-                    item = inbox.get(timeout=TICK) if progress is not None else inbox.get()
+                try:  # with a timeout even without progress: an interrupt is taken between two waits
+                    item = inbox.get(timeout=TICK)
                 except queue.Empty:  # nothing from the worker for a while: show the time passing
                     item = None
                 if item is _FINISHED:

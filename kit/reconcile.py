@@ -19,6 +19,7 @@ import pandas as pd
 
 from kit.brokers.base import Broker
 from kit.clock import utcnow
+from kit.errors import KitError
 from kit.model import Event, Execution, Order
 from kit.recorder import Recorder
 from kit.state import Effect, OrderBook
@@ -86,6 +87,8 @@ async def reconcile_async(run: str | None = None, *, broker: str | Broker | None
     from kit.api import make_broker
 
     ledger = Ledger(db)
+    if not ledger.path.exists():  # nothing to compare the broker with; and no empty ledger is left behind
+        raise KitError(f"no ledger at {ledger.path}: run something first, or set KIT_DB")
     await asyncio.to_thread(ledger.open)
     with ledger:
         run_ids = [ledger.resolve_run(run)] if run else ledger.runs_sent_on(utcnow().date())

@@ -164,7 +164,8 @@ def execute_notebook(
 
     path = _existing(notebook).resolve()
     started = utcnow()
-    run_key = check_run_key(run_key or default_run_key(path, started, dry_run))
+    # None: the notebook's default key; an explicit key, even an empty one, must be usable.
+    run_key = check_run_key(default_run_key(path, started, dry_run) if run_key is None else run_key)
     run_id = run_id_for(run_key)
     ledger_path = db_path(db).resolve()
     declared = notebook_parameters(path)

@@ -203,7 +203,8 @@ def test_a_bad_filter_or_command_is_an_error_listing_what_is_valid(ledger_with_r
     assert message in err and err.startswith("usage: kit")
 
 
-@pytest.mark.parametrize("command", [["runs"], ["orders"], ["fills"], ["summary"], ["orders", "--run", "x"]])
+@pytest.mark.parametrize("command", [["runs"], ["orders"], ["fills"], ["summary"], ["orders", "--run", "x"],
+                                     ["reconcile", "--broker", "mock"]])
 def test_a_missing_ledger_exits_2_with_a_clear_message(db, capsys, command):
     code, out, err = run_cli(capsys, "--db", db, *command)
     assert code == 2 and out == ""
@@ -239,6 +240,14 @@ def test_a_refused_notebook_run_exits_2_in_a_process(tmp_path):
                        "-p", "capital", "abc")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "kit: parameter capital: 'abc' is not a float" in done.stderr
+    assert not (tmp_path / "k.duckdb").exists()
+
+
+def test_an_explicit_empty_run_key_is_refused_not_replaced_by_the_default(tmp_path):
+    """An empty key never resumes anything: `kit run --run-key ''` is a mistake, not "today's run"."""
+    done = kit_process("--db", tmp_path / "k.duckdb", "run", "notebooks/momentum.ipynb", "--run-key", "")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("kit: ") and "run_key" in done.stderr
     assert not (tmp_path / "k.duckdb").exists()
 
 
