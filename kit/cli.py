@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from kit.config import truthy
 from kit.errors import KitError
+from kit.ids import RESERVED
 from kit.model import OPEN_STATUSES, RunStatus, Status
-from kit.runner import BROKERS, RESERVED
+from kit.runner import BROKERS
 
 if TYPE_CHECKING:
     import pandas as pd

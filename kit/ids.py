@@ -90,3 +90,7 @@ def client_order_ids(run_key: str, legs: Iterable[tuple[str, str]],
         seen[symbol, side] += 1
         ids.append(client_order_id(run_key, symbol, side, seen[symbol, side]))
     return ids
+
+
+# Notebook parameters that kit run sets itself, with the option that sets them: a job may not set them.
+RESERVED = {"run_key": "--run-key", "db": "--db", "dry_run": "--dry-run"}

@@ -32,7 +32,7 @@ from kit.clock import utcnow
 from kit.config import db_path
 from kit.config import runs_dir as default_runs_dir
 from kit.errors import KitError
-from kit.ids import check_run_key, run_id_for
+from kit.ids import RESERVED, check_run_key, run_id_for
 from kit.model import RunStatus
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Parameters the runner sets itself, and the option that sets each; `-p` may not set them.
-RESERVED = {"run_key": "--run-key", "db": "--db", "dry_run": "--dry-run"}
 # What a notebook's `broker` parameter may be: the names kit.api.make_broker knows.
 BROKERS = ("mock", "ib")
 # The types a parameter can be checked against before a kernel starts; other annotations are not checked.
@@ -256,11 +255,6 @@ def _literal(source: str | None) -> Any:
         return ast.literal_eval(source) if source is not None else None
     except (ValueError, SyntaxError):
         return None
-
-
-def _declaration(parameter: Mapping[str, str]) -> str:
-    typed = "" if parameter["inferred_type_name"] == "None" else f": {parameter['inferred_type_name']}"
-    return f"{parameter['name']}{typed} = {parameter['default']}"
 
 
 def _kernel_parameters(declared: Mapping[str, Any], given: Mapping[str, Any], run_key: str, db: Path,

@@ -26,7 +26,7 @@ import exchange_calendars as xc
 from croniter import CroniterError, croniter
 
 from kit.errors import ScheduleError
-from kit.runner import RESERVED
+from kit.ids import RESERVED
 
 # run_key = name + "-YYYY-MM-DDTHHMMZ": 23 + 17 = 40 characters at most, which leaves room for
 # "-{symbol}-{side}-{n}" in the 64-character client_order_id. No "_": kit.ids refuses it in a run_key.
