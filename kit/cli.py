@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -231,7 +232,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     Parameters are checked against the notebook's parameters cell before a kernel starts.
     """
-    from kit.runner import execute_notebook, typed_parameters
+    from kit.errors import Interrupted
+    from kit.runner import NotebookRun, execute_notebook, typed_parameters
 
     if args.broker is not None:
         given = dict(args.parameters).get("broker", args.broker)
@@ -239,8 +241,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise KitError(f"--broker {args.broker} and -p broker {given} disagree")
         args.parameters.append(["broker", args.broker])
     parameters = typed_parameters(args.notebook, args.parameters)
-    result = execute_notebook(args.notebook, parameters, run_key=args.run_key, db=args.db,
-                              execution_timeout=args.execution_timeout, dry_run=args.dry_run)
+    try:
+        result = execute_notebook(args.notebook, parameters, run_key=args.run_key, db=args.db,
+                                  execution_timeout=args.execution_timeout, dry_run=args.dry_run)
+    except Interrupted as stopped:  # Ctrl-C or SIGTERM, passed to the kernel: what it did, then 128 + signal
+        if not isinstance(stopped.run, NotebookRun):
+            raise
+        _print_result(stopped.run, args.db)
+        print(f"kit: interrupted by {stopped.run.interrupted}: run {stopped.run.run_key} ended "
+              f"{stopped.run.status}: {stopped.run.error}", file=sys.stderr)
+        return 128 + signal.Signals[stopped.run.interrupted]
     _print_result(result, args.db)
     return 0 if result.ok else 1
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from kit.clock import utcnow
 from kit.config import db_path
 from kit.config import runs_dir as default_runs_dir
-from kit.errors import KitError
+from kit.errors import Interrupted, KitError
 from kit.ids import RESERVED, check_run_key, run_id_for
 from kit.model import RunStatus
 
@@ -69,6 +69,7 @@ class NotebookRun:
     error: str | None = None
     cell: int | None = None  # the failing cell, counted from 1 as Jupyter shows cells
     traceback: tuple[str, ...] = ()  # the last lines of the failing cell's traceback
+    interrupted: str | None = None  # the signal that interrupted the run (SIGINT, SIGTERM), if one did
 
     @property
     def ok(self) -> bool:
@@ -183,17 +184,26 @@ def execute_notebook(
         "git_revision": git_revision(path.parent), "kit_version": version("kit"), "output_path": str(output),
     })
     environment = {"KIT_DB": str(ledger_path)} | ({"KIT_DRY_RUN": "1"} if dry_run else {})
+    from kit.kernel import ENGINE, Interrupts
+
+    interrupts = Interrupts()
     try:
-        with _environment(environment), tempfile.TemporaryDirectory(prefix="kit-kernel-") as sockets:
+        with (_environment(environment), tempfile.TemporaryDirectory(prefix="kit-kernel-") as sockets,
+              interrupts.installed()):
             papermill.execute_notebook(str(path), str(output), injected, progress_bar=False,
-                                       execution_timeout=execution_timeout,
-                                       config=_kernel_config(Path(sockets)))
+                                       execution_timeout=execution_timeout, engine_name=ENGINE,
+                                       interrupts=interrupts, config=_kernel_config(Path(sockets)))
     except Exception as exc:
-        return _finish(ledger_path, run_id, run_key, output, exc)
-    except BaseException as exc:  # Ctrl-C: record why the run stopped, then stop
-        _finish(ledger_path, run_id, run_key, output, exc)
-        raise
-    return _finish(ledger_path, run_id, run_key, output, None)
+        result = _finish(ledger_path, run_id, run_key, output, exc, interrupts.first)
+    except BaseException as exc:  # a third interrupt, or one before the kernel ran: record it, then stop
+        result = _finish(ledger_path, run_id, run_key, output, exc, interrupts.first)
+        if interrupts.first is None:
+            raise
+    else:
+        result = _finish(ledger_path, run_id, run_key, output, None, interrupts.first)
+    if result.interrupted:
+        raise Interrupted(f"{result.interrupted}: run {run_key} ended {result.status}", result)
+    return result
 
 
 def _kernel_config(sockets: Path) -> Any:
@@ -297,15 +307,21 @@ def _begin(db: Path, run_id: str, run_key: str, started: datetime, info: dict[st
                               **info)
 
 
-def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseException | None) -> NotebookRun:
+def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseException | None,
+            interrupted: str | None = None) -> NotebookRun:
     """Settle the run's status: the notebook's error or Skip wins; a clean end keeps what kit.execute set.
 
     papermill records a notebook's own exception in the output notebook, but not a cell timeout or a dead
-    kernel, so the run row is where all of them are recorded.
+    kernel, so the run row is where all of them are recorded. An interrupt is an error even when the
+    notebook ended cleanly (it came as the last cell finished): the run did not end the way it would have.
     """
     values: dict[str, Any] = {"ended_at": utcnow(), "output_path": str(output) if output.exists() else None}
+    if error is None and interrupted is not None:
+        error = KeyboardInterrupt(f"kit run received {interrupted} as the notebook ended")
     if error is not None:
         values["error_name"], values["error"] = _describe(error)
+        if interrupted is not None and interrupted not in values["error"]:
+            values["error"] = f"{values['error']} (kit run received {interrupted})"
     cell, lines = _where(error, output)
     with _open(db) as ledger:
         status = ledger.run_row(run_id)["status"]
@@ -316,7 +332,7 @@ def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseExcept
         ledger.update_run(run_id, status=status, **values)
         row = ledger.run_row(run_id)
     return NotebookRun(run_id, run_key, status, Path(row["output_path"]) if row["output_path"] else None,
-                       row["error_name"], row["error"], cell, lines)
+                       row["error_name"], row["error"], cell, lines, interrupted)
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
