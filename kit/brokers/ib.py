@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from kit.brokers.base import Broker, Notice
+from kit.brokers.ib_codes import log_level
 from kit.brokers.ib_events import (
     LookUp,
     RecheckExecutions,
@@ -52,6 +53,31 @@ def ib_library(name: str | None = None) -> ModuleType:
     extra = "kit[insync]" if choice == "ib_insync" else "kit[ib]"
     raise KitError(f"the IB broker needs {choice or 'ib_async (or ib_insync)'}: install {extra} "
                    f"(pip install '{extra}')")
+
+
+# The client library's loggers (ib_async.wrapper, ...) and the method whose lines kit says itself.
+LIBRARY_ECHOES = {"wrapper": "error", "client": "connectAsync"}
+
+
+class LibraryEcho(logging.Filter):
+    """Drops what the client library logs of what kit says itself: IB's error() messages, which both
+    libraries log as `Error <code>, reqId ...` at ERROR (and their own reading of them, e.g. "Canceled
+    order"), while kit logs each on `kit.ib` at its real level and records it in the ledger; and the
+    library's lines when a connection fails, which kit's BrokerUnavailableError says better."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return LIBRARY_ECHOES.get(record.name.rpartition(".")[2]) != record.funcName
+
+
+_LIBRARY_ECHO = LibraryEcho()
+
+
+def quiet_library_logs(library: str) -> None:
+    """Install LibraryEcho on the library's wrapper and client loggers (once)."""
+    for name in LIBRARY_ECHOES:
+        logger = logging.getLogger(f"{library}.{name}")
+        if _LIBRARY_ECHO not in logger.filters:
+            logger.addFilter(_LIBRARY_ECHO)
 
 
 class IBBroker(Broker):
@@ -103,6 +129,7 @@ class IBBroker(Broker):
     async def connect(self) -> None:
         self._closing = False
         self._up, self._stop, self._gone = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        quiet_library_logs(self.lib.__name__)
         self.ib = self.lib.IB()
         self._pace(self.ib.client)
         self._tap_wrapper()
@@ -169,25 +196,32 @@ class IBBroker(Broker):
     async def _reconnect(self) -> None:
         """Reconnect with backoff, then list IB's orders and executions again: what happened while away
         arrives as ordinary events, and kit's core drops what it has already seen."""
-        assert self._stop is not None
+        assert self._up is not None and self._stop is not None and self._gone is not None
         loop = asyncio.get_running_loop()
         give_up, delay, attempts = loop.time() + self.reconnect_for, 0.1, 0
-        while not self._closing:
-            attempts += 1
-            try:  # no attempt outlasts the window
-                await self._connect_once(max(0.1, min(self.settings.connect_timeout, give_up - loop.time())))
-                break
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                if loop.time() + delay > give_up:
-                    assert self._gone is not None
-                    self._gone.set()
+        try:
+            while not self._closing:
+                attempts += 1
+                try:  # no attempt outlasts the window
+                    await self._connect_once(max(0.1, min(self.settings.connect_timeout,
+                                                          give_up - loop.time())))
+                    break
+                except (OSError, TimeoutError, ConnectionError) as exc:
+                    if loop.time() + delay > give_up:
+                        self.emit(BrokerNotice(utcnow(), Notice.RECONNECT_FAILED,
+                                               f"could not reconnect to IB in {attempts} attempts over "
+                                               f"{self.reconnect_for:g}s ({self._why_not_connected(exc)})"))
+                        return
+                except Exception as exc:  # whatever the library raised: waiting longer would only hang
                     self.emit(BrokerNotice(utcnow(), Notice.RECONNECT_FAILED,
-                                           f"could not reconnect to IB in {attempts} attempts over "
-                                           f"{self.reconnect_for:g}s ({self._why_not_connected(exc)})"))
-                    return
-            with contextlib.suppress(TimeoutError):  # back off, unless close() ends the wait
-                await asyncio.wait_for(self._stop.wait(), delay)
-            delay = min(delay * 2, 5.0)
+                                           f"reconnecting to IB failed: {type(exc).__name__}: {exc}"))
+                    raise BrokerUnavailableError(f"reconnecting to IB failed: {exc}") from exc
+                with contextlib.suppress(TimeoutError):  # back off, unless close() ends the wait
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+        finally:
+            if not self._up.is_set():  # given up, failed or cancelled: every wait for the connection ends
+                self._gone.set()
         if not self._closing:
             await self._fetch_orders(executions=True)
             self._continue_ids()
@@ -235,8 +269,8 @@ class IBBroker(Broker):
         assert self._up is not None and self._gone is not None and self._stop is not None
         if not self._up.is_set():
             waits = [asyncio.ensure_future(e.wait()) for e in (self._up, self._gone, self._stop)]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            try:  # bounded by the window itself too, should the reconnect never say how it ended
+                await asyncio.wait(waits, timeout=self.reconnect_for, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
@@ -386,6 +420,8 @@ class IBBroker(Broker):
         return self.translator.commission(report.execId, report.commission, report.currency, utcnow())
 
     def _error(self, req_id: int, code: int, message: str, *rest: Any) -> Translated:
+        about = self.translator.by_order_id.get(req_id, f"request {req_id}") if req_id > 0 else "the session"
+        log.log(log_level(code), "IB %d about %s: %s", code, about, message)
         if code == CLIENT_ID_IN_USE:
             self._refused = message
         coid = self.translator.by_order_id.get(req_id) if req_id > 0 else None

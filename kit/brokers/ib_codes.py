@@ -8,6 +8,7 @@ order IB then does not list was refused, and ends REJECTED with IB's text.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -132,3 +133,25 @@ def meaning(code: int) -> Meaning | None:
     """What IB says the code does; None for a code IB's tables (as kit carries them) do not list."""
     entry = CODES.get(code)
     return entry.meaning if entry else None
+
+
+#: How loud kit logs each code on `kit.ib` where its meaning alone does not say (see log_level): IB's
+#: "market data farm connection is OK" and a cancel's confirmation inform; a clientId in use or no
+#: connection at all stop a run.
+LOG_LEVELS = {
+    165: logging.INFO, 202: logging.INFO, 1102: logging.INFO, 2100: logging.INFO, 2104: logging.INFO,
+    2106: logging.INFO, 2107: logging.INFO, 2108: logging.INFO, 2119: logging.INFO, 2158: logging.INFO,
+    326: logging.ERROR, 502: logging.ERROR, 504: logging.ERROR,
+}
+_MEANING_LEVELS = {Meaning.REFUSED: logging.ERROR, Meaning.CANCEL_REFUSED: logging.WARNING,
+                   Meaning.NOTICE: logging.WARNING, Meaning.CONNECTION: logging.WARNING}
+
+
+def log_level(code: int) -> int:
+    """The level kit logs an IB message at (the client libraries log nearly all of them as ERROR): an
+    order IB refused is an error, a notice about an order or the session a warning, IB saying that all is
+    well information. A code the table does not list is a warning: kit looks the order up at IB."""
+    if code in LOG_LEVELS:
+        return LOG_LEVELS[code]
+    found = meaning(code)
+    return _MEANING_LEVELS[found] if found is not None else logging.WARNING
