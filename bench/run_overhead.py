@@ -13,7 +13,9 @@ another's file):
   parameters cell, run by `python script.py`.
 
 Goal (issue 19): kit run at most 15% slower than papermill. The notebook trades on the mock broker, so the
-difference is kit's own overhead, not a broker's.
+difference is kit's own overhead, not a broker's. `side_by_side` gives wall and CPU seconds of the three next
+to each other; `imports` says, per package, how many more seconds of imports each main process pays than the
+other (`python -X importtime`, one more run of each): what kit run pays, or saves, in imports alone.
 """
 
 from __future__ import annotations
@@ -58,6 +60,28 @@ def _timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, f
     return seconds, cpu
 
 
+def imported(command: list[str], cwd: Path, env: dict[str, str]) -> dict[str, float]:
+    """Package -> seconds `command`'s own process spent in its modules' imports (their own time, not what
+    they import in turn). The first element of `command` must be the venv's python (it gets -X importtime)."""
+    done = subprocess.run([command[0], "-X", "importtime", *command[1:]], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} failed ({done.returncode}): {done.stderr[-2000:]}")
+    seconds: dict[str, float] = {}
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "cumulative" not in line and line.count("|") == 2:
+            own, _, name = line.removeprefix("import time:").split("|")
+            package = name.strip().split(".")[0]
+            seconds[package] = seconds.get(package, 0.0) + int(own) / 1e6
+    return seconds
+
+
+def _extra(these: dict[str, float], those: dict[str, float], at_least: float = 0.05) -> dict[str, float]:
+    """Seconds of imports `these` pays more than `those`, per package, the costly ones first."""
+    more = {name: s - those.get(name, 0.0) for name, s in these.items()}
+    return {name: round(s, 3) for name, s in sorted(more.items(), key=lambda item: -item[1]) if s >= at_least}
+
+
 def run(reps: int = 3) -> dict[str, Any]:
     from bench._common import BIN, ROOT, clean_environment, summary
 
@@ -83,6 +107,15 @@ def run(reps: int = 3) -> dict[str, Any]:
             if rep:
                 for name, value in measured.items():
                     times[name].append(value)
+        db = folder / "imports.duckdb"
+        kit_imports = imported([str(BIN / "python"), str(BIN / "kit"), "run", str(notebook), "--run-key",
+                                "bench-imports", "-p", "broker", "mock"], folder,
+                               clean_environment(KIT_DB=str(db), KIT_RUNS_DIR=str(folder / "runs")))
+        db = folder / "imports-papermill.duckdb"
+        papermill_imports = imported(
+            [str(BIN / "python"), str(BIN / "papermill"), str(notebook), str(folder / "imports.ipynb"), "-p",
+             "broker", "mock", "-p", "run_key", "bench-imports-papermill", "-p", "db", str(db),
+             "--no-progress-bar"], folder, clean_environment(KIT_DB=str(db)))
     kit_s, paper_s, script_s = (summary([wall for wall, _ in times[name]], 3)
                                 for name in ("kit", "papermill", "script"))
     kit_cpu, paper_cpu, script_cpu = (summary([cpu for _, cpu in times[name]], 3)
@@ -90,6 +123,13 @@ def run(reps: int = 3) -> dict[str, Any]:
     ratio = kit_s["median"] / paper_s["median"]
     return {
         "benchmark": NAME,
+        "side_by_side": {
+            "wall_s": {"kit_run": kit_s, "papermill": paper_s, "script": script_s},
+            "cpu_s": {"kit_run": kit_cpu, "papermill": paper_cpu, "script": script_cpu},
+        },
+        "imports": {"what": "seconds of imports one main process pays more than the other, per package",
+                    "kit_run_more": _extra(kit_imports, papermill_imports),
+                    "papermill_more": _extra(papermill_imports, kit_imports)},
         "what": "wall seconds of `kit run notebooks/momentum.ipynb -p broker mock` (fresh process)",
         "kit_run_s": kit_s,
         "kit_run_cpu_s": kit_cpu,

@@ -233,7 +233,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     Parameters are checked against the notebook's parameters cell before a kernel starts.
     """
     from kit.errors import Interrupted
-    from kit.runner import NotebookRun, execute_notebook, typed_parameters
+    from kit.runner import NotebookRun, execute_notebook, spare_needless_imports, typed_parameters
+
+    spare_needless_imports()
 
     if args.broker is not None:
         given = dict(args.parameters).get("broker", args.broker)
@@ -301,7 +303,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     import logging
 
     from kit.clock import now_utc
+    from kit.runner import spare_needless_imports
     from kit.schedule import StateFile, check_notebooks, load_jobs, run_forever, run_notebook, run_once
+
+    spare_needless_imports()
 
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +48,10 @@ BROKERS = ("mock", "ib")
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 # How much of a failing cell's traceback a run result keeps: enough to see the failing line and its caller.
 TRACEBACK_LINES = 8
+# Modules papermill's imports load that running a notebook never uses: jsonschema (through nbformat) imports
+# rfc3987_syntax when it is installed, to check the "iri" formats, and that builds a grammar on import (about
+# 2 s, most of papermill's own import time). nbformat's notebook schemas use no such format.
+NEEDLESS_IMPORTS = ("rfc3987_syntax",)
 
 
 class Skip(Exception):
@@ -74,6 +79,14 @@ class NotebookRun:
     @property
     def ok(self) -> bool:
         return self.status != RunStatus.FAILED
+
+
+def spare_needless_imports() -> None:
+    """In a process that runs notebooks and does nothing else (`kit run`, `kit schedule`), do not import
+    NEEDLESS_IMPORTS: jsonschema then skips the format checks they provide, which no notebook schema asks
+    for. Not done for a caller's own process (Airflow's, a script's), whose jsonschema may need them."""
+    for name in NEEDLESS_IMPORTS:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "import fails", Python's rule
 
 
 def parse_value(text: str) -> Any:
@@ -132,8 +145,13 @@ def _inspected(path: str, mtime_ns: int, size: int) -> dict[str, dict[str, str]]
     """papermill's reading of one version of a notebook file: `kit run` needs it twice (the `-p` check,
     then the run), and each reading parses and validates the whole notebook."""
     import papermill
+    from nbformat import ValidationError
+    from nbformat.reader import NotJSONError
 
-    return papermill.inspect_notebook(path)
+    try:
+        return papermill.inspect_notebook(path)
+    except (NotJSONError, ValidationError) as exc:  # nbformat's own words say what is wrong with the file
+        raise KitError(f"{path} is not a notebook nbformat can read: {str(exc).splitlines()[0]}") from None
 
 
 def default_run_key(notebook: str | Path, when: datetime, dry_run: bool = False) -> str:

@@ -30,3 +30,32 @@ def test_the_demo_prints_kits_lines_only(tmp_path: Path, attempt: int) -> None:
     first, *rest = done.stdout.splitlines()
     assert first.startswith(f"run demo-{attempt} (") and first.endswith("): done")
     assert rest and all(line.startswith("  ") for line in rest), done.stdout  # kit's summary, indented
+
+
+PROBE = """
+import sys
+from kit.cli import main
+code = main(sys.argv[1:])
+grammar = sys.modules.get("rfc3987_syntax")
+print("EXIT", code, "GRAMMAR", grammar is not None, "PAPERMILL", "papermill" in sys.modules)
+"""
+
+
+def test_kit_run_leaves_out_the_import_no_notebook_needs(tmp_path: Path) -> None:
+    """jsonschema's IRI grammar (rfc3987_syntax, seconds to import) is never loaded by kit run, which still
+    reads and validates the notebook with nbformat (papermill's own path): a broken one is refused."""
+    notebook = Path(__file__).resolve().parent / "notebooks" / "closed.ipynb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_")} | {
+        "KIT_LOCK_DIR": str(tmp_path / "locks")}
+    done = subprocess.run([sys.executable, "-c", PROBE, "--db", str(tmp_path / "kit.duckdb"), "run",
+                           str(notebook)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines()[-1] == "EXIT 0 GRAMMAR False PAPERMILL True", done.stdout + done.stderr
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text('{"cells": [{"cell_type": "code", "source": 1}], "metadata": {}, "nbformat": 4, '
+                      '"nbformat_minor": 5}')
+    refused = subprocess.run([sys.executable, "-c", PROBE, "--db", str(tmp_path / "kit.duckdb"), "run",
+                              str(broken)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.stdout.splitlines()[-1].startswith("EXIT 2 GRAMMAR False"), refused.stdout
+    assert refused.stderr.startswith(f"kit: {broken} is not a notebook nbformat can read: The notebook is "
+                                     "invalid"), refused.stderr
