@@ -17,8 +17,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from kit.config import truthy
-from kit.errors import KitError
+from kit.errors import KitError, UsageError
 from kit.ids import RESERVED
 from kit.model import OPEN_STATUSES, RunStatus, Status
 from kit.runner import BROKERS
@@ -40,15 +39,12 @@ PASS_THROUGH = ("gateway",)
 FILE = {"bash": "_shtab_compgen_files", "zsh": "_files"}  # shtab's file completion, without importing it
 
 
-class UsageError(KitError):
-    """The command line itself was wrong (argparse's complaint)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors go through main's `kit: <message>`, exit 2, like every other user error."""
+class Parser(argparse.ArgumentParser):
+    """argparse, but its errors go through main's `kit: <message>`, exit 2, like every other user error:
+    the message alone (it names the option and what is valid), without argparse's usage block. Every
+    parser of kit's commands is one (kit gateway's too)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
         raise UsageError(message)
 
 
@@ -476,9 +472,9 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kit", description="research targets -> orders -> ledger")
+    parser = Parser(prog="kit", description="research targets -> orders -> ledger")
     _global_options(parser, in_subcommand=False)
-    common = _Parser(add_help=False)
+    common = Parser(add_help=False)
     _global_options(common, in_subcommand=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -566,9 +562,21 @@ def _command_index(argv: Sequence[str]) -> int | None:
     return None
 
 
+def _debugging(argv: Sequence[str]) -> bool:
+    """--debug, or KIT_DEBUG (read like every setting, so only when needed: after parsing, or for an error).
+    A configuration kit cannot read is not debug mode: its own error then says what is wrong."""
+    if "--debug" in argv:
+        return True
+    from kit.config import setting
+
+    try:
+        return bool(setting("KIT_DEBUG"))
+    except KitError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = truthy(os.environ.get("KIT_DEBUG", "0")) or "--debug" in argv
     try:
         parser = build_parser()
         at = _command_index(argv)
@@ -577,15 +585,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.rest = argv[at + 1:]
         else:
             args = parser.parse_args(argv)
-        args.debug = debug
+        args.debug = _debugging(argv)
         return args.handler(args)
     except KitError as exc:
-        if debug:
+        if _debugging(argv):
             traceback.print_exc()
         print(f"kit: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if debug:
+        if _debugging(argv):
             traceback.print_exc()
         return 130
     except BrokenPipeError:  # `kit runs | head`: the reader has what it wanted

@@ -98,8 +98,8 @@ def setting(name: str, default: Any = _UNSET) -> Any:
 
 
 def truthy(value: Any) -> bool:
-    """A flag read before, or without, the schema (the command line's KIT_DEBUG, so a broken configuration
-    can still be debugged): true only for the schema's own true words, `1` and `true`."""
+    """A flag written as text (an environment value): true only for the schema's own true words, `1` and
+    `true`."""
     return str(value).strip().lower() in {"1", "true"}
 
 

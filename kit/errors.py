@@ -117,3 +117,11 @@ class Interrupted(KeyboardInterrupt):
     def _render_traceback_(self) -> list[str]:
         """IPython shows these lines instead of a traceback: the interrupt was the user's, not a bug."""
         return [f"Interrupted: {self}"]
+
+
+class UsageError(KitError):
+    """The command line itself was wrong (argparse's complaint): `kit: <message>`, exit 2."""
+
+
+class UntranslatableMessage(BrokerMessageError, ValueError):
+    """An IB message kit cannot read."""

@@ -34,17 +34,19 @@ class Snapshot:
     done: int
     working: int
     filled: float  # shares (units), summed over every order
-    notional: float  # quantity x price of the fills, summed (in the orders' own currencies)
+    notional: float  # filled quantity x average fill price, summed (in the orders' own currencies)
     elapsed: float
 
     @classmethod
     def of(cls, orders: Iterable[Order], elapsed: float) -> Snapshot:
+        """From each order's own figures (kit.model.Order: the one place fills are added up)."""
         orders = list(orders)
-        fills = [f for o in orders for f in o.fills.values()]
+        filled = [o for o in orders if o.avg_fill_price is not None]
         return cls(orders=len(orders), done=sum(1 for o in orders if not o.can_fill),
                    working=sum(1 for o in orders if o.working),
-                   filled=math.fsum(f.quantity for f in fills),
-                   notional=math.fsum(f.quantity * f.price for f in fills), elapsed=elapsed)
+                   filled=math.fsum(o.filled_quantity for o in filled),
+                   notional=math.fsum(o.filled_quantity * (o.avg_fill_price or 0.0) for o in filled),
+                   elapsed=elapsed)
 
     def line(self) -> str:
         return (f"{self.done}/{self.orders} orders done, {self.working} working, {self.filled:,.0f} shares "

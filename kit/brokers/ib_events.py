@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kit.brokers.base import Notice
 from kit.brokers.ib_codes import REQUEST_CODES, Meaning, meaning
-from kit.errors import BrokerMessageError
+from kit.errors import UntranslatableMessage
 from kit.model import (
     Accepted,
     BrokerEvent,
@@ -44,10 +44,6 @@ STATUSES = ACKNOWLEDGED | CANCELLED | NOT_YET_AT_IB
 FINAL_AT_IB = frozenset({"Filled"}) | CANCELLED  # IB's filled figure is then final
 UNSET_DOUBLE = 1.7976931348623157e308
 QUANTITY_TOLERANCE = 1e-9  # IB sends quantities as decimals; kit keeps floats
-
-
-class UntranslatableMessage(BrokerMessageError, ValueError):
-    """An IB message kit cannot read."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,14 +14,17 @@ import logging
 import signal
 import sys
 
-from kit.errors import ConfigError
+from kit.errors import ConfigError, UsageError
 from kit.gateway.config import GatewayConfig
 from kit.gateway.instruments import Instrument, round_price
 from kit.gateway.server import Gateway
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kit gateway", description="Run kit's simulated IB Gateway.")
+    """The gateway's options; a bad one raises kit.errors.UsageError (`kit: <message>`, exit 2)."""
+    from kit.cli import Parser  # kit's parser class; kit.cli imports the gateway only when it runs
+
+    parser = Parser(prog="kit gateway", description="Run kit's simulated IB Gateway.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4002, help="0 picks a free port (default 4002)")
     parser.add_argument("--seed", type=int, help="seed of the fill model (default 0, or the config's)")
@@ -94,17 +97,22 @@ async def serve(config: GatewayConfig, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Errors are kit's: `kit: <message>`, exit 2 for what the user gave (options, config, prices)."""
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        print(f"kit: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = build_config(args)
     except (OSError, ValueError, TypeError, ConfigError) as exc:
-        print(f"kit gateway: {exc}", file=sys.stderr)
+        print(f"kit: {exc}", file=sys.stderr)
         return 2
     try:
         asyncio.run(serve(config, args.host, args.port))
     except OSError as exc:  # e.g. the port is taken
-        print(f"kit gateway: {exc}", file=sys.stderr)
+        print(f"kit: {exc}", file=sys.stderr)
         return 1
     return 0
 

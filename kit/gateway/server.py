@@ -16,9 +16,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
+from kit import clock as kit_clock
 from kit.gateway.config import GatewayConfig
 from kit.gateway.faults import Faults
 from kit.gateway.handlers import Handlers
@@ -60,7 +61,8 @@ class Gateway:
         self.faults = dataclasses.replace(self.config.faults)
         self.market = Market(self.config.instruments)
         #: The book shared by all connections: orders, executions, positions, placements, inbound rates.
-        self.state = Book(self.config, self.market, clock or (lambda: datetime.now(UTC)), self.faults)
+        # kit's one clock, looked up at each call: a test that patches kit.clock moves the gateway's too.
+        self.state = Book(self.config, self.market, clock or (lambda: kit_clock.now_utc()), self.faults)
         self.host = "127.0.0.1"
         self.port = 0
         self.connections: list[Connection] = []
