@@ -246,8 +246,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not isinstance(stopped.run, NotebookRun):
             raise
         _print_result(stopped.run, args.db)
+        why = f": {stopped.run.error}" if stopped.run.error else " (every cell had run)"
         print(f"kit: interrupted by {stopped.run.interrupted}: run {stopped.run.run_key} ended "
-              f"{stopped.run.status}: {stopped.run.error}", file=sys.stderr)
+              f"{stopped.run.status}{why}", file=sys.stderr)
         return 128 + signal.Signals[stopped.run.interrupted]
     _print_result(result, args.db)
     return 0 if result.ok else 1

@@ -330,12 +330,10 @@ def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseExcept
     """Settle the run's status: the notebook's error or Skip wins; a clean end keeps what kit.execute set.
 
     papermill records a notebook's own exception in the output notebook, but not a cell timeout or a dead
-    kernel, so the run row is where all of them are recorded. An interrupt is an error even when the
-    notebook ended cleanly (it came as the last cell finished): the run did not end the way it would have.
+    kernel, so the run row is where all of them are recorded. An interrupt that came once the last cell had
+    run (`interrupted` without an error) changed nothing: the run keeps its status, and the result says it.
     """
     values: dict[str, Any] = {"ended_at": utcnow(), "output_path": str(output) if output.exists() else None}
-    if error is None and interrupted is not None:
-        error = KeyboardInterrupt(f"kit run received {interrupted} as the notebook ended")
     if error is not None:
         values["error_name"], values["error"] = _describe(error)
         if interrupted is not None and interrupted not in values["error"]:
