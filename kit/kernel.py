@@ -69,8 +69,7 @@ class KernelManager(AsyncKernelManager):
 
     def _interrupt_soon(self) -> None:
         task = self._interrupting = asyncio.ensure_future(self._async_interrupt_kernel())  # kept till done
-        # A kernel that died meanwhile: nbclient reports that; the failed interrupt says nothing more.
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        task.add_done_callback(_said_if_failed)
 
     async def _async_interrupt_kernel(self) -> None:
         if self.shutting_down and not self.busy:
@@ -108,6 +107,13 @@ class Interrupts:
             raise KeyboardInterrupt(f"kit run received {name} a third time and stopped waiting for the cell")
         running = self.kernel is not None and self.kernel.interrupt_cell()
         _say((ON_SIGNAL[self.count - 1] if running else BETWEEN_CELLS).format(signal=name))
+
+
+def _said_if_failed(task: asyncio.Future[None]) -> None:
+    """An interrupt that could not be sent is said: the user must not believe the kernel was told to stop."""
+    failure = None if task.cancelled() else task.exception()
+    if failure is not None:
+        _say(f"kit: could not interrupt the notebook's kernel: {type(failure).__name__}: {failure}")
 
 
 def _say(line: str) -> None:
