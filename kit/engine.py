@@ -146,6 +146,8 @@ class Engine:
             self.recorder.order(order, "replanned" if existing else "planned", now)
             if breaches:  # stopped by risk: recorded with the limit that stopped it, never sent
                 self._apply(Rejected(order.client_order_id, now, "risk: " + "; ".join(breaches)))
+            if len(self.recorder.batch) >= MAX_BATCH:  # a big plan is written a bounded batch at a time
+                self.recorder.flush()
         self.recorder.flush()
         return await self._guarded(self._what_if() if self.dry_run else self._trade())
 
@@ -359,20 +361,26 @@ class Engine:
         return to_send
 
     async def _submit(self, orders: list[Order]) -> None:
-        if not orders:
-            return
-        now = utcnow()
-        for order in orders:  # write-ahead: the ledger knows an order was handed over before the broker does
-            arrival = self.broker.reference_price(order.intent.symbol)
-            self._apply(Submitted(order.client_order_id, now, arrival))
-        crash_point("engine.before_submitted_write")
-        if not self.recorder.flush():  # not durable (a full disk): sent now, a resume could not know of them
-            log.error("%d order(s) not sent: %s", len(orders), self.recorder.write_error)
-            return
-        for order in orders:
-            crash_point("engine.before_submit")
-            self.open.add(order.client_order_id)
-            await self.broker.submit(order.intent)
+        """Write-ahead, then send, MAX_BATCH orders at a time: every order's `submitted` event is durable
+        before the broker sees the order. Between two such batches, what the broker said about the sent
+        ones is applied, so a big basket's events are never all in memory at once."""
+        for start in range(0, len(orders), MAX_BATCH):
+            if start:
+                await asyncio.sleep(0)  # the broker's callbacks run: its events about the orders just sent
+                self._drain()
+            batch = orders[start:start + MAX_BATCH]
+            now = utcnow()
+            for order in batch:  # write-ahead: the ledger knows an order was handed over before the broker
+                arrival = self.broker.reference_price(order.intent.symbol)
+                self._apply(Submitted(order.client_order_id, now, arrival))
+            crash_point("engine.before_submitted_write")
+            if not self.recorder.flush():  # not durable (a full disk): a resume could not know of them
+                log.error("%d order(s) not sent: %s", len(orders) - start, self.recorder.write_error)
+                return
+            for order in batch:
+                crash_point("engine.before_submit")
+                self.open.add(order.client_order_id)
+                await self.broker.submit(order.intent)
 
     async def _follow(self, deadline: float, done: Callable[[], bool] | None = None) -> bool:
         """Apply events until `done` (by default: no order can change any more); False if the deadline came
@@ -567,9 +575,9 @@ class Engine:
     def _result(self) -> Run:
         """From memory, not from the file: the ledger may be held by another process right now."""
         orders = list(self.book.orders.values())
-        fills = [fill_row(o, f) for o in orders for f in sorted(o.fills.values(), key=lambda f: f.time)]
-        return Run(self.run_id, self.plan.run_key, self.status, frame([order_row(o) for o in orders],
-                   ORDER_COLUMNS), frame(fills, FILL_COLUMNS), self.notes)
+        fills = (fill_row(o, f) for o in orders for f in sorted(o.fills.values(), key=lambda f: f.time))
+        return Run(self.run_id, self.plan.run_key, self.status, frame(map(order_row, orders), ORDER_COLUMNS),
+                   frame(fills, FILL_COLUMNS), self.notes)
 
 
 def _cancels_requested() -> int:
