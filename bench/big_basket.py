@@ -170,8 +170,8 @@ def run(reps: int = 3) -> dict[str, Any]:
                 "ledger (fresh interpreter per measurement; peak = ru_maxrss of the process)",
         "kit": kit_figures,
         "plan": {"what": "kit.plan of the same frame (validation, ids, risk)", **plan_figures},
-        "floor": {"what": "floor: pandas column checks of the frame + one bulk DuckDB insert of the "
-                             "order rows", **floor},
+        "floor": {"what": "pandas column checks of the frame + one bulk DuckDB insert of the order rows",
+                  **floor},
         "share_of_floor": round(floor["seconds"]["median"] / seconds, 3),
         "share_of_floor_cpu": round(floor["cpu_seconds"]["median"] / kit_figures["cpu_seconds"]["median"], 3),
         "ratio": round(seconds / floor["seconds"]["median"], 1),

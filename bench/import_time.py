@@ -8,9 +8,9 @@ PYTHONDONTWRITEBYTECODE, which would time the compiler instead).
 
 - `import kit`: the package as a notebook's first cell imports it (public names load lazily);
 - `import kit; kit.execute, kit.plan, kit.MockBroker, kit.ledger`: what a first mock run needs;
-- baseline `import pandas, duckdb`: the libraries kit cannot run without;
-- baseline "eager": every kit module imported up front (IB broker and simulated gateway included) plus the
-  IB client library, as a kit without lazy imports would load them.
+- baseline "eager": every kit module imported up front (IB broker and simulated gateway included; not
+  kit.airflow, which runs in Airflow's environment) plus the IB client library, as a kit without lazy
+  imports would load them; floor `import pandas, duckdb`, the libraries kit cannot run without.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ VARIANTS = {
     "import_kit": "import kit",
     "first_use": "import kit\nkit.execute, kit.plan, kit.MockBroker, kit.ledger",
     "pandas_duckdb": "import pandas, duckdb",
+    # kit.airflow needs Airflow's own environment (.venv-airflow), so it is left out here.
     "eager": ("import importlib, pkgutil, kit\n"
               "for m in pkgutil.walk_packages(kit.__path__, 'kit.'):\n"
-              "    if not m.name.endswith('__main__'):\n"
+              "    if not m.name.endswith(('__main__', 'kit.airflow')):\n"
               "        importlib.import_module(m.name)\n"
               "import ib_async"),
 }

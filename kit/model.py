@@ -205,11 +205,7 @@ class Fills(dict):
     """An order's fills (execution_key -> latest revision) that count their changes, so the order's sums are
     computed once per change instead of on every read (the engine reads `working` once per event)."""
 
-    __slots__ = ("version",)
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.version = 0
+    version = 0  # a class default, so a copy or an unpickled one (items set before any __init__) counts too
 
     def __setitem__(self, key: str, value: Fill) -> None:
         super().__setitem__(key, value)
