@@ -20,7 +20,7 @@ BENCHMARKS = ("ledger_throughput", "latency", "ib_pacing", "big_basket", "run_ov
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:
-    keep = ("benchmark", "ratio", "met", "error")
+    keep = ("benchmark", "ratio", "share_of_floor", "met", "error")
     return {k: result[k] for k in keep if k in result}
 
 

@@ -10,6 +10,11 @@ The baseline is kit's own engine and writer with one change of policy: a commit 
 events between two fills join the next one). One commit costs milliseconds, so 50,000 of them would take
 minutes: the baseline runs a 50-order slice of the basket, and kit runs that slice too, so both ratios are
 printed: kit on the full basket against the baseline's rate, and both on the same slice.
+
+The floor is what DuckDB itself needs for the rows kit wrote: every row of the kit run's ledger (events,
+fills, orders, runs), read back (not timed) and bulk-inserted from DataFrames into a fresh file with the
+same schema and keys, in one transaction, from connect to close. `share_of_floor` is the floor's time over
+kit's: 1.0 would be kit at DuckDB's own cost.
 """
 
 from __future__ import annotations
@@ -80,6 +85,33 @@ def _timed_execute(plan: Any, prices: dict[str, float], db: Path, engine: type |
     return seconds, commits
 
 
+def floor_seconds(source: Path, target: Path) -> float:
+    """Seconds to bulk-insert every row of the ledger `source` into a fresh ledger file `target`: connect,
+    the schema (kit's migrations, keys included), one transaction of one INSERT per table, close."""
+    from kit.store import LEDGER_TABLES, MIGRATIONS
+
+    con = duckdb.connect(str(source), read_only=True)
+    try:
+        frames = {table: con.execute(f"SELECT * FROM {table}").df() for table in LEDGER_TABLES}
+    finally:
+        con.close()
+    start = time.perf_counter()
+    con = duckdb.connect(str(target))
+    try:
+        for migration in MIGRATIONS:
+            for statement in migration:
+                con.execute(statement)
+        con.execute("BEGIN")
+        for table, rows in frames.items():
+            con.register("_floor", rows)
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _floor")
+            con.unregister("_floor")
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return time.perf_counter() - start
+
+
 def commit_per_fill_engine() -> type:
     from kit.engine import Engine
     from kit.model import Execution
@@ -109,12 +141,13 @@ def run(reps: int = 3) -> dict[str, Any]:
                                risk=NO_FAT_FINGER)
         naive = commit_per_fill_engine()
 
-        full, full_commits, slice_kit, slice_base, base_commits = [], 0, [], [], 0
+        full, full_commits, slice_kit, slice_base, base_commits, floor = [], 0, [], [], 0, []
         for rep in range(reps):
             db = folder / f"full-{rep}.duckdb"
             seconds, full_commits = _timed_execute(plan, prices, db)
             _check(db, ORDERS)
             full.append(ORDERS * FILLS_PER_ORDER / seconds)
+            floor.append(ORDERS * FILLS_PER_ORDER / floor_seconds(db, folder / f"floor-{rep}.duckdb"))
             db = folder / f"slice-kit-{rep}.duckdb"
             seconds, _ = _timed_execute(small_plan, small_prices, db)
             _check(db, SLICE)
@@ -124,7 +157,7 @@ def run(reps: int = 3) -> dict[str, Any]:
             _check(db, SLICE)
             slice_base.append(SLICE * FILLS_PER_ORDER / seconds)
 
-    kit_rate, base_rate = summary(full, 0), summary(slice_base, 0)
+    kit_rate, base_rate, floor_rate = summary(full, 0), summary(slice_base, 0), summary(floor, 0)
     ratio = kit_rate["median"] / base_rate["median"]
     return {
         "benchmark": NAME,
@@ -137,6 +170,9 @@ def run(reps: int = 3) -> dict[str, Any]:
         "baseline": {"what": "same engine and writer, one commit per fill", "orders": SLICE,
                      "fills": SLICE * FILLS_PER_ORDER, "fills_per_s": base_rate, "commits": base_commits},
         "kit_same_slice": {"orders": SLICE, "fills_per_s": summary(slice_kit, 0)},
+        "floor": {"what": "the same rows bulk-inserted into a fresh ledger in one transaction (connect, "
+                          "schema, one INSERT per table from a DataFrame, close)", "fills_per_s": floor_rate},
+        "share_of_floor": round(kit_rate["median"] / floor_rate["median"], 3),
         "ratio": round(ratio, 1),
         "ratio_same_slice": round(statistics.median(slice_kit) / statistics.median(slice_base), 1),
         "goal": {"fills_per_s": GOAL_FILLS_PER_S, "ratio": GOAL_RATIO},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -37,8 +38,15 @@ from kit.store import FILL_COLUMNS, ORDER_COLUMNS, Ledger, frame
 
 log = logging.getLogger("kit.engine")
 OnTimeout = Literal["cancel", "leave"]
-# Seconds without broker events after which a run lets go of the ledger file (DuckDB admits one process).
+# Seconds without broker events after which a run lets go of the ledger file (DuckDB admits one process),
+# so a reader of another process gets in. While events keep coming at a rhythm, the run waits for twice the
+# last gap between them instead (at most HOLD_MAX): a fill every 0.4 s keeps the connection, since a
+# reconnect costs tens of ms (open, identity and schema checks). Counted by the event loop, never slept.
 IDLE_RELEASE = 0.25
+HOLD_MAX = 1.0
+# Events applied between two writes at most: bounds the rows a burst holds in memory (each write is one
+# transaction, ~10-20 ms here, so a few more of them cost little).
+MAX_BATCH = 20_000
 # Seconds a run keeps listening after its cancels are confirmed, for fills that raced the cancel.
 LATE_FILL_GRACE = 0.5
 
@@ -97,7 +105,12 @@ class Engine:
         self.info = info or RunInfo()
         self.run_id = run_id_for(plan.run_key)
         self.book = OrderBook()
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        # The broker's events, in arrival order. A deque and one wake-up per wait rather than an
+        # asyncio.Queue, whose put and get cost more than the fold of an event.
+        self.events: deque[Event] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._last_arrival: float | None = None  # loop time events last arrived, and the gap before it
+        self._gap: float | None = None
         self.open: set[str] = set()  # orders at the broker not settled yet: working or missing a commission
         self.notes: list[str] = []
         # Called with the run's orders after each batch of events is applied (kit.progress shows them).
@@ -133,6 +146,8 @@ class Engine:
             self.recorder.order(order, "replanned" if existing else "planned", now)
             if breaches:  # stopped by risk: recorded with the limit that stopped it, never sent
                 self._apply(Rejected(order.client_order_id, now, "risk: " + "; ".join(breaches)))
+            if len(self.recorder.batch) >= MAX_BATCH:  # a big plan is written a bounded batch at a time
+                self.recorder.flush()
         self.recorder.flush()
         return await self._guarded(self._what_if() if self.dry_run else self._trade())
 
@@ -165,7 +180,7 @@ class Engine:
         return self._result()
 
     async def _connected(self) -> None:
-        self.broker.bind(self.queue.put_nowait)
+        self.broker.bind(self._receive)
         self.recorder.flush()
         self.ledger.release()  # a connect can take its whole timeout: nobody waits for the ledger meanwhile
         await self.broker.connect()
@@ -346,20 +361,26 @@ class Engine:
         return to_send
 
     async def _submit(self, orders: list[Order]) -> None:
-        if not orders:
-            return
-        now = utcnow()
-        for order in orders:  # write-ahead: the ledger knows an order was handed over before the broker does
-            arrival = self.broker.reference_price(order.intent.symbol)
-            self._apply(Submitted(order.client_order_id, now, arrival))
-        crash_point("engine.before_submitted_write")
-        if not self.recorder.flush():  # not durable (a full disk): sent now, a resume could not know of them
-            log.error("%d order(s) not sent: %s", len(orders), self.recorder.write_error)
-            return
-        for order in orders:
-            crash_point("engine.before_submit")
-            self.open.add(order.client_order_id)
-            await self.broker.submit(order.intent)
+        """Write-ahead, then send, MAX_BATCH orders at a time: every order's `submitted` event is durable
+        before the broker sees the order. Between two such batches, what the broker said about the sent
+        ones is applied, so a big basket's events are never all in memory at once."""
+        for start in range(0, len(orders), MAX_BATCH):
+            if start:
+                await asyncio.sleep(0)  # the broker's callbacks run: its events about the orders just sent
+                self._drain()
+            batch = orders[start:start + MAX_BATCH]
+            now = utcnow()
+            for order in batch:  # write-ahead: the ledger knows an order was handed over before the broker
+                arrival = self.broker.reference_price(order.intent.symbol)
+                self._apply(Submitted(order.client_order_id, now, arrival))
+            crash_point("engine.before_submitted_write")
+            if not self.recorder.flush():  # not durable (a full disk): a resume could not know of them
+                log.error("%d order(s) not sent: %s", len(orders) - start, self.recorder.write_error)
+                return
+            for order in batch:
+                crash_point("engine.before_submit")
+                self.open.add(order.client_order_id)
+                await self.broker.submit(order.intent)
 
     async def _follow(self, deadline: float, done: Callable[[], bool] | None = None) -> bool:
         """Apply events until `done` (by default: no order can change any more); False if the deadline came
@@ -372,15 +393,14 @@ class Engine:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            idle = self.ledger.connected and remaining > IDLE_RELEASE
-            try:
-                event = await asyncio.wait_for(self.queue.get(), IDLE_RELEASE if idle else remaining)
-            except TimeoutError:
+            hold = self._hold()
+            idle = self.ledger.connected and remaining > hold
+            if not self.events and not await self._arrival(hold if idle else remaining):
                 if idle:  # quiet for a while: let a notebook or another run at the ledger meanwhile
                     self.ledger.release()
                     continue
                 return False
-            self._apply(event)
+            self._arrived(loop.time())
             self._drain()
             crash_point("engine.applied_not_written")
             self.recorder.flush()
@@ -453,13 +473,46 @@ class Engine:
         if order is not None and order.client_order_id in self.open and order.settled:
             self.open.discard(order.client_order_id)
 
+    def _arrived(self, now: float) -> None:
+        self._gap = None if self._last_arrival is None else now - self._last_arrival
+        self._last_arrival = now
+
+    def _hold(self) -> float:
+        """How long a quiet run keeps the ledger: IDLE_RELEASE, or twice the last gap between events while
+        they come at a rhythm (at most HOLD_MAX)."""
+        if self._gap is None:
+            return IDLE_RELEASE
+        return min(max(IDLE_RELEASE, 2 * self._gap), HOLD_MAX)
+
+    def _receive(self, event: Event) -> None:
+        """The broker's sink: keep the event and wake the wait in _follow, if one is waiting."""
+        self.events.append(event)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _arrival(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the broker's next event; False if none came."""
+        wake = self._wake = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await wake
+        except TimeoutError:
+            return bool(self.events)
+        finally:
+            self._wake = None
+        return True
+
     def _drain(self) -> None:
-        while True:
-            try:
-                event = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            self._apply(event)
+        """Apply every event that has arrived, writing a batch every MAX_BATCH events: a burst (a zero-latency
+        mock, a broker replaying its day) is held in memory a bounded batch at a time."""
+        events, applied = self.events, 0
+        while events:
+            self._apply(events.popleft())
+            applied += 1
+            if applied == MAX_BATCH:
+                self.recorder.flush()
+                applied = 0
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def _check_payloads(self, previous: list[Order]) -> None:
@@ -522,9 +575,9 @@ class Engine:
     def _result(self) -> Run:
         """From memory, not from the file: the ledger may be held by another process right now."""
         orders = list(self.book.orders.values())
-        fills = [fill_row(o, f) for o in orders for f in sorted(o.fills.values(), key=lambda f: f.time)]
-        return Run(self.run_id, self.plan.run_key, self.status, frame([order_row(o) for o in orders],
-                   ORDER_COLUMNS), frame(fills, FILL_COLUMNS), self.notes)
+        fills = (fill_row(o, f) for o in orders for f in sorted(o.fills.values(), key=lambda f: f.time))
+        return Run(self.run_id, self.plan.run_key, self.status, frame(map(order_row, orders), ORDER_COLUMNS),
+                   frame(fills, FILL_COLUMNS), self.notes)
 
 
 def _cancels_requested() -> int:

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from math import fsum
+from operator import attrgetter
 
 
 class Side(StrEnum):
@@ -199,6 +201,45 @@ BrokerEvent = Accepted | StatusUpdate | Execution | Commission | Rejected | Canc
 Event = Submitted | BrokerEvent
 
 
+class Fills(dict):
+    """An order's fills (execution_key -> latest revision) that count their changes, so the order's sums are
+    computed once per change instead of on every read (the engine reads `working` once per event)."""
+
+    version = 0  # a class default, so a copy or an unpickled one (items set before any __init__) counts too
+
+    def __setitem__(self, key: str, value: Fill) -> None:
+        super().__setitem__(key, value)
+        self.version += 1
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.version += 1
+
+    def pop(self, *args: object) -> object:  # type: ignore[override]
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, Fill]:
+        self.version += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()
+
+    def update(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        self.version += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Fill) -> Fill:  # type: ignore[override]
+        self.version += 1
+        return super().setdefault(key, default)
+
+    def __ior__(self, other: object) -> Fills:  # type: ignore[override]
+        self.version += 1
+        return super().__ior__(other)  # type: ignore[return-value]
+
+
 @dataclass(slots=True)
 class Order:
     """An order's state, folded from its intent and the broker's events by kit.state."""
@@ -214,15 +255,34 @@ class Order:
     reason: str = ""
     arrival_price: float | None = None
     submitted_at: datetime | None = None
+    # filled_quantity and "every commission known", and the fills version they hold for (see Fills): a
+    # cache, not state; the engine asks `working` and `settled` about an order at every event.
+    _totals: tuple[float, bool] = field(default=(0.0, True), init=False, repr=False, compare=False)
+    _totals_of: tuple[object, int] = field(default=(None, -1), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if type(self.fills) is not Fills:
+            self.fills = Fills(self.fills)
 
     @property
     def client_order_id(self) -> str:
         return self.intent.client_order_id
 
+    def _totals_now(self) -> tuple[float, bool]:
+        fills = self.fills
+        version = fills.version if type(fills) is Fills else -1  # a plain dict put in its place: no cache
+        cached, cached_version = self._totals_of
+        if cached is fills and cached_version == version >= 0:
+            return self._totals
+        values = fills.values()
+        self._totals = (fsum(map(_quantity, values)), all(map(_commission_known, values)))
+        self._totals_of = (fills, version)
+        return self._totals
+
     # Sums use math.fsum (exact, then rounded once) so the totals do not depend on the order fills arrived in.
     @property
     def filled_quantity(self) -> float:
-        return math.fsum(f.quantity for f in self.fills.values())
+        return self._totals_now()[0]
 
     @property
     def remaining_quantity(self) -> float:
@@ -234,20 +294,29 @@ class Order:
 
     @property
     def avg_fill_price(self) -> float | None:
-        filled = self.filled_quantity
-        if filled <= 0:
-            return None
-        prices = [f.price for f in self.fills.values()]
-        vwap = math.fsum(f.quantity * f.price for f in self.fills.values()) / filled
-        # Rounding must not put the mean outside the fill prices: one fill of 5 at 0.91 averages 0.91.
-        return min(max(vwap, min(prices)), max(prices))
+        return self.fill_totals()[2]
 
     @property
     def commission(self) -> float:
         """The sum of the fills' commissions; NaN while any of them is unknown (never a partial sum)."""
-        if not all(f.commission_known for f in self.fills.values()):
-            return math.nan
-        return math.fsum(f.commission for f in self.fills.values())  # type: ignore[misc]
+        return self.fill_totals()[3]
+
+    def fill_totals(self) -> tuple[float, float, float | None, float]:
+        """filled_quantity, remaining_quantity, avg_fill_price and commission at once (what a ledger row
+        shows), from one pass over the fills."""
+        filled, known = self._totals_now()
+        remaining = self.remaining_quantity
+        values = self.fills.values()
+        if not values:
+            return filled, remaining, None, 0.0
+        average = None
+        if filled > 0:
+            prices = [f.price for f in values]
+            vwap = fsum([f.quantity * f.price for f in values]) / filled
+            # Rounding must not put the mean outside the fill prices: one fill of 5 at 0.91 averages 0.91.
+            average = min(max(vwap, min(prices)), max(prices))
+        commission = fsum([f.commission for f in values]) if known else math.nan  # type: ignore[misc]
+        return filled, remaining, average, commission
 
     # ---- the lifecycle facts: the one definition of each, used by the engine, the ledger and reconcile ----
     @property
@@ -268,7 +337,11 @@ class Order:
     @property
     def settled(self) -> bool:
         """Nothing more is expected from the broker: it cannot fill, and every fill's commission is known."""
-        return not self.can_fill and all(f.commission_known for f in self.fills.values())
+        return not self.can_fill and self._totals_now()[1]
 
     def copy(self) -> Order:
         return replace(self, fills=dict(self.fills))
+
+
+_quantity = attrgetter("quantity")
+_commission_known = attrgetter("commission_known")

@@ -11,7 +11,10 @@ import dataclasses
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+from operator import attrgetter
 from typing import Any
 
 from kit.errors import LedgerIdentityError, LedgerWriteError
@@ -26,14 +29,15 @@ Row = dict[str, Any]
 def order_row(order: Order, updated_at: datetime | None = None) -> Row:
     """The orders row of `order`; `updated_at` overrides its time of last change."""
     intent = order.intent
+    filled, remaining, average, commission = order.fill_totals()
     return {
         "client_order_id": intent.client_order_id, "run_id": order.run_id, "symbol": intent.symbol,
         "side": str(intent.side), "quantity": intent.quantity, "order_type": intent.order_type,
         "limit_price": intent.limit_price, "tif": intent.tif, "sec_type": intent.sec_type,
         "exchange": intent.exchange, "currency": intent.currency, "primary_exchange": intent.primary_exchange,
-        "status": str(order.status), "filled_quantity": order.filled_quantity,
-        "remaining_quantity": order.remaining_quantity, "avg_fill_price": order.avg_fill_price,
-        "commission": order.commission, "broker_order_id": order.broker_order_id, "perm_id": order.perm_id,
+        "status": str(order.status), "filled_quantity": filled,
+        "remaining_quantity": remaining, "avg_fill_price": average,
+        "commission": commission, "broker_order_id": order.broker_order_id, "perm_id": order.perm_id,
         "reason": order.reason, "decision_price": intent.decision_price, "arrival_price": order.arrival_price,
         "submitted_at": order.submitted_at, "created_at": order.created_at,
         "updated_at": order.updated_at if updated_at is None else updated_at,
@@ -50,8 +54,17 @@ def fill_row(order: Order, fill: Fill) -> Row:
     }
 
 
-# json.dumps(detail, default=str) builds this encoder on every call, and every event makes a row.
-_detail_json = json.JSONEncoder(default=str).encode
+def _json_encoder() -> Callable[[dict[str, Any]], str]:
+    """json.dumps(detail, default=str), made once: json.dumps builds its encoder (and JSONEncoder.encode
+    its C iterator) on every call, and every event makes a row. Same text: same separators, ASCII, NaN."""
+    encoder = json.JSONEncoder(default=str)
+    if c_make_encoder is None:  # a Python without json's C accelerator
+        return encoder.encode
+    chunks = c_make_encoder(None, str, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    return lambda detail: "".join(chunks(detail, 0))
+
+
+_detail_json = _json_encoder()
 
 
 def event_row(event_id: str, run_id: str, client_order_id: str | None, seq: int, at: datetime,
@@ -60,24 +73,31 @@ def event_row(event_id: str, run_id: str, client_order_id: str | None, seq: int,
             "kind": kind, "status": status, "detail": _detail_json(detail)}
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # dataclasses.fields() per event is slow; names per class
+# An event class -> the names of its audit fields and a getter of their values: dataclasses.fields() per
+# event is slow.
+_DETAIL: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple]]] = {}
 
 
-def _field_names(cls: type) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
+def _detail_fields(cls: type, skip: tuple[str, ...]) -> tuple[tuple[str, ...], Callable[[Any], tuple]]:
+    found = _DETAIL.get(cls)
+    if found is None:
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+        getter = attrgetter(*names)
+        if len(names) == 1:  # attrgetter of one name gives the value, not a tuple
+            one = getter
+            getter = lambda obj: (one(obj),)  # noqa: E731
+        found = _DETAIL[cls] = (names, getter)
+    return found
 
 
 def event_detail(event: Event, effect: Effect) -> dict[str, Any]:
     """An event's own fields (a fill's, for an execution) and what applying it did: the audit detail."""
     if isinstance(event, Execution):
-        fill = event.fill
-        detail = {name: getattr(fill, name) for name in _field_names(type(fill)) if name != "client_order_id"}
+        source, skip = event.fill, ("client_order_id",)
     else:
-        detail = {name: getattr(event, name) for name in _field_names(type(event))
-                  if name not in ("at", "client_order_id")}
+        source, skip = event, ("at", "client_order_id")
+    names, values = _detail_fields(type(source), skip)
+    detail = dict(zip(names, values(source), strict=True))
     detail["effect"] = str(effect)
     return detail
 
@@ -89,10 +109,14 @@ class Recorder:
         self.ledger = ledger
         self.run_id = run_id
         self.seq = ledger.next_seq(run_id)
+        # Event ids: a random prefix per recorder and the event's sequence number, unique like a uuid4 per
+        # event (a run key has one process at a time, and seq grows within it) at a fraction of its cost.
+        self._id_prefix = uuid.uuid4().hex[:20] + "-"
         self.batch = Batch()
         # Orders changed by events since the last flush, with their updated_at then: their rows are built once
         # per flush instead of once per event (see record).
         self._changed: dict[str, tuple[Order, datetime]] = {}
+        self._fills: dict[str, tuple[Order, Fill]] = {}  # exec_id -> its latest fill: a row at flush
         self.journaled = False
         self.write_error: LedgerWriteError | None = None  # the first batch that could not be made durable
         self.lost: LedgerIdentityError | None = None  # the ledger this run opened is gone: nothing is written
@@ -100,9 +124,11 @@ class Recorder:
 
     def _event(self, client_order_id: str | None, at: datetime, kind: str, status: str | None,
                detail: dict[str, Any]) -> None:
-        self.batch.events.append(event_row(uuid.uuid4().hex, self.run_id, client_order_id, self.seq, at,
-                                           kind, status, detail))
-        self.seq += 1
+        seq = self.seq
+        self.batch.events.append({"event_id": f"{self._id_prefix}{seq}", "run_id": self.run_id,
+                                  "client_order_id": client_order_id, "seq": seq, "at": at, "kind": kind,
+                                  "status": status, "detail": _detail_json(detail)})
+        self.seq = seq + 1
 
     def record(self, event: Event, outcome: Outcome) -> None:
         order = outcome.order
@@ -113,8 +139,9 @@ class Recorder:
             # status that changes nothing) can change it meanwhile, and then only updated_at, kept from now.
             self._changed[order.client_order_id] = (order, order.updated_at)
         if outcome.fill is not None and order is not None:
-            self.batch.fills[outcome.fill.exec_id] = fill_row(order, outcome.fill)
+            self._fills[outcome.fill.exec_id] = (order, outcome.fill)
         if outcome.replaced_exec_id:
+            self._fills.pop(outcome.replaced_exec_id, None)
             self.batch.fills.pop(outcome.replaced_exec_id, None)
             self.batch.replaced_fills.add(outcome.replaced_exec_id)
 
@@ -142,6 +169,9 @@ class Recorder:
         for client_order_id, (order, updated_at) in self._changed.items():
             self.batch.orders[client_order_id] = order_row(order, updated_at)
         self._changed.clear()
+        for exec_id, (order, fill) in self._fills.items():
+            self.batch.fills[exec_id] = fill_row(order, fill)
+        self._fills.clear()
         if not self.batch:
             return True
         try:

@@ -6,8 +6,9 @@ cannot disagree about what a fill, a duplicate, a correction or a late commissio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from operator import attrgetter
 
 from kit.model import (
     Accepted,
@@ -192,10 +193,21 @@ def _same_amount(a: float | None, b: float | None) -> bool:
     return a == b or (a is not None and b is not None and a != a and b != b)
 
 
+# A fill with another commission is built from its fields in order: dataclasses.replace, which looks the
+# fields up on every call, was a tenth of the fold's time.
+_FILL_FIELDS = tuple(f.name for f in fields(Fill))
+_fill_values = attrgetter(*_FILL_FIELDS)
+_COMMISSION, _CURRENCY = _FILL_FIELDS.index("commission"), _FILL_FIELDS.index("currency")
+
+
 def _with_commission(fill: Fill, report: Commission | None, amount: float | None = None) -> Fill:
+    values = list(_fill_values(fill))
     if report is None:
-        return replace(fill, commission=amount)
-    return replace(fill, commission=report.commission, currency=fill.currency or report.currency)
+        values[_COMMISSION] = amount
+    else:
+        values[_COMMISSION] = report.commission
+        values[_CURRENCY] = fill.currency or report.currency
+    return Fill(*values)
 
 
 def run_status(orders: list[Order]) -> RunStatus:

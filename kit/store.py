@@ -13,10 +13,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -113,9 +114,20 @@ _INTEGERS = {"revision", "seq"}
 Row = dict[str, Any]  # one row of a table, by column name
 
 
-def frame(rows: list[Row], columns: tuple[str, ...]) -> pd.DataFrame:
-    """Rows as a DataFrame with the dtypes a ledger read gives, so a run's tables look the same either way."""
-    result = pd.DataFrame.from_records(rows, columns=list(columns))
+FRAME_CHUNK = 20_000
+
+
+def frame(rows: Iterable[Row], columns: tuple[str, ...]) -> pd.DataFrame:
+    """Rows as a DataFrame with the dtypes a ledger read gives, so a run's tables look the same either way.
+    Taken FRAME_CHUNK rows at a time, so a generator of rows is never held whole as dicts (100,000 orders:
+    ~150 MiB)."""
+    rows = iter(rows)
+    parts = []
+    while chunk := list(islice(rows, FRAME_CHUNK)):
+        parts.append(pd.DataFrame.from_records(chunk, columns=list(columns)))
+    if not parts:
+        parts.append(pd.DataFrame.from_records([], columns=list(columns)))
+    result = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else
               "int64" if c in _INTEGERS else "str" for c in columns}
     return result.astype(dtypes)
@@ -208,39 +220,50 @@ def _quoted(columns: tuple[str, ...]) -> str:
 
 
 def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[Row],
-                  replace: bool) -> None:
-    """INSERT OR REPLACE / OR IGNORE of a few rows, keyed by the first column, with the same result as the
-    DataFrame path: NaN is stored as NULL, a row replaces its key's row whole, a known key is skipped.
-    DuckDB's ON CONFLICT costs more per statement than finding the keys first, so the keys are looked up
-    (or deleted) and the rest is a plain INSERT."""
+                  how: str) -> None:
+    """_insert for a few rows, as lists of values per column (unnest). DuckDB's ON CONFLICT costs more per
+    statement than finding the keys first, so the keys are deleted ("replace") or looked up ("ignore")
+    in the key's index, and the rest is a plain INSERT. One row to replace (the order a fill changed) is
+    updated in place if its key is known: half the cost of a DELETE and an INSERT."""
     key = columns[0]
-    keys = [row[key] for row in rows]
-    where = f"{key} IN ({', '.join('?' * len(keys))})"  # a list of values: looked up in the key's index
-    if replace:
-        con.execute(f"DELETE FROM {table} WHERE {where}", keys)
-    else:
-        taken = {k for (k,) in con.execute(f"SELECT {key} FROM {table} WHERE {where}", keys).fetchall()}
-        fresh = []
-        for row in rows:  # like OR IGNORE: the first of a repeated key wins
-            if row[key] not in taken:
-                taken.add(row[key])
-                fresh.append(row)
-        rows = fresh
-        if not rows:
+    if how == "replace" and len(rows) == 1:
+        values = [None if v != v else v for v in map(rows[0].__getitem__, columns)]  # NaN -> NULL
+        assignments = ", ".join(f'"{c}" = ?' for c in columns[1:])
+        updated = con.execute(f"UPDATE {table} SET {assignments} WHERE {key} = ?", [*values[1:], values[0]])
+        if updated.fetchone()[0] == 1:
             return
+    elif how != "new":
+        keys = [row[key] for row in rows]
+        where = f"{key} IN ({', '.join('?' * len(keys))})"  # a list of values: looked up in the key's index
+        if how == "replace":
+            con.execute(f"DELETE FROM {table} WHERE {where}", keys)
+        else:
+            taken = {k for (k,) in con.execute(f"SELECT {key} FROM {table} WHERE {where}", keys).fetchall()}
+            fresh = []
+            for row in rows:  # like OR IGNORE: the first of a repeated key wins
+                if row[key] not in taken:
+                    taken.add(row[key])
+                    fresh.append(row)
+            rows = fresh
+            if not rows:
+                return
     values = [[None if v != v else v for v in map(itemgetter(c), rows)] for c in columns]  # NaN -> NULL
     unnests = ", ".join(f"unnest(${i})" for i in range(1, len(columns) + 1))
     con.execute(f"INSERT INTO {table} ({_quoted(columns)}) SELECT {unnests}", values)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[Row],
-            verb: str) -> None:
-    if len(rows) <= SMALL_BATCH and verb in ("INSERT OR IGNORE", "INSERT OR REPLACE"):
-        _insert_small(con, table, columns, rows, verb == "INSERT OR REPLACE")
+            how: str) -> None:
+    """Rows keyed by the first column, NaN stored as NULL. `how`: "new" (a plain INSERT: a known key is a
+    ConstraintException), "ignore" (a known key is skipped; the first of a repeated key wins) or "replace"
+    (a row replaces its key's row whole)."""
+    if len(rows) <= SMALL_BATCH:
+        _insert_small(con, table, columns, rows, how)
         return
     frame = pd.DataFrame.from_records(rows, columns=list(columns))
     con.register("_kit_batch", frame)
-    try:
+    try:  # (a DELETE and re-INSERT of the same keys, or an UPDATE joined to the frame, is far slower here)
+        verb = {"new": "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[how]
         con.execute(f"{verb} INTO {table} ({_quoted(columns)}) SELECT * FROM _kit_batch")
     finally:
         con.unregister("_kit_batch")
@@ -255,7 +278,18 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
 
 def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool = False) -> None:
     """One transaction for the whole batch: all of it lands, or none of it. `writer`: the run's own write
-    (crash points armed), not the fold of a journal for a reader."""
+    (crash points armed), not the fold of a journal for a reader.
+
+    A run's events are new (their ids are made for them), so they go in with a plain INSERT, which costs
+    less than skipping known ids; a batch that holds a known one (a journal replayed again, a repeated
+    write) is refused whole by the key and written again skipping known ids: the same rows either way."""
+    try:
+        _apply_batch(con, batch, writer, "new")
+    except duckdb.ConstraintException:
+        _apply_batch(con, batch, writer, "ignore")
+
+
+def _apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool, events: str) -> None:
     con.execute("BEGIN")
     try:
         for row in batch.new_runs.values():
@@ -263,16 +297,16 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool = Fal
             con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) VALUES "
                         f"({', '.join('?' * len(columns))})", [row[c] for c in columns])
         if batch.events:
-            _insert(con, "order_events", EVENT_COLUMNS, batch.events, "INSERT OR IGNORE")
+            _insert(con, "order_events", EVENT_COLUMNS, batch.events, events)
         if writer:
             crash_point("ledger.mid_write")
         if batch.replaced_fills:
             con.execute("DELETE FROM fills WHERE exec_id IN (SELECT unnest(?))",
                         [sorted(batch.replaced_fills)])
         if batch.fills:
-            _insert(con, "fills", FILL_COLUMNS, list(batch.fills.values()), "INSERT OR REPLACE")
+            _insert(con, "fills", FILL_COLUMNS, list(batch.fills.values()), "replace")
         if batch.orders:
-            _insert(con, "orders", ORDER_COLUMNS, list(batch.orders.values()), "INSERT OR REPLACE")
+            _insert(con, "orders", ORDER_COLUMNS, list(batch.orders.values()), "replace")
         for run_id, values in batch.runs.items():
             assignments = ", ".join(f"{name} = ?" for name in values)
             con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values.values(), run_id])

@@ -135,8 +135,12 @@ class MockBroker(Broker):
         # Ids unique across runs and processes (fills are keyed by exec_id in the ledger), same every time.
         # 64 bits of the hash: with 32, two orders of a 100,000-order basket likely share an exec id.
         number = int(hashlib.sha256(order.client_order_id.encode()).hexdigest()[:16], 16)
-        rng = random.Random(f"{self.seed}:{order.client_order_id}")
-        working = _Working(order, number, split(order.quantity, _pieces(self.partial_fills, rng), rng))
+        if self.partial_fills == 1:  # one piece draws nothing, and a seeded Random per order is costly
+            chunks = [order.quantity]
+        else:
+            rng = random.Random(f"{self.seed}:{order.client_order_id}")
+            chunks = split(order.quantity, _pieces(self.partial_fills, rng), rng)
+        working = _Working(order, number, chunks)
         self.orders[order.client_order_id] = working
         if order.symbol not in self.prices:
             self._tell(working, Rejected(order.client_order_id, utcnow(), "price_unavailable"))
