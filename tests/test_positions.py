@@ -230,7 +230,7 @@ def test_a_bad_order_field_in_a_positions_frame_names_the_users_row_not_the_deri
     frame = targets(MSFT=0, AAPL=10).assign(tif=["DAY", "NEVER"])
     with pytest.raises(ValidationError) as caught:
         make_plan(frame, "k")
-    assert caught.value.problems == [("row 1 (AAPL)", "tif 'NEVER' is not one of DAY, GTC, IOC")]
+    assert caught.value.problems == [("row 1 (AAPL)", "tif 'NEVER' is not one of DAY, GTC, IOC, OPG, GTD")]
 
 
 # ---- re-running after a partial execution sends only the remainder ----------------------------------------

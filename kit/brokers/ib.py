@@ -32,6 +32,7 @@ from kit.clock import utcnow
 from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
 from kit.model import BrokerNotice, Order, OrderIntent, Rejected
+from kit.order_types import ib_fields
 
 log = logging.getLogger("kit.ib")
 PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
@@ -468,12 +469,13 @@ class IBBroker(Broker):
         asyncio.get_running_loop().call_later(delay, self._check_ack, order.client_order_id)
 
     def _ib_order(self, order: OrderIntent) -> Any:
-        if order.order_type == "LMT":
-            ib_order = self.lib.LimitOrder(str(order.side), order.quantity, order.limit_price)
-        else:
-            ib_order = self.lib.MarketOrder(str(order.side), order.quantity)
+        """The IB Order of an intent; what each order type sets is kit.order_types.ib_fields' to say."""
+        ib_order = self.lib.Order(action=str(order.side), totalQuantity=order.quantity)
+        for name, value in ib_fields(order).items():
+            if name == "algoParams":
+                value = [self.lib.TagValue(tag, text) for tag, text in value]
+            setattr(ib_order, name, value)
         ib_order.orderRef = order.client_order_id
-        ib_order.tif = order.tif
         ib_order.account = self.account
         return ib_order
 
