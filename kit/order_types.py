@@ -188,6 +188,13 @@ def check_order_fields(values: dict[str, Any], row: Mapping[str, Any], price_pro
     elif offset is not None:
         problems.append(f"offset {offset!r} given for a {order_type} order (use REL or TRAIL LIMIT)")
 
+    if order_type in CAPPED and values.get("exchange") not in (None, "SMART"):
+        problems.append(f"{order_type} orders need SMART routing, not exchange {values['exchange']!r} "
+                        "(IB 115)")
+    if order_type == "REL" and values.get("sec_type") not in (None, "STK"):
+        problems.append("REL orders are for stocks only (IB 114)")
+    if order_type == "MIDPRICE" and values.get("currency") not in (None, "USD"):
+        problems.append(f"MIDPRICE orders are for US stocks, not {values['currency']} ones")
     if tif is not None:
         if order_type in CLOSE_AUCTION and tif != "DAY":
             problems.append(f"{order_type} needs tif DAY, not {tif} (IB 113: the Tif option should be set to "
