@@ -392,7 +392,8 @@ class Book:
         slices = self.config.algo_slices if is_sliced_algo(order) else self.config.partial_fills
         order.slices = split(order.quantity, slices, order.rng)
         order.rested = not self.marketable(order)
-        if order.transmit and order.trigger is not None and order.trigger.is_stop and order.rested:
+        trigger = order.trigger
+        if order.transmit and trigger is not None and trigger.is_stop and not trigger.triggered:
             order.status = "PreSubmitted"  # IB's status of a stop not yet elected
         if order.tif == "IOC" and order.transmit and not self.marketable(order):
             self._finish(order, "Cancelled", "Cancelled: IOC order not marketable on arrival")
@@ -543,8 +544,10 @@ class Book:
 
     def elect(self, order: Order) -> bool:
         """Make a PreSubmitted stop whose trigger the price has reached Submitted; True when it did."""
-        stop = order.trigger is not None and order.trigger.is_stop
-        if order.status != "PreSubmitted" or not order.transmit or not stop or not self.marketable(order):
+        trigger = order.trigger
+        if order.status != "PreSubmitted" or not order.transmit or trigger is None or not trigger.is_stop:
+            return False
+        if not trigger.observe(self.market.price(order.instrument)):
             return False
         order.status = "Submitted"
         return True
