@@ -73,7 +73,7 @@ ALGOS: dict[str, tuple[Param, ...]] = {
              Param("startTime", "time"), Param("endTime", "time"), Param("allowPastEndTime", "flag")),
     "Vwap": (Param("maxPctVol", "number", low=0.01, high=0.5), Param("startTime", "time"),
              Param("endTime", "time"), Param("allowPastEndTime", "flag"), Param("noTakeLiq", "flag"),
-             Param("speedUp", "flag")),
+             Param("speedUp", "flag"), Param("monetaryValue", "number", low=0.01, high=1e12)),
 }
 ALGO_DEFAULTS = {"Adaptive": {"adaptivePriority": "Normal"}, "Twap": {"strategyType": "Marketable"}}
 

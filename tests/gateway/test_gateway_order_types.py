@@ -14,10 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from gateway_support import connect, errors_of, filled_with_commissions, stock, until, with_client
 from ib_async import LimitOrder, MarketOrder, Order, TagValue
 
+import kit
+from kit.brokers.ib import IBBroker
+from kit.config import IBSettings
 from kit.gateway import GatewayConfig, run_gateway_in_thread
 from tests.ib_driver import execute as execute_on_ib
 from tests.support import require_insync
@@ -359,3 +363,31 @@ def test_ibs_official_client_places_each_type_and_decodes_every_field(name):
     ]  # auxPrice, trailingPercent, offset
     assert listed["api-gtd"]["gtd"] == ["GTD", "20990102 15:00:00 US/Eastern", True]
     assert listed["api-stp"]["fields"][:2] == ["STP", 500.0]
+
+
+# ---- dry run: IB's what-if of each type ------------------------------------------------------------------
+
+
+def test_a_dry_run_asks_ibs_what_if_for_each_type_and_shows_what_ib_would_refuse(tmp_path):
+    db = tmp_path / "kit.duckdb"
+    with run_gateway_in_thread(GatewayConfig(seed=6)) as gw:
+        gw.call(lambda: gw.state.auctions_done.add("close"))  # after the close: IB refuses MOC
+        broker = IBBroker(
+            IBSettings(port=gw.port, client_id=31, connect_timeout=5),
+            library="ib_async",
+            ack_timeout=5,
+            sync_timeout=5,
+        )
+        targets = {name: TARGETS[name][:3] for name in TARGETS}
+        planned = kit.execute(pd.DataFrame(targets), broker=broker, run_key="types-dry", db=db, dry_run=True)
+        placed = gw.call(lambda: dict(gw.state.placements))
+    assert planned.status == "planned" and placed == {}
+    trail = kit.ledger(db).events(planned.run_id)
+    what_ifs = trail[trail["kind"] == "what_if"]
+    estimates = {
+        coid.split("-")[2]: json.loads(detail)
+        for coid, detail in zip(what_ifs["client_order_id"], what_ifs["detail"], strict=True)
+    }
+    assert set(estimates) == {"AAPL", "MSFT", "IBM"}
+    assert "cut-off time for the close auction has passed" in estimates["AAPL"]["warning"]
+    assert estimates["MSFT"]["commission"] > 0 and estimates["IBM"]["commission"] > 0
