@@ -76,6 +76,7 @@ ALGOS: dict[str, tuple[Param, ...]] = {
              Param("speedUp", "flag"), Param("monetaryValue", "number", low=0.01, high=1e12)),
 }
 ALGO_DEFAULTS = {"Adaptive": {"adaptivePriority": "Normal"}, "Twap": {"strategyType": "Marketable"}}
+US_ALGOS = frozenset({"Twap", "Vwap"})
 
 
 def auction(order_type: str, tif: str) -> str | None:
@@ -255,12 +256,24 @@ def _check_algo(algo: Any, params: Any, values: dict[str, Any], problems: list[s
         return
     name = names[algo.strip().lower()]
     values["algo"] = name
-    if values["order_type"] not in BASIC_TYPES:
+    if name == "Twap" and values["order_type"] != "LMT":
+        problems.append(f"algo Twap works a limit order (IB trades it when the limit is marketable), not "
+                        f"{values['order_type']}")
+    elif values["order_type"] not in BASIC_TYPES:
         problems.append(f"algo {name} runs on MKT or LMT orders, not {values['order_type']}")
+    if name in US_ALGOS and values.get("currency") not in (None, "USD"):
+        problems.append(f"algo {name} is for US stocks (IB offers TWAP and VWAP on US equities), not "
+                        f"{values['currency']} ones")
     if values["tif"] not in (None, "DAY"):
         problems.append(f"algo {name} orders are day orders: tif must be DAY, not {values['tif']}")
     if values.get("exchange") not in (None, "SMART"):
         problems.append(f"algo {name} needs SMART routing, not exchange {values['exchange']!r}")
+    if isinstance(params, str):  # a mapping written as JSON text, as a CSV of targets holds it
+        try:
+            params = json.loads(params)
+        except ValueError:
+            problems.append(f"algo_params {params!r} is not a mapping (nor JSON text of one)")
+            return
     if isinstance(params, tuple | list) and all(isinstance(p, tuple | list) and len(p) == 2 for p in params):
         params = dict(params)
     if not isinstance(params, Mapping):

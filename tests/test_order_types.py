@@ -146,6 +146,9 @@ REFUSED = [
         dict(order_type="MIDPRICE", currency="EUR"),
         "MIDPRICE orders are for US stocks",
     ),
+    ("TWAP on a market order", dict(algo="Twap"), "algo Twap works a limit order"),
+    ("VWAP outside the US", dict(algo="Vwap", currency="EUR"), "algo Vwap is for US stocks"),
+    ("algo params not a mapping", dict(algo="Vwap", algo_params="fast please"), "is not a mapping"),
 ]
 
 
@@ -175,6 +178,12 @@ def test_a_frame_of_good_order_type_rows_gives_their_intents():
                 "algo_params": {"maxPctVol": 0.1, "noTakeLiq": True, "startTime": "10:00"},
             },
             {"symbol": "NVDA", "quantity": 3, "order_type": "REL", "offset": 0.02, "outside_rth": True},
+            {
+                "symbol": "AMD",
+                "quantity": 3,
+                "algo": "Adaptive",
+                "algo_params": '{"adaptivePriority": "patient"}',
+            },
         ]
     )
     intents = {i.symbol: i for i in validate_orders(frame, "k")}
@@ -191,6 +200,7 @@ def test_a_frame_of_good_order_type_rows_gives_their_intents():
         ("startTime", "10:00:00 US/Eastern"),
         ("noTakeLiq", "1"),
     )  # in IB's order, as IB's text
+    assert intents["AMD"].algo_params == (("adaptivePriority", "Patient"),)  # JSON text, as from a CSV
     assert intents["NVDA"].offset == 0.02 and intents["NVDA"].outside_rth is True
     assert validate_orders(row(algo="Adaptive"), "k")[0].algo_params == (("adaptivePriority", "Normal"),)
 
@@ -342,6 +352,8 @@ def test_ib_gets_each_type_with_ibs_own_field_names():
     order = sent(tif="GTD", good_till="2026-06-01 15:30")
     assert (order.tif, order.goodTillDate) == ("GTD", "20260601 15:30:00 US/Eastern")
     order = sent(
+        order_type="LMT",
+        limit_price=191.0,
         algo="Twap",
         algo_params={
             "strategyType": "Matching Midpoint",

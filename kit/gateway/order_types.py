@@ -22,7 +22,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kit.order_types import ALGOS, CLOSE_AUCTION, ORDER_TYPES, STOPS, TRAILING, Trigger, auction, reaches
+from kit.order_types import (
+    ALGOS,
+    CLOSE_AUCTION,
+    ORDER_TYPES,
+    STOPS,
+    TRAILING,
+    US_ALGOS,
+    Trigger,
+    auction,
+    reaches,
+)
 
 if TYPE_CHECKING:
     from kit.gateway.faults import Faults
@@ -92,8 +102,10 @@ def _algo_refusal(order: Order) -> str | None:
     params = ALGOS.get(fields.algo_strategy)
     if params is None:
         return f"Unknown algo strategy {fields.algo_strategy!r}"
-    if order.order_type not in ("MKT", "LMT"):
+    if order.order_type not in (("LMT",) if fields.algo_strategy == "Twap" else ("MKT", "LMT")):
         return f"The {fields.algo_strategy} algo does not support order type {order.order_type}"
+    if fields.algo_strategy in US_ALGOS and order.instrument.currency != "USD":
+        return f"The {fields.algo_strategy} algo is for US stocks"
     known = {p.tag: p for p in params}
     for tag, value in fields.algo_params:
         param = known.get(tag)

@@ -167,8 +167,9 @@ async def test_vwap_and_twap_fill_in_slices_and_ib_lists_their_parameters(gw, ib
         order(
             "SELL",
             40,
-            "MKT",
+            "LMT",
             "twap",
+            lmtPrice=400.0,
             algoStrategy="Twap",
             algoParams=[TagValue("strategyType", "Marketable")],
         ),
@@ -195,6 +196,12 @@ async def test_vwap_and_twap_fill_in_slices_and_ib_lists_their_parameters(gw, ib
     )
     await until(ib, bad.isDone)
     assert (bad.order.orderId, 201) in errors
+    market_twap = ib.placeOrder(stock("AAPL"), order("BUY", 10, "MKT", "twap-mkt", algoStrategy="Twap"))
+    await until(ib, market_twap.isDone)
+    assert (
+        market_twap.order.orderId,
+        201,
+    ) in errors and "does not support order type MKT" in market_twap.log[-1].message
 
 
 @with_client()
@@ -235,29 +242,41 @@ async def test_gtd_outside_rth_and_cancel_of_a_held_order_are_listed_as_ib_lists
 # ---- kit's IB broker end to end, with ib_async and with ib_insync ----------------------------------------
 
 TARGETS = {
-    "symbol": ["AAPL", "MSFT", "IBM", "GOOG", "AMZN", "NFLX", "JPM"],
-    "side": ["BUY", "SELL", "BUY", "BUY", "BUY", "SELL", "BUY"],
-    "quantity": [100, 10, 40, 10, 10, 5, 5],
-    "order_type": ["MOC", "STP", "LMT", "LOC", "MIDPRICE", "TRAIL", "REL"],
-    "limit_price": [None, None, 200.0, 100.0, 200.0, None, None],
-    "stop_price": [None, 500.0, None, None, None, None, None],
-    "trail_percent": [None, None, None, None, None, 1.0, None],
-    "offset": [None, None, None, None, None, None, 0.01],
-    "algo": [None, None, "Vwap", None, None, None, None],
-    "algo_params": [None, None, {"maxPctVol": 0.2}, None, None, None, None],
-    "tif": ["DAY", "DAY", "DAY", "DAY", "GTD", "GTC", "DAY"],
-    "good_till": [None, None, None, None, "2099-01-02 15:00", None, None],
-    "outside_rth": [False, False, False, False, True, False, False],
+    "symbol": ["AAPL", "MSFT", "IBM", "GOOG", "AMZN", "NFLX", "JPM", "META", "XOM", "SAP", "TTE"],
+    "side": ["BUY", "SELL", "BUY", "BUY", "BUY", "SELL", "BUY", "BUY", "SELL", "BUY", "BUY"],
+    "quantity": [100, 10, 40, 10, 10, 5, 5, 10, 10, 10, 10],
+    "order_type": [
+        "MOC",
+        "STP",
+        "LMT",
+        "LOC",
+        "MIDPRICE",
+        "TRAIL",
+        "REL",
+        "STP LMT",
+        "TRAIL LIMIT",
+        "MKT",
+        "MKT",
+    ],
+    "limit_price": [None, None, 200.0, 100.0, 200.0, None, None, 600.0, None, None, None],
+    "stop_price": [None, 500.0, None, None, None, None, None, 400.0, None, None, None],
+    "trail_amount": [None, None, None, None, None, None, None, None, 1.0, None, None],
+    "trail_percent": [None, None, None, None, None, 1.0, None, None, None, None, None],
+    "offset": [None, None, None, None, None, None, 0.01, None, 0.5, None, None],
+    "algo": [None, None, "Vwap", None, None, None, None, None, None, None, "Adaptive"],
+    "algo_params": [None, None, {"maxPctVol": 0.2}, None, None, None, None, None, None, None, None],
+    "tif": ["DAY", "DAY", "DAY", "DAY", "GTD", "GTC", "DAY", "DAY", "DAY", "OPG", "DAY"],
+    "good_till": [None, None, None, None, "2099-01-02 15:00", None, None, None, None, None, None],
+    "outside_rth": [False, False, False, False, True, False, False, False, False, False, False],
+    "currency": ["USD"] * 9 + ["EUR", "EUR"],
 }
+#: MOC, STP, Vwap, MIDPRICE, REL, STP LMT, OPG and Adaptive fill; the LOC's limit is not reached in the close
+#: auction; the trailing stops never trigger and are cancelled when the run times out.
 EXPECTED_STATUS = {
-    "AAPL": "FILLED",
-    "MSFT": "FILLED",
-    "IBM": "FILLED",
-    "GOOG": "CANCELLED",
-    "AMZN": "FILLED",
-    "NFLX": "CANCELLED",
-    "JPM": "FILLED",
-}
+    "AAPL": "FILLED", "MSFT": "FILLED", "IBM": "FILLED", "GOOG": "CANCELLED", "AMZN": "FILLED",
+    "NFLX": "CANCELLED", "JPM": "FILLED", "META": "FILLED", "XOM": "CANCELLED", "SAP": "FILLED",
+    "TTE": "FILLED",
+}  # fmt: skip
 
 
 def spec(port: int, db: Path, library: str) -> dict:
@@ -286,6 +305,10 @@ def check_run(result: dict, gw) -> None:
     assert at_ib["AMZN"].type_fields.outside_rth and at_ib["MSFT"].type_fields.aux_price == 500.0
     assert at_ib["IBM"].type_fields.algo_params == (("maxPctVol", "0.2"),) and len(at_ib["IBM"].fills) == 4
     assert at_ib["NFLX"].type_fields.trailing_percent == 1.0 and at_ib["JPM"].type_fields.aux_price == 0.01
+    assert (at_ib["META"].type_fields.aux_price, at_ib["META"].limit_price) == (400.0, 600.0)
+    assert (at_ib["XOM"].type_fields.aux_price, at_ib["XOM"].type_fields.lmt_price_offset) == (1.0, 0.5)
+    assert (at_ib["SAP"].tif, at_ib["TTE"].type_fields.algo_strategy) == ("OPG", "Adaptive")
+    assert at_ib["TTE"].type_fields.algo_params == (("adaptivePriority", "Normal"),)
     executions = gw.call(lambda: {e.exec_id: (e.shares, e.price) for e in gw.state.effective_executions()})
     assert {f["exec_id"]: (f["quantity"], f["price"]) for f in result["fills"]} == executions
 
