@@ -527,8 +527,11 @@ def test_the_ledger_keeps_each_field_and_a_rerun_with_a_changed_stop_is_refused(
 
     with pytest.raises(PayloadConflictError, match=r"stop_price 180\.0 -> 181\.0"):
         run_one(MockBroker(PRICES), db, timeout=0.3, **{**fields, "stop_price": 181.0})
-    again = run_one(MockBroker(PRICES), db, timeout=0.3, **fields)  # the same order: resumed, not re-sent
-    assert again.run_id == run.run_id
+    resumed = MockBroker(PRICES)
+    again = run_one(resumed, db, timeout=0.3, **fields)  # the same order: resumed, not re-sent
+    assert again.run_id == run.run_id and resumed.submitted == []
+    with pytest.raises(PayloadConflictError, match="algo_params"):
+        run_one(MockBroker(PRICES), db.with_name("algo.duckdb"), algo="Vwap", algo_params={"maxPctVol": 0.3})
 
 
 def test_a_dry_run_and_the_mock_what_if_cover_the_new_types(db):
