@@ -22,6 +22,7 @@ import pandas as pd
 from kit.errors import InputError, ValidationError
 from kit.ids import check_run_key
 from kit.model import PAYLOAD_FIELDS, OrderIntent
+from kit.order_types import EXTRA_COLUMNS
 from kit.risk import RiskLimits, check, order_price, signed
 from kit.validate import (
     COLUMNS,
@@ -35,7 +36,7 @@ from kit.validate import (
 
 TARGET_COLUMNS = ("target_quantity", "target_weight")
 POSITION_COLUMNS = ("symbol", *TARGET_COLUMNS, "tif", "exchange", "currency", "primary_exchange",
-                    "decision_price")
+                    "decision_price", "order_type", "limit_price", *EXTRA_COLUMNS)  # how to trade the delta
 
 
 @dataclass(frozen=True)

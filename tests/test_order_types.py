@@ -375,8 +375,8 @@ def test_ib_gets_each_type_with_ibs_own_field_names():
 
 
 class Market(MockBroker):
-    """Plays `script` (("price" | "close" | "open", symbol, price) steps) the moment an order is
-    acknowledged: the market moves while the order works."""
+    """Plays the `script` steps (("price" | "close" | "open", symbol, price)) of a symbol, in order, the
+    moment its order is acknowledged: the market moves while the order works."""
 
     def __init__(self, *script: tuple[str, str, float], **kwargs):
         super().__init__(PRICES, **kwargs)
@@ -385,8 +385,10 @@ class Market(MockBroker):
     def emit(self, event):
         super().emit(event)
         if isinstance(event, Accepted):
-            steps, self.script = self.script, []
-            for what, symbol, price in steps:
+            symbol = self.orders[event.client_order_id].intent.symbol
+            steps = [step for step in self.script if step[1] == symbol]
+            self.script = [step for step in self.script if step[1] != symbol]
+            for what, _, price in steps:
                 {"price": self.set_price, "close": self.set_close, "open": self.set_open}[what](symbol, price)
 
 
@@ -569,3 +571,16 @@ def test_the_live_guard_covers_the_new_fields(monkeypatch, db):
 def test_mock_what_if_values_a_limit_order_at_its_limit():
     intent = OrderIntent("k-AAPL-BUY", "AAPL", Side.BUY, 100, order_type="LMT", limit_price=150.0)
     assert asyncio.run(MockBroker(PRICES).what_if(intent))["notional"] == 15_000.0
+
+
+def test_target_positions_are_reached_with_an_order_type_such_as_market_on_close(db):
+    positions = pd.DataFrame(
+        {"symbol": ["AAPL", "MSFT"], "target_quantity": [100, -20], "order_type": "MOC", "algo_params": None}
+    )
+    broker = Market(("close", "AAPL", 191.0), ("close", "MSFT", 409.0))
+    run = kit.execute(positions, broker=broker, run_key="rebalance", db=db, timeout=5)
+    assert run.orders[["symbol", "side", "order_type", "status"]].values.tolist() == [
+        ["AAPL", "BUY", "MOC", "FILLED"],
+        ["MSFT", "SELL", "MOC", "FILLED"],
+    ]
+    assert sorted(run.fills["price"]) == [191.0, 409.0]
