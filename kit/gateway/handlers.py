@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from kit.gateway import messages as m
 from kit.gateway.instruments import UNKNOWN_CONTRACT, ContractSpec, Instrument
+from kit.gateway.order_types import good_till
 from kit.gateway.protocol import (
     Fields,
     RequestError,
@@ -214,6 +215,16 @@ class Handlers:
         after = self.gw.config.auction_after
         if new and result.held is not None and after is not None:
             self.gw.later(after, self.run_auction, result.held)
+        expiry = good_till(result) if new and result.tif == "GTD" else None
+        if expiry is not None:
+            delay = max((expiry - self.book.clock()).total_seconds(), 0.0)
+            self.gw.later(delay, self._expire, result.perm_id)
+
+    def _expire(self, perm_id: int) -> None:
+        """A GTD order's good-till time: IB cancels it, as a cancel would (Cancelled, 202)."""
+        order = self.book.orders[perm_id]
+        if self.book.expire(order):
+            self._cancelled(order)
 
     def run_auction(self, which: str, prices: dict[str, float] | None = None) -> None:
         """Run the close or opening auction (kit.gateway.order_types): held orders fill or are cancelled."""

@@ -20,6 +20,7 @@ simulated price (the last trade) on every price update.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from kit.order_types import (
@@ -60,7 +61,19 @@ def held_for(order: Order) -> str | None:
     return auction(order.order_type, order.tif)
 
 
-def refusal(order: Order, faults: Faults, auctions_done: set[str]) -> tuple[int, str] | None:
+def good_till(order: Order) -> datetime | None:
+    """A GTD order's good-till time (goodTillDate in either of IB's forms), or None when it has none or
+    IB could not read it."""
+    from kit.gateway.protocol import parse_time  # the protocol module imports the book, which imports this
+
+    text = order.type_fields.good_till_date
+    try:
+        return parse_time(text) if text else None
+    except (ValueError, KeyError):  # KeyError: ZoneInfo's unknown zone
+        return None
+
+
+def refusal(order: Order, faults: Faults, auctions_done: set[str], now: datetime) -> tuple[int, str] | None:
     """IB's refusal of an order type's fields, as (code, message), or None."""
     fields = order.type_fields
     kind, inst = order.order_type, order.instrument
@@ -88,8 +101,10 @@ def refusal(order: Order, faults: Faults, auctions_done: set[str]) -> tuple[int,
         reason = "A TRAIL LIMIT order needs a limit offset (lmtPriceOffset) or a limit price"
     elif kind == "MIDPRICE" and (inst.currency != "USD" or order.exchange != "SMART"):
         reason = "MIDPRICE orders are for US stocks routed SMART"
-    elif order.tif == "GTD" and not fields.good_till_date:
-        reason = "A GTD order needs a good-till date"
+    elif order.tif == "GTD" and good_till(order) is None:
+        reason = f"A GTD order needs a good-till date, not {fields.good_till_date!r}"
+    elif order.tif == "GTD" and good_till(order) <= now:  # type: ignore[operator]
+        reason = "The good-till date is in the past"
     elif fields.algo_strategy:
         reason = _algo_refusal(order)
     if reason is not None:

@@ -516,7 +516,7 @@ class Book:
                 "higher trade fees. Restriction is specified in Precautionary Settings of Global "
                 "Configuration/API."
             )
-        return refusal(order, self.faults, self.auctions_done)
+        return refusal(order, self.faults, self.auctions_done, self.clock())
 
     def _modify(self, order: Order, req: OrderRequest) -> Order | Rejection:
         """Change a working order's quantity, limit, tif or transmit flag; the same checks apply."""
@@ -550,6 +550,13 @@ class Book:
         if not trigger.observe(self.market.price(order.instrument)):
             return False
         order.status = "Submitted"
+        return True
+
+    def expire(self, order: Order) -> bool:
+        """A GTD order's good-till time has come: it is cancelled if still open; True when it was."""
+        if not order.is_open:
+            return False
+        self._finish(order, "Cancelled", "Cancelled: the good-till date was reached")
         return True
 
     def run_auction(self, which: str, prices: dict[str, float] | None = None) -> list[Order]:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -414,3 +415,33 @@ def test_a_dry_run_asks_ibs_what_if_for_each_type_and_shows_what_ib_would_refuse
     assert set(estimates) == {"AAPL", "MSFT", "IBM"}
     assert "cut-off time for the close auction has passed" in estimates["AAPL"]["warning"]
     assert estimates["MSFT"]["commission"] > 0 and estimates["IBM"]["commission"] > 0
+
+
+@with_client()
+async def test_a_gtd_order_is_cancelled_at_its_good_till_time_and_one_in_the_past_is_refused(gw, ib):
+    errors = errors_of(ib)
+    soon = datetime.now(UTC) + timedelta(seconds=2)  # IB's UTC form, to the second
+    gtd = ib.placeOrder(
+        stock("AAPL"),
+        order(
+            "BUY", 10, "LMT", "gtd-soon", lmtPrice=100.0, tif="GTD", goodTillDate=f"{soon:%Y%m%d-%H:%M:%S}"
+        ),
+    )
+    await until(ib, lambda: gtd.orderStatus.status == "Submitted")
+    await until(ib, gtd.isDone)  # on the gateway's own timer at the good-till time
+    assert gtd.orderStatus.status == "Cancelled" and (gtd.order.orderId, 202) in errors
+    assert gw.state.orders_by_ref("gtd-soon")[0].reason == "Cancelled: the good-till date was reached"
+    past = ib.placeOrder(
+        stock("AAPL"),
+        order(
+            "BUY",
+            10,
+            "LMT",
+            "gtd-past",
+            lmtPrice=100.0,
+            tif="GTD",
+            goodTillDate="20200102 15:00:00 US/Eastern",
+        ),
+    )
+    await until(ib, past.isDone)
+    assert (past.order.orderId, 201) in errors and "good-till date is in the past" in past.log[-1].message
