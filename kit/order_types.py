@@ -86,12 +86,6 @@ def auction(order_type: str, tif: str) -> str | None:
     return "open" if tif == "OPG" else None
 
 
-def plain(order_type: str, tif: str, extras: Mapping[str, Any]) -> bool:
-    """MKT or LMT, DAY/GTC/IOC, no order-type field set: what the column-wise validation path handles."""
-    return order_type in BASIC_TYPES and tif in BASIC_TIFS and all(
-        extras.get(name, default) == default for name, default in EXTRA_DEFAULTS.items())
-
-
 def priced_at_limit(order_type: str) -> bool:
     """Is a notional taken at the order's limit? For LMT, LOC and STP LMT; a stop, MIDPRICE, REL or MKT
     order is valued at the reference (a MIDPRICE or REL cap bounds the price, it does not set it)."""
