@@ -221,7 +221,7 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
             taken = Ledger(db).legs(run_id_for(run_key))
     return make_plan(targets, run_key, positions=positions, working=working, prices=reference, limits=limits,
                      capital=capital, lot_size=lot_size, min_notional=min_notional, sells_first=sells_first,
-                     taken=taken)
+                     taken=taken, now=clock.utcnow())
 
 
 def plan(targets: pd.DataFrame, broker: str | Broker = "mock", run_key: str | None = None,

@@ -50,6 +50,8 @@ class RunStatus(StrEnum):
 PAYLOAD_FIELDS = (
     "symbol", "side", "quantity", "order_type", "limit_price", "tif",
     "sec_type", "exchange", "currency", "primary_exchange",
+    "stop_price", "trail_amount", "trail_percent", "offset", "outside_rth", "good_till", "algo",
+    "algo_params",
 )
 
 
@@ -69,6 +71,16 @@ class OrderIntent:
     currency: str = "USD"
     primary_exchange: str = ""
     decision_price: float | None = None
+    # Order types beyond MKT and LMT (kit.order_types says which type takes which): good_till is naive UTC
+    # like every kit time; algo_params are IB's (tag, value) pairs in the algo's own order, values as text.
+    stop_price: float | None = None
+    trail_amount: float | None = None
+    trail_percent: float | None = None
+    offset: float | None = None
+    outside_rth: bool = False
+    good_till: datetime | None = None
+    algo: str = ""
+    algo_params: tuple[tuple[str, str], ...] = ()
 
     def payload(self) -> tuple:
         return tuple(getattr(self, name) for name in PAYLOAD_FIELDS)

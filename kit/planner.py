@@ -13,6 +13,7 @@ import operator
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -21,6 +22,7 @@ import pandas as pd
 from kit.errors import InputError, ValidationError
 from kit.ids import check_run_key
 from kit.model import PAYLOAD_FIELDS, OrderIntent
+from kit.order_types import EXTRA_COLUMNS
 from kit.risk import RiskLimits, check, order_price, signed
 from kit.validate import (
     COLUMNS,
@@ -34,7 +36,7 @@ from kit.validate import (
 
 TARGET_COLUMNS = ("target_quantity", "target_weight")
 POSITION_COLUMNS = ("symbol", *TARGET_COLUMNS, "tif", "exchange", "currency", "primary_exchange",
-                    "decision_price")
+                    "decision_price", "order_type", "limit_price", *EXTRA_COLUMNS)  # how to trade the delta
 
 
 @dataclass(frozen=True)
@@ -246,10 +248,12 @@ def make_plan(targets: pd.DataFrame, run_key: str, *, positions: Mapping[str, fl
               working: Mapping[str, float] | None = None, prices: Mapping[str, float] | None = None,
               limits: RiskLimits | None = None, capital: float | None = None, lot_size: float = 1,
               min_notional: float = 0.0, sells_first: bool = False,
-              taken: Mapping[tuple[str, str], int] | None = None, sanity: Sanity = SANITY) -> Plan:
+              taken: Mapping[tuple[str, str], int] | None = None, sanity: Sanity = SANITY,
+              now: datetime | None = None) -> Plan:
     """Validate targets into a plan with a risk verdict per order; ValidationError names every bad row.
 
-    `sanity` holds the bounds past which a number is refused as a mistake (kit.validate.Sanity)."""
+    `sanity` holds the bounds past which a number is refused as a mistake (kit.validate.Sanity); `now`
+    (naive UTC, the caller's clock) is what a GTD order's good_till must be after."""
     check_run_key(run_key)
     positions, working, prices = dict(positions or {}), dict(working or {}), dict(prices or {})
     target_positions: dict[str, float] = {}
@@ -257,7 +261,7 @@ def make_plan(targets: pd.DataFrame, run_key: str, *, positions: Mapping[str, fl
         targets, target_positions = plan_positions(
             targets, run_key, positions=positions, working=working, prices=prices, capital=capital,
             lot_size=lot_size, min_notional=min_notional, sells_first=sells_first, sanity=sanity)
-    orders = validate_orders(targets, run_key, taken, sanity)
+    orders = validate_orders(targets, run_key, taken, sanity, now)
     current = Counter(positions)
     current.update(working)
     breaches = check(orders, limits or RiskLimits(), current, prices)

@@ -19,6 +19,7 @@ from typing import Any
 
 from kit.errors import LedgerIdentityError, LedgerWriteError
 from kit.model import Event, Execution, Fill, Order
+from kit.order_types import order_type_columns
 from kit.state import Effect, Outcome
 from kit.store import Batch, Ledger
 
@@ -41,6 +42,7 @@ def order_row(order: Order, updated_at: datetime | None = None) -> Row:
         "reason": order.reason, "decision_price": intent.decision_price, "arrival_price": order.arrival_price,
         "submitted_at": order.submitted_at, "created_at": order.created_at,
         "updated_at": order.updated_at if updated_at is None else updated_at,
+        **order_type_columns(intent),
     }
 
 

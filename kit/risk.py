@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from kit.model import OrderIntent, Side
+from kit.order_types import priced_at_limit
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,11 @@ def signed(order: OrderIntent) -> float:
 
 
 def order_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
-    """The price a notional is computed at: the limit, else the decision price, else the reference."""
-    for candidate in (order.limit_price, order.decision_price, prices.get(order.symbol)):
+    """The price a notional is computed at: the limit of a limit order (LMT, LOC, STP LMT), else the
+    decision price, else the reference; a stop without either, at its stop price. A MIDPRICE or REL cap
+    bounds the price without setting it, so those go at the reference too."""
+    limit = order.limit_price if priced_at_limit(order.order_type) else None
+    for candidate in (limit, order.decision_price, prices.get(order.symbol), order.stop_price):
         if candidate is not None and math.isfinite(candidate) and candidate > 0:
             return float(candidate)
     return None

@@ -30,6 +30,7 @@ from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
 from kit.journal import Journal
 from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
+from kit.order_types import order_type_fields
 
 log = logging.getLogger("kit.ledger")
 
@@ -79,6 +80,18 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE kit_ledger (id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)",
         "INSERT INTO kit_ledger VALUES (uuid()::VARCHAR, now()::TIMESTAMP)",
     ],
+    [
+        # The order types beyond MKT and LMT (kit.order_types): stops, trailing stops, pegs, algos, GTD.
+        # algo_params is IB's (tag, value) pairs as a JSON object, in the algo's parameter order.
+        "ALTER TABLE orders ADD COLUMN stop_price DOUBLE",
+        "ALTER TABLE orders ADD COLUMN trail_amount DOUBLE",
+        "ALTER TABLE orders ADD COLUMN trail_percent DOUBLE",
+        'ALTER TABLE orders ADD COLUMN "offset" DOUBLE',
+        "ALTER TABLE orders ADD COLUMN outside_rth BOOLEAN DEFAULT FALSE",
+        "ALTER TABLE orders ADD COLUMN good_till TIMESTAMP",
+        "ALTER TABLE orders ADD COLUMN algo VARCHAR DEFAULT ''",
+        "ALTER TABLE orders ADD COLUMN algo_params VARCHAR",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
@@ -95,6 +108,8 @@ ORDER_COLUMNS = (
     "sec_type", "exchange", "currency", "primary_exchange", "status", "filled_quantity",
     "remaining_quantity", "avg_fill_price", "commission", "broker_order_id", "perm_id", "reason",
     "decision_price", "arrival_price", "submitted_at", "created_at", "updated_at",
+    "stop_price", "trail_amount", "trail_percent", "offset", "outside_rth", "good_till", "algo",
+    "algo_params",
 )
 FILL_COLUMNS = (
     "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
@@ -107,9 +122,11 @@ RUN_COLUMNS = (
 )
 
 
-_TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "ended_at"}
+_TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "ended_at", "good_till"}
 _NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", "avg_fill_price",
-            "commission", "decision_price", "arrival_price", "price"}
+            "commission", "decision_price", "arrival_price", "price", "stop_price", "trail_amount",
+            "trail_percent", "offset"}
+_BOOLEANS = {"outside_rth"}
 _INTEGERS = {"revision", "seq"}
 Row = dict[str, Any]  # one row of a table, by column name
 
@@ -129,7 +146,7 @@ def frame(rows: Iterable[Row], columns: tuple[str, ...]) -> pd.DataFrame:
         parts.append(pd.DataFrame.from_records([], columns=list(columns)))
     result = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else
-              "int64" if c in _INTEGERS else "str" for c in columns}
+              "int64" if c in _INTEGERS else "bool" if c in _BOOLEANS else "str" for c in columns}
     return result.astype(dtypes)
 
 
@@ -159,6 +176,7 @@ def _order_from_row(row: dict[str, Any], fills: list[Fill]) -> Order:
         quantity=row["quantity"], order_type=row["order_type"], limit_price=_none(row["limit_price"]),
         tif=row["tif"], sec_type=row["sec_type"], exchange=row["exchange"], currency=row["currency"],
         primary_exchange=row["primary_exchange"], decision_price=_none(row["decision_price"]),
+        **order_type_fields(row),
     )
     return Order(
         intent=intent, run_id=row["run_id"], created_at=row["created_at"], updated_at=row["updated_at"],

@@ -15,12 +15,14 @@ refusals, not risk limits: the input is an error, nothing is recorded. Defaults,
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,9 @@ from pandas.api.types import infer_dtype
 from kit.errors import InputError, ValidationError
 from kit.ids import client_order_ids
 from kit.model import OrderIntent, Side
+from kit.order_types import BASIC_TIFS, BASIC_TYPES, EXTRA_COLUMNS, EXTRA_DEFAULTS, check_order_fields
+from kit.order_types import ORDER_TYPES as ORDER_TYPES
+from kit.order_types import TIFS as TIFS
 
 _SIDES = {side.value: side for side in Side}  # Side(text) through Enum's __call__ costs ~10 us an order
 
@@ -45,9 +50,8 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "primary_exchange": "",
     "decision_price": None,
 }
-COLUMNS = (*REQUIRED, *OPTIONAL_DEFAULTS)
-ORDER_TYPES = ("MKT", "LMT")
-TIFS = ("DAY", "GTC", "IOC")
+_BASE_COLUMNS = (*REQUIRED, *OPTIONAL_DEFAULTS)
+COLUMNS = (*_BASE_COLUMNS, *EXTRA_COLUMNS)  # the order types' fields last (kit.order_types)
 SEC_TYPES = ("STK",)
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9 .\-/]{0,20}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -219,7 +223,8 @@ def _row_name(label: Any, position: int, symbol: Any) -> str:
     return f"{where} ({symbol})" if isinstance(symbol, str) and symbol.strip() else where
 
 
-def _check_row(row: dict[str, Any], sanity: Sanity) -> tuple[dict[str, Any], list[str]]:
+def _check_row(row: dict[str, Any], sanity: Sanity,
+               now: datetime | None = None) -> tuple[dict[str, Any], list[str]]:
     problems: list[str] = []
     values = {name: (default if is_missing(row.get(name)) else row[name])
               for name, default in OPTIONAL_DEFAULTS.items()}
@@ -255,15 +260,6 @@ def _check_row(row: dict[str, Any], sanity: Sanity) -> tuple[dict[str, Any], lis
 
     order_type = _word(values["order_type"], ORDER_TYPES, "order_type", problems)
     values["order_type"] = order_type
-    limit_price = values["limit_price"]
-    if order_type == "LMT":
-        if limit_price is None:
-            problems.append("LMT order without limit_price")
-        elif (problem := price_problem(limit_price, "limit_price", sanity)) is not None:
-            problems.append(problem)
-        values["limit_price"] = finite_number(limit_price)
-    elif order_type == "MKT" and limit_price is not None:
-        problems.append(f"limit_price {limit_price!r} given for a MKT order (use order_type LMT)")
 
     values["tif"] = _word(values["tif"], TIFS, "tif", problems)
     values["sec_type"] = _word(values["sec_type"], SEC_TYPES, "sec_type", problems)
@@ -274,6 +270,7 @@ def _check_row(row: dict[str, Any], sanity: Sanity) -> tuple[dict[str, Any], lis
         if (problem := price_problem(values["decision_price"], "decision_price", sanity)) is not None:
             problems.append(problem)
         values["decision_price"] = finite_number(values["decision_price"])
+    check_order_fields(values, row, lambda value, name: price_problem(value, name, sanity), now, problems)
     return values, problems
 
 
@@ -296,35 +293,48 @@ def _frame_problems(frame: Any) -> list[tuple[str | None, str]]:
 
 
 def validate_orders(frame: pd.DataFrame, run_key: str, taken: Mapping[tuple[str, str], int] | None = None,
-                    sanity: Sanity = SANITY) -> list[OrderIntent]:
-    """Target orders frame -> order intents with client_order_ids, or ValidationError naming every bad row."""
+                    sanity: Sanity = SANITY, now: datetime | None = None) -> list[OrderIntent]:
+    """Target orders frame -> order intents with client_order_ids, or ValidationError naming every bad row.
+
+    `now` (naive UTC, from the caller's clock) is what a GTD order's good_till must be after."""
     problems = _frame_problems(frame)
     if problems:
         raise ValidationError(problems)
     columns = _clean_columns(frame, sanity)
     if columns is None:
-        rows = _checked_rows(frame, sanity)
+        rows = _checked_rows(frame, sanity, now)
         columns = {name: [v[name] for v in rows] for name in COLUMNS}
     ids = client_order_ids(run_key, zip(columns["symbol"], columns["side"], strict=True), taken)
-    return [
+    intents = [
         OrderIntent(
             client_order_id=coid, symbol=symbol, side=_SIDES[side], quantity=quantity, order_type=order_type,
             limit_price=limit_price, tif=tif, sec_type=sec_type, exchange=exchange, currency=currency,
             primary_exchange=primary_exchange, decision_price=decision_price,
         )
         for coid, symbol, quantity, side, order_type, limit_price, tif, sec_type, exchange, currency,
-        primary_exchange, decision_price in zip(ids, *(columns[name] for name in COLUMNS), strict=True)
+        primary_exchange, decision_price in zip(ids, *(columns[name] for name in _BASE_COLUMNS), strict=True)
     ]
+    return _with_order_fields(intents, columns)
 
 
-def _checked_rows(frame: pd.DataFrame, sanity: Sanity) -> list[dict[str, Any]]:
+def _with_order_fields(intents: list[OrderIntent], columns: dict[str, list[Any]]) -> list[OrderIntent]:
+    """The intents with their order-type fields (kit.order_types), where a row sets any."""
+    if EXTRA_COLUMNS[0] not in columns:  # the column-wise path: plain MKT/LMT orders only
+        return intents
+    extras = [dict(zip(EXTRA_COLUMNS, row, strict=True))
+              for row in zip(*(columns[name] for name in EXTRA_COLUMNS), strict=True)]
+    return [intent if extra == EXTRA_DEFAULTS else dataclasses.replace(intent, **extra)
+            for intent, extra in zip(intents, extras, strict=True)]
+
+
+def _checked_rows(frame: pd.DataFrame, sanity: Sanity, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every row checked one by one: the values of each, or ValidationError naming every bad row."""
     problems: list[tuple[str | None, str]] = []
     rows: list[dict[str, Any]] = []
     first_seen: dict[tuple, str] = {}
     sides_by_symbol: dict[str, tuple[str, str]] = {}
     for position, (label, record) in enumerate(zip(frame.index, frame.to_dict("records"), strict=True)):
-        values, row_problems = _check_row(record, sanity)
+        values, row_problems = _check_row(record, sanity, now)
         name = _row_name(label, position, record.get("symbol"))
         if not row_problems:
             key = tuple(values[c] for c in COLUMNS)
@@ -411,6 +421,8 @@ def _clean_columns(frame: pd.DataFrame, sanity: Sanity) -> dict[str, list[Any]] 
     duplicates or conflicts with another; else None."""
     if len(frame) == 0:
         return None
+    if any(name in frame.columns and not _all_missing(frame[name]) for name in EXTRA_COLUMNS):
+        return None  # an order-type field: the row-by-row check (kit.order_types)
     symbol = _texts(frame, "symbol")
     if symbol is None or not all(map(_FULL_SYMBOL.fullmatch, symbol)) \
             or any(text != text.strip() for text in symbol):
@@ -436,7 +448,7 @@ def _clean_columns(frame: pd.DataFrame, sanity: Sanity) -> dict[str, list[Any]] 
             return None
         side = np.where(quantity > 0, "BUY", "SELL").tolist()
         quantity = size
-    order_type = _words(frame, "order_type", ORDER_TYPES)
+    order_type = _words(frame, "order_type", BASIC_TYPES)
     limit_price = _numbers(frame, "limit_price")
     decision_price = _numbers(frame, "decision_price")
     if order_type is None or limit_price is None or decision_price is None:
@@ -448,7 +460,7 @@ def _clean_columns(frame: pd.DataFrame, sanity: Sanity) -> dict[str, list[Any]] 
         return None
     columns: dict[str, Any] = {
         "symbol": symbol, "quantity": quantity.tolist(), "side": side, "order_type": order_type,
-        "limit_price": _optional(limit_price), "tif": _words(frame, "tif", TIFS),
+        "limit_price": _optional(limit_price), "tif": _words(frame, "tif", BASIC_TIFS),
         "sec_type": _words(frame, "sec_type", SEC_TYPES),
         "exchange": _patterned(frame, "exchange", _FULL_EXCHANGE),
         "currency": _patterned(frame, "currency", _FULL_CURRENCY),

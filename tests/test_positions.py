@@ -16,7 +16,7 @@ import kit
 from kit.brokers.mock import MockBroker
 from kit.errors import ValidationError
 from kit.model import Cancelled, Commission, Execution
-from kit.planner import make_plan, plan_positions
+from kit.planner import POSITION_COLUMNS, make_plan, plan_positions
 
 PRICES = {"AAPL": 200.0, "MSFT": 400.0, "TSLA": 250.0, "NVDA": 100.0}
 pytestmark = pytest.mark.usefixtures("clean_config")
@@ -201,8 +201,8 @@ BAD_FRAMES = {
         [("row 'b'", "symbol is missing")]),
     "an order column in a positions frame": (
         pd.DataFrame({"symbol": ["AAPL"], "target_quantity": [1], "side": ["BUY"]}), {},
-        [(None, "unknown column(s) ['side'] in a target positions frame; known: symbol, target_quantity, "
-                "target_weight, tif, exchange, currency, primary_exchange, decision_price")]),
+        [(None, "unknown column(s) ['side'] in a target positions frame; known: "
+                + ", ".join(POSITION_COLUMNS))]),
 }
 
 
@@ -230,7 +230,7 @@ def test_a_bad_order_field_in_a_positions_frame_names_the_users_row_not_the_deri
     frame = targets(MSFT=0, AAPL=10).assign(tif=["DAY", "NEVER"])
     with pytest.raises(ValidationError) as caught:
         make_plan(frame, "k")
-    assert caught.value.problems == [("row 1 (AAPL)", "tif 'NEVER' is not one of DAY, GTC, IOC")]
+    assert caught.value.problems == [("row 1 (AAPL)", "tif 'NEVER' is not one of DAY, GTC, IOC, OPG, GTD")]
 
 
 # ---- re-running after a partial execution sends only the remainder ----------------------------------------

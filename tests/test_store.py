@@ -230,6 +230,8 @@ def test_fills_written_before_execution_keys_existed_get_them_from_the_migration
     """A ledger of schema 1 stored no execution key: the migration derives it once from the exec ids,
     as kit then did, so a resumed run still recognises a correction of an old fill."""
     monkeypatch.setattr(kit.store, "MIGRATIONS", kit.store.MIGRATIONS[:1])
+    schema_1 = kit.store.ORDER_COLUMNS[:kit.store.ORDER_COLUMNS.index("updated_at") + 1]
+    monkeypatch.setattr(kit.store, "ORDER_COLUMNS", schema_1)  # the orders columns schema 1 had
     with Ledger(db) as ledger:
         write(ledger, [an_order()])
         for exec_id in ("0001.5f.01.02", "plain"):

@@ -58,7 +58,7 @@ MALFORMED = [
     ("negative-quantity-with-side", good(quantity=[100, -50]), "quantity -50 must be positive when side"),
     ("zero-quantity-with-side", good(quantity=[100, 0]), "quantity 0 must be positive when side"),
     ("unknown-side", good(side=["BUY", "HOLD"]), "side 'HOLD' is not one of BUY, SELL"),
-    ("unknown-order-type", good(order_type=["MKT", "STP"]), "order_type 'STP' is not one of MKT, LMT"),
+    ("unknown-order-type", good(order_type=["MKT", "FOK"]), "order_type 'FOK' is not one of MKT, LMT"),
     ("lmt-without-price", good(order_type=["LMT", "MKT"]), "row 0 (AAPL): LMT order without limit_price"),
     ("lmt-with-negative-price", good(order_type=["LMT", "LMT"], limit_price=[190.0, -1.0]),
      "limit_price -1.0 must be a positive number"),

@@ -33,6 +33,7 @@ from kit.clock import utcnow
 from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
 from kit.model import BrokerNotice, Order, OrderIntent, Rejected
+from kit.order_types import ib_fields
 
 log = logging.getLogger("kit.ib")
 PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
@@ -120,6 +121,7 @@ class IBBroker(Broker):
         self._raw_times: dict[str, str] = {}  # exec_id -> the time text IB sent
         self.failure: UntranslatableMessage | None = None  # an IB message kit could not translate
         self.orders_listed = True
+        self._what_if_ids: dict[int, str] = {}  # the request id of each what-if under way -> IB's refusal
 
     @classmethod
     def from_config(cls) -> IBBroker:
@@ -439,6 +441,8 @@ class IBBroker(Broker):
     def _on_request_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         if contract is not None and code == 200:
             self.contract_errors[contract.symbol] = f"IB error {code}: {message}"
+        if req_id in self._what_if_ids:  # IB refused the order a what-if asked about: say why
+            self._what_if_ids[req_id] = f"IB error {code}: {message}"
 
     # ---- orders --------------------------------------------------------------------------------------
     def _contract_key(self, intent: OrderIntent) -> tuple:
@@ -504,12 +508,13 @@ class IBBroker(Broker):
         asyncio.get_running_loop().call_later(delay, self._check_ack, order.client_order_id)
 
     def _ib_order(self, order: OrderIntent) -> Any:
-        if order.order_type == "LMT":
-            ib_order = self.lib.LimitOrder(str(order.side), order.quantity, order.limit_price)
-        else:
-            ib_order = self.lib.MarketOrder(str(order.side), order.quantity)
+        """The IB Order of an intent; what each order type sets is kit.order_types.ib_fields' to say."""
+        ib_order = self.lib.Order(action=str(order.side), totalQuantity=order.quantity)
+        for name, value in ib_fields(order).items():
+            if name == "algoParams":
+                value = [self.lib.TagValue(tag, text) for tag, text in value]
+            setattr(ib_order, name, value)
         ib_order.orderRef = order.client_order_id
-        ib_order.tif = order.tif
         ib_order.account = self.account
         return ib_order
 
@@ -582,13 +587,17 @@ class IBBroker(Broker):
         contract = self.contracts.get(self._contract_key(order))
         if contract is None:
             return {"warning": self.contract_errors.get(order.symbol, "no security definition found")}
+        req_id = self.ib.client._reqIdSeq  # the id whatIfOrderAsync takes next: IB's errors name it
+        self._what_if_ids[req_id] = ""
         try:  # an unanswered what-if must not hang the dry run
             state = await asyncio.wait_for(self.ib.whatIfOrderAsync(contract, self._ib_order(order)),
                                            self.ack_timeout)
         except TimeoutError:
             return {"warning": f"IB gave no what-if answer within {self.ack_timeout:g}s"}
+        finally:
+            refusal = self._what_if_ids.pop(req_id, "")
         if not state:
-            return {"warning": "IB gave no what-if answer"}
+            return {"warning": refusal or "IB gave no what-if answer"}
         fields = ("initMarginChange", "maintMarginChange", "equityWithLoanChange", "commission",
                   "minCommission", "maxCommission", "commissionCurrency", "warningText")
         return {name: _number_or_text(getattr(state, name, None)) for name in fields}

@@ -33,8 +33,9 @@ from kit.model import (
     Order,
     OrderIntent,
     Rejected,
-    Side,
 )
+from kit.order_types import Trigger, auction, reaches
+from kit.risk import order_price
 from kit.slicing import split
 from kit.validate import check_price, check_prices
 
@@ -70,6 +71,11 @@ class _Working:
     generation: int = 0
     scheduled: bool = False
     sent: list[BrokerEvent] = field(default_factory=list)  # everything told about it, replayed by sync
+    # The order types (docs/orders.md): an auction order waits for its auction ("close" or "open"), then
+    # works at the auction's price; a stop works once its trigger has seen the reference reach the stop.
+    trigger: Trigger = field(default_factory=lambda: Trigger("BUY", "MKT"))
+    held: str | None = None
+    auction_price: float | None = None
 
     @property
     def done(self) -> bool:
@@ -79,7 +85,15 @@ class _Working:
 class MockBroker(Broker):
     """MKT orders fill at the reference price, in `partial_fills` pieces; LMT orders fill when the
     reference price reaches the limit (see set_price) and otherwise stay working; a symbol without a price
-    is rejected with reason `price_unavailable`."""
+    is rejected with reason `price_unavailable`.
+
+    The other order types, by the rules of docs/orders.md: MOC and LOC wait for set_close(symbol, price)
+    and OPG orders for set_open(symbol, price), then fill whole at that price (a LOC or LMT OPG whose limit
+    the auction price does not reach is cancelled, as an exchange does); STP, STP LMT and trailing stops
+    trigger when the reference reaches the stop (kit.order_types.Trigger), then work as MKT or LMT;
+    MIDPRICE and REL fill at the reference, within their cap; Twap and Vwap fill in `algo_slices` slices, one
+    per `latency` step, each at the reference when it is due; Adaptive works like its MKT or LMT order.
+    outside_rth and GTD change nothing here: the mock has no trading hours and no clock."""
 
     name = "mock"
     account = "MOCK-PAPER"
@@ -94,6 +108,7 @@ class MockBroker(Broker):
         latency: float = 0.0,
         commission: Callable[[float, float], float] = CommissionModel(),
         currency: str = "USD",
+        algo_slices: int = 4,
     ) -> None:
         super().__init__()
         self.prices = reference_prices(prices)
@@ -102,6 +117,7 @@ class MockBroker(Broker):
         self.latency = latency
         self.commission = commission
         self.currency = currency
+        self.algo_slices = algo_slices
         self.orders: dict[str, _Working] = {}
         self.submitted: list[str] = []  # every client_order_id ever submitted, duplicates included
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,17 +146,49 @@ class MockBroker(Broker):
             if working.intent.symbol == symbol:
                 self._maybe_fill(working)
 
+    def set_close(self, symbol: str, price: float) -> None:
+        """The close auction of `symbol` at `price`: its MOC and LOC orders fill there, whole (a LOC whose
+        limit the price does not reach is cancelled). Before this, they wait."""
+        self._auction("close", symbol, price)
+
+    def set_open(self, symbol: str, price: float) -> None:
+        """The opening auction of `symbol` at `price`: its tif OPG orders fill there, as set_close."""
+        self._auction("open", symbol, price)
+
+    def _auction(self, which: str, symbol: str, price: float) -> None:
+        symbol, price = check_price(symbol, price)
+        for working in self.orders.values():
+            if working.intent.symbol != symbol or working.held != which or working.done:
+                continue
+            working.held, working.auction_price = None, price
+            done = working.chunks[:working.fills_sent]
+            working.chunks = [*done, working.intent.quantity - sum(done)]  # an auction fills it at once
+            if self._loop is None:
+                continue  # it fills when the next session connects
+            if not self._marketable(working):
+                working.cancelled = True
+                self._tell(working, Cancelled(working.intent.client_order_id, utcnow(),
+                                              f"limit not reached in the {which} auction at {price:g}"))
+                continue
+            self._maybe_fill(working)
+
     async def submit(self, order: OrderIntent) -> None:
         self.submitted.append(order.client_order_id)
         # Ids unique across runs and processes (fills are keyed by exec_id in the ledger), same every time.
         # 64 bits of the hash: with 32, two orders of a 100,000-order basket likely share an exec id.
         number = int(hashlib.sha256(order.client_order_id.encode()).hexdigest()[:16], 16)
-        if self.partial_fills == 1:  # one piece draws nothing, and a seeded Random per order is costly
+        algo = order.algo in ("Twap", "Vwap")
+        if self.partial_fills == 1 and not algo:  # one piece draws nothing, and a seeded Random is costly
             chunks = [order.quantity]
         else:
             rng = random.Random(f"{self.seed}:{order.client_order_id}")
-            chunks = split(order.quantity, _pieces(self.partial_fills, rng), rng)
-        working = _Working(order, number, chunks)
+            pieces = self.algo_slices if algo else _pieces(self.partial_fills, rng)
+            chunks = split(order.quantity, pieces, rng)
+        working = _Working(order, number, chunks,
+                           trigger=Trigger(str(order.side), order.order_type, order.stop_price,
+                                           order.trail_amount, order.trail_percent, order.offset,
+                                           order.limit_price),
+                           held=auction(order.order_type, order.tif))
         self.orders[order.client_order_id] = working
         if order.symbol not in self.prices:
             self._tell(working, Rejected(order.client_order_id, utcnow(), "price_unavailable"))
@@ -161,7 +209,8 @@ class MockBroker(Broker):
         self._tell(working, Cancelled(client_order_id, utcnow(), "cancelled by request"))
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
-        price = self.prices.get(order.symbol)
+        # A limit order's notional at its limit, as the risk check takes it.
+        price = order_price(order, self.prices) if order.symbol in self.prices else None
         if price is None:
             return {"warning": "price_unavailable"}
         return {"price": price, "notional": price * order.quantity,
@@ -181,15 +230,23 @@ class MockBroker(Broker):
                     self.emit(event)
         return known
 
-    def _marketable(self, intent: OrderIntent) -> bool:
-        if intent.order_type == "MKT":
-            return True
-        price = self.prices[intent.symbol]
-        return price <= intent.limit_price if intent.side is Side.BUY else price >= intent.limit_price
+    def _marketable(self, working: _Working) -> bool:
+        """Can it fill now: out of its auction wait, triggered, and its limit (if any) reached."""
+        if working.held is not None:
+            return False
+        price = self._price(working)
+        return working.trigger.observe(price) and reaches(working.intent.side, price,
+                                                          working.trigger.working_limit())
+
+    def _price(self, working: _Working) -> float:
+        """The price it fills at: its auction's, else the reference."""
+        if working.auction_price is not None:
+            return working.auction_price
+        return self.prices[working.intent.symbol]
 
     def _maybe_fill(self, working: _Working) -> None:
         """Schedule the chunks still to fill, once: a second price move while they wait adds nothing."""
-        if working.done or working.scheduled or not self._marketable(working.intent):
+        if working.done or working.scheduled or not self._marketable(working):
             return
         working.scheduled = True
         working.generation += 1
@@ -210,14 +267,14 @@ class MockBroker(Broker):
     def _fill(self, working: _Working, index: int, generation: int) -> None:
         if generation != working.generation or working.done or index != working.fills_sent:
             return
-        if not self._marketable(working.intent):
+        if not self._marketable(working):
             # The market moved away from the limit before this fill: a limit order never fills through
             # its limit. It rests until set_price reaches the limit again.
             working.scheduled = False
             working.generation += 1
             return
         intent = working.intent
-        price = self.prices[intent.symbol]
+        price = self._price(working)
         quantity = working.chunks[index]
         key = f"mock.{working.number:016x}.{index + 1:02d}"  # the mock never corrects: revision 1 of each
         exec_id = f"{key}.01"

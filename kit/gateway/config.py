@@ -61,6 +61,11 @@ class GatewayConfig:
     #: Value of one unit of each currency in USD, for account totals.
     fx: dict[str, float] = field(default_factory=lambda: {"USD": 1.0, "EUR": 1.08})
     faults: Faults = field(default_factory=Faults)
+    #: A Twap or Vwap order fills in this many slices, one per fill latency.
+    algo_slices: int = 4
+    #: Run an auction by itself this many seconds after an order for it is accepted (for a gateway that
+    #: no test drives: ``kit gateway`` demos); None: only ``Gateway.run_auction`` runs it.
+    auction_after: float | None = None
 
     def __post_init__(self) -> None:
         problems = []

@@ -60,6 +60,11 @@ class Faults:
     #: Partial fills of one order share ``prefix.seq`` and count the part: ``….01.01``, ``….02.01``, ...
     #: (off: each execution has its own seq). A correction still raises the last number.
     exec_id_parts: bool = False
+    #: The close auction's order cut-off has passed (IB: 15:50 ET on NYSE and NASDAQ): new MOC and LOC
+    #: orders are refused with 201. Running the close auction has the same effect.
+    past_close_cutoff: bool = False
+    #: The opening auction's cut-off has passed (IB: 09:28 ET): new tif OPG orders are refused with 201.
+    past_open_cutoff: bool = False
 
     def drops(self, order_ref: str, rng: random.Random) -> bool:
         return _matches(self.drop_orders, order_ref, rng)

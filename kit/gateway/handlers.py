@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from kit.gateway import messages as m
 from kit.gateway.instruments import UNKNOWN_CONTRACT, ContractSpec, Instrument
+from kit.gateway.order_types import good_till
 from kit.gateway.protocol import (
     Fields,
     RequestError,
@@ -205,12 +206,33 @@ class Handlers:
             result.tif = "DAY"
             text = "Order TIF was set to DAY based on order preset."
             self.gw.send(conn, m.error(req.order_id, 10349, text))
-        if new and result.transmit and result.is_working:  # IB reports PreSubmitted first
+        if new and result.transmit and result.status == "Submitted":  # IB reports PreSubmitted first
             self._send_order(result, "PreSubmitted")
         if new and result.is_working and faults.goes_inactive(req.order_ref, self._rng):
             self.book.set_inactive(result)
         self._send_order(result)
         self._schedule(result)
+        after = self.gw.config.auction_after
+        if new and result.held is not None and after is not None:
+            self.gw.later(after, self.run_auction, result.held)
+        expiry = good_till(result) if new and result.tif == "GTD" else None
+        if expiry is not None:
+            delay = max((expiry - self.book.clock()).total_seconds(), 0.0)
+            self.gw.later(delay, self._expire, result.perm_id)
+
+    def _expire(self, perm_id: int) -> None:
+        """A GTD order's good-till time: IB cancels it, as a cancel would (Cancelled, 202)."""
+        order = self.book.orders[perm_id]
+        if self.book.expire(order):
+            self._cancelled(order)
+
+    def run_auction(self, which: str, prices: dict[str, float] | None = None) -> None:
+        """Run the close or opening auction (kit.gateway.order_types): held orders fill or are cancelled."""
+        for order in self.book.run_auction(which, prices):
+            if order.status == "Cancelled":
+                self._send_order(order)
+            else:
+                self._schedule(order)
 
     def _what_if(self, conn: Connection, req: OrderRequest) -> None:
         """A what-if is a question, not an order: checked like one, answered to the asking connection with one
@@ -229,6 +251,8 @@ class Handlers:
 
     def _schedule(self, order: Order) -> None:
         """Fill the order's next slice after the fill latency, if it can fill and is not already due to."""
+        if self.book.elect(order):  # a stop the price reached: Submitted, and working from now
+            self._send_order(order)
         due = order.perm_id in self._fill_timers
         if due or order.status != "Submitted" or not self.book.marketable(order):
             return

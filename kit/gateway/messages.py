@@ -100,7 +100,7 @@ def contract_details(req_id: int, inst: Instrument, exchange: str) -> Message:
         inst.trading_class,  # marketName
         inst.trading_class, inst.con_id, inst.min_tick,
         until(163, 1), "",  # mdSizeMultiplier (until 163), multiplier
-        "DAY,GTC,IOC,LMT,MKT",  # orderTypes
+        "DAY,GTC,GTD,IOC,LMT,LOC,MIDPRICE,MKT,MOC,OPG,REL,RTH,STP,STPLMT,TRAIL,TRAILLMT",  # orderTypes
         ",".join(exchanges), 1, 0,  # validExchanges, priceMagnifier, underConId
         inst.long_name, inst.primary_exchange, "",  # contractMonth
         "", "", "",  # industry, category, subcategory
@@ -138,31 +138,32 @@ def open_order(order: Order, estimate: WhatIf | None = None, status: str | None 
     """openOrder: 128 fields for a plain non-combo order. With an ``estimate`` it is the answer to a what-if:
     whatIf 1 and numeric margin and commission fields (ib_async float()s initMarginChange and completes the
     what-if request only when it is set). ``status`` overrides the order's (a step it went through)."""
+    fields = order.type_fields
     status = status or order.status
     return _msg(
         "openOrder", 5, order.order_id, *_contract(order.instrument, order.exchange),
-        order.action, order.quantity, order.order_type, order.limit_price, UNSET,  # auxPrice
+        order.action, order.quantity, order.order_type, order.limit_price, fields.aux_price,
         order.tif, "", order.account, "", 0,  # ocaGroup, account, openClose, origin
         order.order_ref, order.client_id, order.perm_id,
-        NO, NO, 0.0, "", "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime, sharesAllocation
+        fields.outside_rth, NO, 0.0, "", "",  # hidden, discretionaryAmt, goodAfterTime, sharesAllocation
         "", "", "", until(176, ""),  # faGroup, faMethod, faPercentage, faProfile (until 176)
-        "", "", "", UNSET, "",  # modelCode, goodTillDate, rule80A, percentOffset, settlingFirm
+        "", fields.good_till_date, "", UNSET, "",  # modelCode, rule80A, percentOffset, settlingFirm
         0, "", "", 0,  # shortSaleSlot, designatedLocation, exemptCode, auctionStrategy
         UNSET, UNSET, UNSET, UNSET, UNSET,  # startingPrice, stockRefPrice, delta, stockRangeLower/Upper
         UNSET, NO, NO, NO, UNSET, 3,  # displaySize, blockOrder, sweepToFill, allOrNone, minQty, ocaType
         NO, NO, UNSET, 0, 0,  # eTradeOnly, firmQuoteOnly, nbboPriceCap, parentId, triggerMethod
         UNSET, UNSET, "", UNSET,  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
-        NO, UNSET, UNSET, UNSET, UNSET, UNSET,  # continuousUpdate ... basisPointsType
+        NO, UNSET, *_trail(order), UNSET, UNSET,  # continuousUpdate, referencePriceType, basisPoints(Type)
         "", NONE, NONE, NONE,  # comboLegsDescrip, comboLegs, orderComboLegs, smartComboRoutingParams
         UNSET, UNSET, UNSET,  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
         "",  # hedgeType
         NO, "", "", NO, NO,  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld, deltaNeutral
-        "",  # algoStrategy
+        *_algo(order),
         NO, estimate is not None, status,  # solicited, whatIf, status
         *_estimate(order, estimate),  # margins before, change, after; commission ... warningText
         NO, NO,  # randomizeSize, randomizePrice
         NONE,  # conditions
-        "", UNSET, UNSET, UNSET, UNSET, UNSET, UNSET, 0,  # adjusted order fields
+        "", UNSET, UNSET, fields.lmt_price_offset, UNSET, UNSET, UNSET, 0,  # adjusted order fields
         "", "", "",  # softDollarTier
         UNSET, NO, NO, NO, NO,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer, discretionaryUpTo, PMA
         since(158, UNSET), since(160, NO), since(162, NO),  # duration, postToAts, autoCancelParent
@@ -204,31 +205,50 @@ def _peg_best_offsets() -> tuple[Gated, ...]:
 
 def completed_order(order: Order, completed_time: str) -> Message:
     """completedOrder: 97 fields at 176, no orderId and no clientId (clients key it by permId)."""
+    fields = order.type_fields
     return _msg(
         "completedOrder", 101, *_contract(order.instrument, order.exchange),
-        order.action, order.quantity, order.order_type, order.limit_price, UNSET,  # auxPrice
+        order.action, order.quantity, order.order_type, order.limit_price, fields.aux_price,
         order.tif, "", order.account, "", 0,  # ocaGroup, account, openClose, origin
         order.order_ref, order.perm_id,
-        NO, NO, 0.0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
+        fields.outside_rth, NO, 0.0, "",  # hidden, discretionaryAmt, goodAfterTime
         "", "", "", until(176, ""),  # faGroup, faMethod, faPercentage, faProfile (until 176)
-        "", "", "", UNSET, "",  # modelCode, goodTillDate, rule80A, percentOffset, settlingFirm
+        "", fields.good_till_date, "", UNSET, "",  # modelCode, rule80A, percentOffset, settlingFirm
         0, "", "",  # shortSaleSlot, designatedLocation, exemptCode
         UNSET, UNSET, UNSET, UNSET, UNSET,  # startingPrice, stockRefPrice, delta, stockRangeLower/Upper
         UNSET, NO, NO, UNSET, 3, 0,  # displaySize, sweepToFill, allOrNone, minQty, ocaType, triggerMethod
         UNSET, UNSET, "", UNSET,  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
-        NO, UNSET, UNSET, UNSET,  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent
+        NO, UNSET, *_trail(order),  # continuousUpdate, referencePriceType
         "", NONE, NONE, NONE,  # comboLegsDescrip, comboLegs, orderComboLegs, smartComboRoutingParams
         UNSET, UNSET, UNSET,  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
         "", "", "", NO, NO,  # hedgeType, clearingAccount, clearingIntent, notHeld, deltaNeutral
-        "", NO, order.status,  # algoStrategy, solicited, status
+        *_algo(order), NO, order.status,  # solicited, status
         NO, NO, NONE,  # randomizeSize, randomizePrice, conditions
-        UNSET, UNSET, UNSET, NO, NO,  # trailStopPrice, lmtPriceOffset, cashQty, dontUseAutoPrice.., isOms..
+        _trail(order)[0], fields.lmt_price_offset, UNSET, NO, NO,  # cashQty, dontUseAutoPrice.., isOms..
         "", order.filled, 0, NO, "",  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent..
         NO, NO, UNSET,  # imbalanceOnly, routeMarketableToBbo, parentPermId
         completed_time, order.reason,
         *_peg_best_offsets(),
         tag=order.status,
     )  # fmt: skip
+
+
+def _trail(order: Order) -> tuple[object, object]:
+    """trailStopPrice (where a trailing stop's stop is now) and trailingPercent."""
+    fields = order.type_fields
+    trigger = order.trigger
+    if trigger is not None and trigger.order_type in ("TRAIL", "TRAIL LIMIT") and trigger.stop is not None:
+        return round(trigger.stop, 8), fields.trailing_percent
+    return fields.trail_stop_price, fields.trailing_percent
+
+
+def _algo(order: Order) -> tuple[object, ...]:
+    """algoStrategy, then (when set) the count and tag/value pairs of algoParams."""
+    fields = order.type_fields
+    if not fields.algo_strategy:
+        return ("",)
+    pairs = [field for pair in fields.algo_params for field in pair]
+    return (fields.algo_strategy, len(fields.algo_params), *pairs)
 
 
 def completed_orders_end() -> Message:

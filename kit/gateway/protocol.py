@@ -18,10 +18,11 @@ import re
 import struct
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from kit.gateway.instruments import ContractSpec
-from kit.gateway.state import ExecFilter, OrderRequest
+from kit.gateway.state import ExecFilter, OrderRequest, OrderTypeFields
 
 #: The server versions the gateway speaks (IB's MIN_SERVER_VER_REPLACE_FA_END .. _PENDING_PRICE_REVISION).
 MIN_VERSION = 157
@@ -155,38 +156,47 @@ def parse_place_order(fields: list[str], version: int = MAX_VERSION) -> OrderReq
     order_id = r.integer()
     contract = r.contract()
     r.skip(2)  # secIdType, secId
-    action, quantity, order_type, limit_price = r.text(), r.number() or 0.0, r.text(), r.number()
-    tif = r.skip().text()  # after auxPrice
+    action, quantity, order_type, limit_price = r.text(), r.number() or 0.0, r.text(), _set(r.number())
+    aux_price = _set(r.number())
+    tif = r.text()
     account = r.skip().text()  # after ocaGroup
     order_ref = r.skip(2).text()  # after openClose, origin
     transmit = r.flag()
-    what_if = _read_what_if(r.skip(7), contract.sec_type, version)  # after parentId ... hidden
+    outside_rth = r.skip(5).flag()  # after parentId ... triggerMethod
+    what_if, rest = _read_rest(r.skip(), contract.sec_type, order_type, version)  # after hidden
     return OrderRequest(
         order_id=order_id,
         contract=contract,
         action=action,
         quantity=quantity,
         order_type=order_type,
-        limit_price=limit_price if order_type == "LMT" else None,
+        limit_price=limit_price if order_type != "MKT" else None,
         tif=tif,
         account=account,
         order_ref=order_ref,
         transmit=transmit,
         what_if=what_if,
+        type_fields=OrderTypeFields(aux_price=aux_price, outside_rth=outside_rth, **rest),
     )
 
 
-def _read_what_if(r: Fields, sec_type: str, version: int) -> bool:
-    """Walk placeOrder from field 35 to whatIf, as ``Client.placeOrder`` of every client lays it out: its
-    position moves with the optional groups (combo legs, delta-neutral order, scale, hedge, delta-neutral
-    contract, algo parameters) and with the version (faProfile until 176), so it is found by reading them,
-    not by a fixed index (85 for a plain order at 176). Reading whatIf wrong would make a what-if a real
-    order."""
+def _set(value: float | None) -> float | None:
+    """A price field, None when unset (empty, or IB's max double)."""
+    return None if value is None or value >= UNSET_DOUBLE else value
+
+
+def _read_rest(r: Fields, sec_type: str, order_type: str, version: int) -> tuple[bool, dict[str, Any]]:
+    """Walk placeOrder from field 35 to whatIf and on to lmtPriceOffset, as ``Client.placeOrder`` of every
+    client lays it out: positions move with the optional groups (combo legs, delta-neutral order, scale,
+    hedge, delta-neutral contract, algo parameters, PEG BENCH fields, conditions) and with the version
+    (faProfile until 176), so fields are found by reading them, not by a fixed index (whatIf is 85 for a
+    plain order at 176). Reading whatIf wrong would make a what-if a real order."""
     if sec_type == "BAG":
         r.skip(8 * r.integer())  # combo legs
         r.skip(r.integer())  # order combo leg prices
         r.skip(2 * r.integer())  # smart combo routing params
-    r.skip(7)  # sharesAllocation, discretionaryAmt, goodAfterTime, goodTillDate, faGroup/Method/Percentage
+    good_till_date = r.skip(3).text()  # after sharesAllocation, discretionaryAmt, goodAfterTime
+    r.skip(3)  # faGroup, faMethod, faPercentage
     if version < FA_PROFILE_DESUPPORT:
         r.skip()  # faProfile
     r.skip(22)  # modelCode ... volatilityType
@@ -194,7 +204,9 @@ def _read_what_if(r: Fields, sec_type: str, version: int) -> bool:
         r.skip(9)  # deltaNeutralAuxPrice and the 8 delta-neutral order fields
     else:
         r.skip()  # deltaNeutralAuxPrice
-    r.skip(6)  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent, scale sizes
+    r.skip(2)  # continuousUpdate, referencePriceType
+    trail_stop_price, trailing_percent = _set(r.number()), _set(r.number())
+    r.skip(2)  # scaleInitLevelSize, scaleSubsLevelSize
     increment = r.number()  # scalePriceIncrement
     if increment is not None and 0 < increment < UNSET_DOUBLE:
         r.skip(7)  # scalePriceAdjustValue ... scaleRandomPercent
@@ -204,9 +216,20 @@ def _read_what_if(r: Fields, sec_type: str, version: int) -> bool:
     r.skip(4)  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
     if r.flag():  # deltaNeutralContract present
         r.skip(3)
-    if r.text():  # algoStrategy
-        r.skip(2 * r.integer())  # algoParams
-    return r.skip().flag()  # after algoId
+    algo_strategy = r.text()
+    algo_params: tuple[tuple[str, str], ...] = ()
+    if algo_strategy:
+        algo_params = tuple((r.text(), r.text()) for _ in range(r.integer()))
+    what_if = r.skip().flag()  # after algoId
+    r.skip(4)  # orderMiscOptions, solicited, randomizeSize, randomizePrice
+    if order_type == "PEG BENCH":
+        r.skip(5)
+    lmt_price_offset = None
+    if r.integer() == 0:  # no conditions (kit never sends any; with them, the offset is not read)
+        lmt_price_offset = _set(r.skip(2).number())  # after adjustedOrderType, triggerPrice
+    return what_if, {"good_till_date": good_till_date, "trail_stop_price": trail_stop_price,
+                     "trailing_percent": trailing_percent, "algo_strategy": algo_strategy,
+                     "algo_params": algo_params, "lmt_price_offset": lmt_price_offset}
 
 
 def parse_exec_filter(fields: list[str]) -> tuple[int, ExecFilter]:

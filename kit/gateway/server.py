@@ -119,6 +119,11 @@ class Gateway:
         """Move an instrument's simulated price; streams it and fills limit orders it makes marketable."""
         self._handlers.on_price(self.market.set_price(symbol, price))
 
+    def run_auction(self, which: str, prices: dict[str, float] | None = None) -> None:
+        """Run the close ("close") or opening ("open") auction at `prices` (else each symbol's simulated
+        price): the orders held for it fill whole or, if their limit is not reached, are cancelled."""
+        self._handlers.run_auction(which, prices)
+
     # used by the handlers
 
     def send(self, conn: Connection, msg: Message) -> None:
@@ -237,6 +242,9 @@ class GatewayThread:
 
     def set_price(self, symbol: str, price: float) -> None:
         self.call(self.gateway.set_price, symbol, price)
+
+    def run_auction(self, which: str, prices: dict[str, float] | None = None) -> None:
+        self.call(self.gateway.run_auction, which, prices)
 
     def stop(self) -> None:
         if not self._thread.is_alive():

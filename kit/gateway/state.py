@@ -23,11 +23,35 @@ from datetime import datetime
 from kit.gateway.config import GatewayConfig
 from kit.gateway.faults import Faults
 from kit.gateway.instruments import UNKNOWN_CONTRACT, VENUES, ContractSpec, Instrument, Market, round_price
+from kit.gateway.order_types import (
+    SUPPORTED,
+    can_fill,
+    fill_price,
+    held_for,
+    is_sliced_algo,
+    refusal,
+    trigger_of,
+)
+from kit.order_types import Trigger
 from kit.slicing import split
 
 WORKING = frozenset({"PreSubmitted", "Submitted"})
 #: lastLiquidity of an execution: the order rested on the book (added liquidity) or took it (removed).
 ADDED, REMOVED = 1, 2
+
+
+@dataclass(frozen=True)
+class OrderTypeFields:
+    """The fields of the order types beyond MKT and LMT (kit.gateway.order_types), as IB names them."""
+
+    aux_price: float | None = None
+    outside_rth: bool = False
+    good_till_date: str = ""
+    trail_stop_price: float | None = None
+    trailing_percent: float | None = None
+    lmt_price_offset: float | None = None
+    algo_strategy: str = ""
+    algo_params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,7 @@ class OrderRequest:
     transmit: bool = True
     #: IB's what-if: check the order and estimate its margin and commission; no order is created.
     what_if: bool = False
+    type_fields: OrderTypeFields = OrderTypeFields()
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,11 @@ class Order:
     rested: bool = False
     #: Inactive without a rejection (the ``bare_inactive`` fault): still open and cancellable, never fills.
     dormant: bool = False
+    type_fields: OrderTypeFields = OrderTypeFields()
+    #: A stop's trigger; the auction ("close", "open") an auction order waits for, then the auction's price.
+    trigger: Trigger | None = field(default=None, repr=False)
+    held: str | None = None
+    auction_price: float | None = None
 
     @property
     def filled(self) -> float:
@@ -247,6 +277,8 @@ class Book:
         #: Messages refused with error 100 (over the pacing limit) per clientId: kit's own pacing keeps it 0.
         self.paced: Counter[int] = Counter()
         self._superseded: set[str] = set()
+        #: The auctions that have run ("close", "open"): orders for them are refused from then on.
+        self.auctions_done: set[str] = set()
         self._by_client_id: dict[tuple[int, int], Order] = {}
         self._max_ids: dict[int, int] = {}
         self._next_ids: dict[int, int] = {}
@@ -357,13 +389,22 @@ class Book:
             code, message = problem
             self._finish(order, reject_status, f"Rejected: {message}")
             return Rejection(code, message, order)
-        order.slices = split(order.quantity, self.config.partial_fills, order.rng)
+        slices = self.config.algo_slices if is_sliced_algo(order) else self.config.partial_fills
+        order.slices = split(order.quantity, slices, order.rng)
         order.rested = not self.marketable(order)
+        trigger = order.trigger
+        if order.transmit and trigger is not None and trigger.is_stop and not trigger.triggered:
+            order.status = "PreSubmitted"  # IB's status of a stop not yet elected
         if order.tif == "IOC" and order.transmit and not self.marketable(order):
             self._finish(order, "Cancelled", "Cancelled: IOC order not marketable on arrival")
         return order
 
     def _new_order(self, client_id: int, req: OrderRequest, inst: Instrument, perm_id: int) -> Order:
+        order = self._bare_order(client_id, req, inst, perm_id)
+        order.trigger, order.held = trigger_of(order), held_for(order)
+        return order
+
+    def _bare_order(self, client_id: int, req: OrderRequest, inst: Instrument, perm_id: int) -> Order:
         return Order(
             perm_id=perm_id,
             client_id=client_id,
@@ -381,6 +422,7 @@ class Book:
             status="Submitted" if req.transmit else "PreSubmitted",
             created=self.clock(),
             rng=random.Random(self.config.seed * 1_000_003 + perm_id),
+            type_fields=req.type_fields,
         )
 
     def what_if(self, client_id: int, req: OrderRequest) -> WhatIf | Rejection:
@@ -453,7 +495,7 @@ class Book:
         reason = None
         if order.action not in ("BUY", "SELL"):
             reason = f"Invalid action {order.action!r}"
-        elif order.order_type not in ("MKT", "LMT"):
+        elif order.order_type not in SUPPORTED:
             reason = f"Order type {order.order_type!r} is not supported by the simulated gateway"
         elif order.quantity <= 0:
             reason = "The order quantity must be positive"
@@ -474,7 +516,7 @@ class Book:
                 "higher trade fees. Restriction is specified in Precautionary Settings of Global "
                 "Configuration/API."
             )
-        return None
+        return refusal(order, self.faults, self.auctions_done, self.clock())
 
     def _modify(self, order: Order, req: OrderRequest) -> Order | Rejection:
         """Change a working order's quantity, limit, tif or transmit flag; the same checks apply."""
@@ -496,12 +538,41 @@ class Book:
         return order
 
     def marketable(self, order: Order) -> bool:
-        """Can the order fill now? MKT always; LMT once the simulated price reaches its limit."""
-        if order.order_type == "MKT":
-            return True
-        price = self.market.price(order.instrument)
-        assert order.limit_price is not None
-        return price <= order.limit_price if order.action == "BUY" else price >= order.limit_price
+        """Can the order fill now? MKT always; LMT once the simulated price reaches its limit; the other
+        types by kit.gateway.order_types (auction orders not before their auction, stops once triggered)."""
+        return can_fill(order, self.market.price(order.instrument))
+
+    def elect(self, order: Order) -> bool:
+        """Make a PreSubmitted stop whose trigger the price has reached Submitted; True when it did."""
+        trigger = order.trigger
+        if order.status != "PreSubmitted" or not order.transmit or trigger is None or not trigger.is_stop:
+            return False
+        if not trigger.observe(self.market.price(order.instrument)):
+            return False
+        order.status = "Submitted"
+        return True
+
+    def expire(self, order: Order) -> bool:
+        """A GTD order's good-till time has come: it is cancelled if still open; True when it was."""
+        if not order.is_open:
+            return False
+        self._finish(order, "Cancelled", "Cancelled: the good-till date was reached")
+        return True
+
+    def run_auction(self, which: str, prices: dict[str, float] | None = None) -> list[Order]:
+        """The close or opening auction: every order held for it works at the auction price (the symbol's in
+        `prices`, else its simulated price) for its whole remaining quantity; one whose limit that price does
+        not reach is cancelled. Orders for that auction are refused from now on. Returns the orders."""
+        self.auctions_done.add(which)
+        orders = [o for o in self.orders.values() if o.is_working and o.held == which]
+        for order in orders:
+            symbol = order.instrument.symbol
+            order.held = None
+            order.auction_price = (prices or {}).get(symbol, self.market.price(order.instrument))
+            order.slices = [order.remaining]
+            if not self.marketable(order):
+                self._finish(order, "Cancelled", f"Cancelled: limit not reached in the {which} auction")
+        return orders
 
     def fill_next(self, perm_id: int, late: bool = False) -> Execution | None:
         """Fill the order's next slice, if it can fill now; ``late`` fills a cancelled order's next slice
@@ -522,10 +593,7 @@ class Book:
         inst = order.instrument
         bid, ask = self.market.quote(inst)
         slip = order.rng.randint(0, 2) * inst.min_tick
-        price = ask + slip if order.action == "BUY" else bid - slip
-        if order.order_type == "LMT" and order.limit_price is not None:
-            price = min(price, order.limit_price) if order.action == "BUY" else max(price, order.limit_price)
-        return round_price(price, inst)
+        return round_price(fill_price(order, bid, ask, self.market.price(inst), slip), inst)
 
     def _execute(
         self, order: Order, shares: float, price: float, corrects: Execution | None = None

@@ -117,7 +117,7 @@ def test_limit_order_fills_only_once_the_price_reaches_the_limit():
         (request(1, "NOPE"), 200, "No security definition"),
         (request(1, quantity=10_001), 201, "exceeds the size limit 10000"),
         (request(1, "TTE", exchange="SBF"), 10311, "directly routed to SBF"),
-        (request(1, order_type="STP"), 201, "not supported"),
+        (request(1, order_type="PEG BENCH"), 201, "not supported"),
         (request(1, order_type="LMT"), 201, "limit price"),
         (request(1, action="SHORT"), 201, "Invalid action"),
         (request(1, quantity=0), 201, "positive"),
