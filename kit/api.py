@@ -26,8 +26,9 @@ from kit.config import risk_limits, settings
 from kit.engine import Engine, OnTimeout, Run, RunInfo
 from kit.errors import Interrupted, KitError, RiskError, RunInterrupted
 from kit.ids import check_run_key, run_id_for
-from kit.planner import Plan, is_positions_frame, make_plan
+from kit.planner import Plan, is_positions_frame, make_plan, row_key
 from kit.progress import TICK, Mode, Progress
+from kit.qualify import qualify_frame
 from kit.risk import RiskLimits
 from kit.runlock import RunLock
 from kit.store import Ledger
@@ -208,10 +209,11 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
     the_broker = make_broker(broker, prices)
     reference = reference_prices(prices)
     if isinstance(targets, pd.DataFrame) and "symbol" in targets.columns:
-        for symbol in targets["symbol"].dropna().unique():  # the broker's prices fill what prices= lacks
-            price = the_broker.reference_price(symbol) if symbol not in reference else None
-            if price is not None:
-                reference[symbol] = price
+        targets = await qualify_frame(the_broker, targets, clock.utcnow().date())
+        for key in {row_key(row) for row in targets.to_dict("records") if isinstance(row.get("symbol"), str)}:
+            price = the_broker.reference_price(key) if key not in reference else None  # fills what prices=
+            if price is not None:  # lacks
+                reference[key] = price
     positions: dict[str, float] = {}
     working: dict[str, float] = {}
     taken: dict[tuple[str, str], int] = {}

@@ -29,6 +29,7 @@ from kit.errors import (
     RunInterrupted,
 )
 from kit.ids import run_id_for
+from kit.instruments import key_of
 from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Order, Rejected, RunStatus, Status, Submitted
 from kit.planner import Plan
 from kit.recorder import Recorder, fill_row, order_row
@@ -350,7 +351,7 @@ class Engine:
             return
         now = utcnow()
         for order in orders:  # write-ahead: the ledger knows an order was handed over before the broker does
-            arrival = self.broker.reference_price(order.intent.symbol)
+            arrival = self.broker.reference_price(key_of(order.intent))
             self._apply(Submitted(order.client_order_id, now, arrival))
         crash_point("engine.before_submitted_write")
         if not self.recorder.flush():  # not durable (a full disk): sent now, a resume could not know of them

@@ -48,6 +48,7 @@ class RunStatus(StrEnum):
 PAYLOAD_FIELDS = (
     "symbol", "side", "quantity", "order_type", "limit_price", "tif",
     "sec_type", "exchange", "currency", "primary_exchange",
+    "expiry", "strike", "right", "multiplier",
 )
 
 
@@ -67,6 +68,15 @@ class OrderIntent:
     currency: str = "USD"
     primary_exchange: str = ""
     decision_price: float | None = None
+    # Instruments (kit.instruments): a future's or option's expiry (YYYYMM, YYYYMMDD, or "front" until the
+    # broker resolves it), an option's strike and right, the contract multiplier (None: not known yet), and
+    # what qualification learned (con_id, local_symbol).
+    expiry: str = ""
+    strike: float | None = None
+    right: str = ""
+    multiplier: float | None = None
+    con_id: int | None = None
+    local_symbol: str = ""
 
     def payload(self) -> tuple:
         return tuple(getattr(self, name) for name in PAYLOAD_FIELDS)

@@ -27,6 +27,7 @@ import pandas as pd
 from kit.config import db_path, setting
 from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
+from kit.instruments import instrument_key
 from kit.journal import Journal
 from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
 
@@ -78,6 +79,24 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE kit_ledger (id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)",
         "INSERT INTO kit_ledger VALUES (uuid()::VARCHAR, now()::TIMESTAMP)",
     ],
+    [],  # 4: h-orders' order-type columns take this slot when the branches merge (SESSION3.md)
+    [
+        # Instruments: what an order designates beyond a stock (kit.instruments), and the contract-details
+        # cache, so a second run of the day qualifies nothing (the refresh rule:
+        # kit.instruments.cache_valid_until).
+        "ALTER TABLE orders ADD COLUMN expiry VARCHAR",
+        "ALTER TABLE orders ADD COLUMN strike DOUBLE",
+        'ALTER TABLE orders ADD COLUMN "right" VARCHAR',
+        "ALTER TABLE orders ADD COLUMN multiplier DOUBLE",
+        "ALTER TABLE orders ADD COLUMN con_id BIGINT",
+        "ALTER TABLE orders ADD COLUMN local_symbol VARCHAR",
+        """CREATE TABLE contract_cache (
+            broker VARCHAR NOT NULL, request_key VARCHAR NOT NULL, con_id BIGINT, symbol VARCHAR,
+            sec_type VARCHAR, currency VARCHAR, exchange VARCHAR, primary_exchange VARCHAR, expiry VARCHAR,
+            last_trade_date VARCHAR, strike DOUBLE, "right" VARCHAR, multiplier DOUBLE, local_symbol VARCHAR,
+            trading_class VARCHAR, min_tick DOUBLE, time_zone VARCHAR, trading_hours VARCHAR,
+            fetched_at TIMESTAMP, valid_until TIMESTAMP, PRIMARY KEY (broker, request_key))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
@@ -94,6 +113,7 @@ ORDER_COLUMNS = (
     "sec_type", "exchange", "currency", "primary_exchange", "status", "filled_quantity",
     "remaining_quantity", "avg_fill_price", "commission", "broker_order_id", "perm_id", "reason",
     "decision_price", "arrival_price", "submitted_at", "created_at", "updated_at",
+    "expiry", "strike", "right", "multiplier", "con_id", "local_symbol",
 )
 FILL_COLUMNS = (
     "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
@@ -108,7 +128,7 @@ RUN_COLUMNS = (
 
 _TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "ended_at"}
 _NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", "avg_fill_price",
-            "commission", "decision_price", "arrival_price", "price"}
+            "commission", "decision_price", "arrival_price", "price", "strike", "multiplier"}
 _INTEGERS = {"revision", "seq"}
 Row = dict[str, Any]  # one row of a table, by column name
 
@@ -117,7 +137,7 @@ def frame(rows: list[Row], columns: tuple[str, ...]) -> pd.DataFrame:
     """Rows as a DataFrame with the dtypes a ledger read gives, so a run's tables look the same either way."""
     result = pd.DataFrame.from_records(rows, columns=list(columns))
     dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else
-              "int64" if c in _INTEGERS else "str" for c in columns}
+              "int64" if c in _INTEGERS else "Int64" if c == "con_id" else "str" for c in columns}
     return result.astype(dtypes)
 
 
@@ -137,6 +157,18 @@ def working_mask(orders: pd.DataFrame) -> pd.Series:
     return at_broker & orders["status"].isin(OPEN_STATUSES)
 
 
+def _by_instrument(frame: pd.DataFrame) -> dict[str, float]:
+    """Signed quantities per instrument key (kit.instruments.instrument_key), from (symbol, sec_type, expiry,
+    strike, right, quantity) rows; instruments at zero left out."""
+    totals: dict[str, float] = {}
+    for symbol, sec_type, expiry, strike, right, quantity in frame.itertuples(index=False):
+        if quantity:
+            key = instrument_key(str(symbol), sec_type or "STK", _none(expiry) or "", _none(strike),
+                                 _none(right) or "")
+            totals[key] = totals.get(key, 0.0) + float(quantity)
+    return {key: value for key, value in totals.items() if value}
+
+
 def _none(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and value != value) else value
 
@@ -147,6 +179,9 @@ def _order_from_row(row: dict[str, Any], fills: list[Fill]) -> Order:
         quantity=row["quantity"], order_type=row["order_type"], limit_price=_none(row["limit_price"]),
         tif=row["tif"], sec_type=row["sec_type"], exchange=row["exchange"], currency=row["currency"],
         primary_exchange=row["primary_exchange"], decision_price=_none(row["decision_price"]),
+        expiry=row.get("expiry") or "", strike=_none(row.get("strike")), right=row.get("right") or "",
+        multiplier=_none(row.get("multiplier")), con_id=_none(row.get("con_id")),
+        local_symbol=row.get("local_symbol") or "",
     )
     return Order(
         intent=intent, run_id=row["run_id"], created_at=row["created_at"], updated_at=row["updated_at"],
@@ -746,14 +781,15 @@ class Ledger:
         if not self.path.exists() and self._con is None:
             return {}, {}
         sign = "CASE o.side WHEN 'BUY' THEN 1 ELSE -1 END"
+        instrument = 'o.symbol, o.sec_type, o.expiry, o.strike, o."right"'
         positions = self.query(
-            f"SELECT o.symbol, sum({sign} * o.quantity) FROM fills o JOIN runs r USING (run_id) "
-            "WHERE r.broker = ? GROUP BY o.symbol", [broker])
+            f"SELECT {instrument}, sum({sign} * f.quantity) FROM fills f "
+            "JOIN orders o USING (client_order_id) JOIN runs r ON r.run_id = o.run_id "
+            "WHERE r.broker = ? GROUP BY ALL", [broker])
         working = self.query(
-            f"SELECT o.symbol, sum({sign} * o.remaining_quantity) FROM orders o WHERE o.run_id IN "
-            f"(SELECT run_id FROM runs WHERE broker = ?) AND {WORKING_SQL} GROUP BY o.symbol", [broker])
-        return ({str(k): float(v) for k, v in positions.itertuples(index=False) if v},
-                {str(k): float(v) for k, v in working.itertuples(index=False) if v})
+            f"SELECT {instrument}, sum({sign} * o.remaining_quantity) FROM orders o WHERE o.run_id IN "
+            f"(SELECT run_id FROM runs WHERE broker = ?) AND {WORKING_SQL} GROUP BY ALL", [broker])
+        return _by_instrument(positions), _by_instrument(working)
 
     def legs(self, run_id: str) -> dict[tuple[str, str], int]:
         """How many orders per (symbol, side) a run has sent, so re-planning numbers new ones after them

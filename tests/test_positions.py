@@ -202,7 +202,8 @@ BAD_FRAMES = {
     "an order column in a positions frame": (
         pd.DataFrame({"symbol": ["AAPL"], "target_quantity": [1], "side": ["BUY"]}), {},
         [(None, "unknown column(s) ['side'] in a target positions frame; known: symbol, target_quantity, "
-                "target_weight, tif, exchange, currency, primary_exchange, decision_price")]),
+                "target_weight, tif, exchange, currency, primary_exchange, decision_price, sec_type, "
+                "expiry, strike, right, multiplier, con_id, local_symbol")]),
 }
 
 

@@ -230,13 +230,13 @@ def test_fills_written_before_execution_keys_existed_get_them_from_the_migration
     """A ledger of schema 1 stored no execution key: the migration derives it once from the exec ids,
     as kit then did, so a resumed run still recognises a correction of an old fill."""
     monkeypatch.setattr(kit.store, "MIGRATIONS", kit.store.MIGRATIONS[:1])
-    with Ledger(db) as ledger:
-        write(ledger, [an_order()])
+    with Ledger(db) as ledger:  # the order is written after the migration: its row has today's columns
         for exec_id in ("0001.5f.01.02", "plain"):
             ledger.con.execute("INSERT INTO fills VALUES (?, 'k-AAPL-BUY', 'r1', 'AAPL', 'BUY', 10, 1.0, "
                                "0.5, 'USD', 'NYSE', ?)", [exec_id, T0])
     monkeypatch.undo()
     with Ledger(db) as ledger:
+        write(ledger, [an_order()])
         fills = ledger.fills("r1").set_index("exec_id")
         order = ledger.load_orders("r1")[0]
     assert fills.loc["0001.5f.01.02", ["execution_key", "revision"]].tolist() == ["0001.5f.01", 2]

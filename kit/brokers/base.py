@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from datetime import date
 from enum import StrEnum
 
+from kit.instruments import Contract, Spec
 from kit.model import BrokerEvent, Order, OrderIntent
 
 EventSink = Callable[[BrokerEvent], None]
@@ -85,8 +87,15 @@ class Broker(ABC):
         """
 
     def reference_price(self, symbol: str) -> float | None:
-        """The price at submission, recorded as the arrival price for TCA; None when unknown."""
+        """The price at submission, recorded as the arrival price for TCA; None when unknown. `symbol` is
+        the instrument key (kit.instruments.instrument_key): the symbol itself for stocks and FX."""
         return None
+
+    async def qualify(self, specs: list[Spec], today: date) -> dict[Spec, Contract | str]:
+        """The contract each spec designates (kit.instruments.choose over the broker's candidates), or why
+        none does, listing the candidates. Planning calls it for futures, FX and options, so "front", the
+        multiplier and the contract id are known before risk checks and before anything is sent."""
+        return {}
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         """Estimates for a dry run (margin, commission); empty when the broker cannot say."""
