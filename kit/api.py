@@ -207,6 +207,8 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
     run_key = new_run_key() if run_key is None else check_run_key(run_key)
     limits = risk_limits(risk)
     the_broker = make_broker(broker, prices)
+    if the_broker.contract_cache is None:
+        the_broker.contract_cache = Ledger(db)
     reference = reference_prices(prices)
     if isinstance(targets, pd.DataFrame) and "symbol" in targets.columns:
         targets = await qualify_frame(the_broker, targets, clock.utcnow().date())
@@ -279,7 +281,9 @@ async def execute_async(
     with RunLock(the_plan.run_key):  # before the ledger: a second process refuses before it writes anything
         await asyncio.to_thread(ledger.open)  # may wait for another process to let go of the file
         with ledger:
-            engine = Engine(the_plan, make_broker(broker, prices), ledger, timeout=timeout,
+            the_broker = make_broker(broker, prices)
+            the_broker.contract_cache = ledger  # this run's ledger keeps what qualification learns
+            engine = Engine(the_plan, the_broker, ledger, timeout=timeout,
                             on_timeout=on_timeout, cancel_timeout=cancel_timeout,
                             allow_live=settings().allow_live, approve=approve, dry_run=dry_run, info=info,
                             observer=progress.observe if progress else None)

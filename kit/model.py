@@ -205,7 +205,20 @@ class Submitted:
     kind = "submitted"
 
 
-BrokerEvent = Accepted | StatusUpdate | Execution | Commission | Rejected | Cancelled | BrokerNotice
+@dataclass(frozen=True, slots=True)
+class ArrivalPrice:
+    """The market at submission, for TCA, learned after the order went out (IB's snapshot is requested
+    behind the orders so it never delays them). Sets an order's arrival price if it has none; it never moves
+    quantities or status."""
+
+    client_order_id: str
+    at: datetime
+    price: float
+    kind = "arrival"
+
+
+BrokerEvent = (Accepted | StatusUpdate | Execution | Commission | Rejected | Cancelled | BrokerNotice
+               | ArrivalPrice)
 Event = Submitted | BrokerEvent
 
 

@@ -13,10 +13,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +27,7 @@ import pandas as pd
 from kit.config import db_path, setting
 from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
-from kit.instruments import instrument_key
+from kit.instruments import Contract, cache_valid_until, instrument_key
 from kit.journal import Journal
 from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
 
@@ -119,6 +119,10 @@ FILL_COLUMNS = (
     "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
     "currency", "exchange", "time", "execution_key", "revision",
 )
+# What the contract cache keeps of each kit.instruments.Contract (its fields, in its order).
+CONTRACT_FIELDS = ("symbol", "sec_type", "currency", "exchange", "con_id", "local_symbol", "primary_exchange",
+                   "expiry", "last_trade_date", "strike", "right", "multiplier", "trading_class", "min_tick",
+                   "time_zone", "trading_hours")
 EVENT_COLUMNS = ("event_id", "run_id", "client_order_id", "seq", "at", "kind", "status", "detail")
 RUN_COLUMNS = (
     "run_id", "run_key", "notebook", "notebook_hash", "parameters", "broker", "account", "status",
@@ -790,6 +794,54 @@ class Ledger:
             f"SELECT {instrument}, sum({sign} * o.remaining_quantity) FROM orders o WHERE o.run_id IN "
             f"(SELECT run_id FROM runs WHERE broker = ?) AND {WORKING_SQL} GROUP BY ALL", [broker])
         return _by_instrument(positions), _by_instrument(working)
+
+    # ---- the contract-details cache (migration 5) ------------------------------------------------------
+    def cached_contracts(self, broker: str, keys: list[str], today: date) -> dict[str, Contract]:
+        """What qualification learned earlier for these request keys, where still valid today (the rule:
+        kit.instruments.cache_valid_until). No ledger, or one without the cache: nothing cached."""
+        if not keys or (not self.path.exists() and self._con is None):
+            return {}
+        try:
+            rows = self._records(
+                "SELECT * FROM contract_cache WHERE broker = ? AND request_key IN (SELECT unnest(?)) "
+                "AND CAST(valid_until AS DATE) >= ?", [broker, keys, today])
+        except (duckdb.CatalogException, LedgerBusyError) as exc:  # an older ledger, or held elsewhere
+            log.info("contract cache not read: %s", exc)
+            return {}
+        return {row["request_key"]: Contract(**{f: _none(row[f]) if f == "strike" else row[f]
+                                                for f in CONTRACT_FIELDS}) for row in rows}
+
+    def cache_contracts(self, broker: str, learned: Mapping[str, Contract], fetched: datetime) -> bool:
+        """Keep what qualification learned, valid for the day it was fetched (see cached_contracts). Best
+        effort: a ledger another process holds right now is left alone (the next run asks IB again)."""
+        if not learned:
+            return True
+        rows = [[broker, key, *(getattr(c, f) for f in CONTRACT_FIELDS), fetched,
+                 datetime.combine(cache_valid_until(c, fetched.date()), datetime.min.time())]
+                for key, c in learned.items()]
+        opened_here = self._con is None
+        try:
+            if opened_here and not self._connect():
+                return False
+            con = self.con
+            columns = ("broker", "request_key", *CONTRACT_FIELDS, "fetched_at", "valid_until")
+            con.execute("BEGIN")
+            try:
+                con.execute("DELETE FROM contract_cache WHERE broker = ? AND request_key IN "
+                            "(SELECT unnest(?))", [broker, list(learned)])
+                con.executemany(f"INSERT INTO contract_cache ({_quoted(columns)}) VALUES "
+                                f"({', '.join('?' for _ in columns)})", rows)
+                con.execute("COMMIT")
+            except BaseException:
+                _rollback(con)
+                raise
+            return True
+        except (duckdb.Error, KitError) as exc:
+            log.info("contract cache not written: %s", exc)
+            return False
+        finally:
+            if opened_here:
+                self.release()
 
     def legs(self, run_id: str) -> dict[tuple[str, str], int]:
         """How many orders per (symbol, side) a run has sent, so re-planning numbers new ones after them

@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from datetime import date
 from enum import StrEnum
+from typing import Any
 
 from kit.instruments import Contract, Spec
 from kit.model import BrokerEvent, Order, OrderIntent
@@ -104,6 +105,8 @@ class Broker(ABC):
     # Where planning finds current positions and working orders: a broker that keeps an account (IB)
     # answers positions() and working(); for one that does not (the mock), kit reads its own ledger.
     keeps_positions: bool = False
+    # Where qualification keeps what it learned (a kit.store.Ledger: its contract cache), set by kit.api.
+    contract_cache: Any = None
 
     async def positions(self) -> dict[str, float]:
         return {}

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from kit.gateway.config import GatewayConfig
 from kit.gateway.faults import Faults
 from kit.gateway.handlers import Handlers
-from kit.gateway.instruments import Instrument, Market
+from kit.gateway.instruments import Instrument, Market, derivatives
 from kit.gateway.messages import Message
 from kit.gateway.protocol import MAX_VERSION, ProtocolError, format_time, frame, read_handshake, read_message
 from kit.gateway.state import Book
@@ -58,9 +58,11 @@ class Gateway:
         #: The fault knobs, changeable while the gateway runs: a copy, since one-shot knobs disarm themselves
         #: and a config may serve several gateways.
         self.faults = dataclasses.replace(self.config.faults)
-        self.market = Market(self.config.instruments)
+        clock = clock or (lambda: datetime.now(UTC))
+        listed = derivatives(clock().date()) if self.config.derivatives else ()
+        self.market = Market((*self.config.instruments, *listed))
         #: The book shared by all connections: orders, executions, positions, placements, inbound rates.
-        self.state = Book(self.config, self.market, clock or (lambda: datetime.now(UTC)), self.faults)
+        self.state = Book(self.config, self.market, clock, self.faults)
         self.host = "127.0.0.1"
         self.port = 0
         self.connections: list[Connection] = []
