@@ -8,6 +8,7 @@ runs a loop, which kit does not patch) while the calling thread waits, draws pro
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import secrets
 import signal
@@ -26,16 +27,18 @@ from kit.config import risk_limits, settings
 from kit.engine import Engine, OnTimeout, Run, RunInfo
 from kit.errors import Interrupted, KitError, RiskError, RunInterrupted
 from kit.ids import check_run_key, run_id_for
+from kit.instruments import odd_lot
 from kit.planner import Plan, is_positions_frame, make_plan, row_key
 from kit.progress import TICK, Mode, Progress
 from kit.qualify import qualify_frame
-from kit.risk import RiskLimits
+from kit.risk import RiskLimits, order_price
 from kit.runlock import RunLock
 from kit.store import Ledger
 
 if TYPE_CHECKING:
     from kit.costs import TcaResult
 
+log = logging.getLogger("kit")
 Prices = Mapping[str, float] | pd.DataFrame | pd.Series | None
 T = TypeVar("T")
 
@@ -223,9 +226,21 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
         positions, working = await _account_state(the_broker, db)
         if is_positions_frame(targets):
             taken = Ledger(db).legs(run_id_for(run_key))
-    return make_plan(targets, run_key, positions=positions, working=working, prices=reference, limits=limits,
-                     capital=capital, lot_size=lot_size, min_notional=min_notional, sells_first=sells_first,
-                     taken=taken)
+    the_plan = make_plan(targets, run_key, positions=positions, working=working, prices=reference,
+                         limits=limits, capital=capital, lot_size=lot_size, min_notional=min_notional,
+                         sells_first=sells_first, taken=taken)
+    _warn_odd_lots(the_plan)
+    return the_plan
+
+
+def _warn_odd_lots(the_plan: Plan) -> None:
+    """IB re-routes IDEALPRO orders under USD 25,000 to IDEAL (odd lots, wider spreads): sent as given,
+    and said."""
+    for order in the_plan.intents:
+        price = order_price(order, the_plan.prices)
+        if order.sec_type == "CASH" and odd_lot(order.symbol, order.quantity, price):
+            log.warning("%s: %s %g is under IB's IDEALPRO minimum of USD 25,000: IB routes it to IDEAL as an "
+                        "odd lot (wider spreads)", order.client_order_id, order.symbol, order.quantity)
 
 
 def plan(targets: pd.DataFrame, broker: str | Broker = "mock", run_key: str | None = None,

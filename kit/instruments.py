@@ -8,8 +8,9 @@ unknown contracts mean the same everywhere.
 - Futures (FUT) by symbol and contract month (YYYYMM), last trade date (YYYYMMDD) or "front": the nearest
   contract whose last trade date is today or later. The multiplier is the contract's (ES: 50).
 - FX (CASH) on IDEALPRO as BASE.QUOTE ("EUR.USD"): the quantity is in the base currency, prices and money
-  in the quote currency (the row's currency). IB routes IDEALPRO orders under 25,000 base units as odd lots
-  (worse prices, not to the interbank quote); kit sends them all the same and says so in the plan.
+  in the quote currency (the row's currency). IB's minimum IDEALPRO order is USD 25,000 or equivalent; a
+  smaller one IB re-routes to IDEAL, its odd-lot venue (wider spreads than the interbank quote). kit sends
+  such an order as given and logs a warning when it can tell (`odd_lot`).
 - Options (OPT) by symbol, expiry (YYYYMMDD, or YYYYMM when one expiry of that month matches), strike and
   right C/P; multiplier from the contract (US equity options: 100).
 
@@ -32,7 +33,7 @@ SEC_TYPES = ("STK", "FUT", "CASH", "OPT")
 RIGHTS = ("C", "P")
 FRONT = "front"
 IDEALPRO = "IDEALPRO"
-IDEALPRO_ODD_LOT = 25_000  # base-currency units; IB: smaller IDEALPRO orders are odd lots
+IDEALPRO_MINIMUM_USD = 25_000  # IB: smaller IDEALPRO orders are odd lots, re-routed to IDEAL
 DERIVATIVES = ("FUT", "OPT")  # the sec types whose multiplier is the contract's, not 1
 _EXPIRY = re.compile(r"^\d{6}(\d{2})?$")
 FX_PAIR = re.compile(r"^([A-Z]{3})\.([A-Z]{3})$")
@@ -62,6 +63,20 @@ def fx_pair(symbol: str) -> tuple[str, str] | None:
     """("EUR", "USD") for "EUR.USD"; None when the symbol is not a currency pair."""
     match = FX_PAIR.match(symbol)
     return (match.group(1), match.group(2)) if match else None
+
+
+def odd_lot(symbol: str, quantity: float, price: float | None) -> bool | None:
+    """Whether an FX order is below IB's IDEALPRO minimum (USD 25,000 or equivalent); None when kit cannot
+    tell without a rate (a pair without USD, or a USD-quoted pair without a price)."""
+    pair = fx_pair(symbol)
+    if pair is None:
+        return None
+    base, quote = pair
+    if base == "USD":
+        return quantity < IDEALPRO_MINIMUM_USD
+    if quote == "USD" and price is not None:
+        return quantity * price < IDEALPRO_MINIMUM_USD
+    return None
 
 
 def expiry_problem(expiry: object) -> str | None:

@@ -440,3 +440,12 @@ def test_the_contract_cache_keeps_a_contract_for_the_day_it_was_fetched_and_neve
     late = Contract("ES", "FUT", "USD", "CME", 1, "ESZ6", expiry="20261218", last_trade_date="20261218")
     ledger.cache_contracts("ib@x", {"es": late}, datetime(2026, 12, 19, 9))  # fetched past its expiry
     assert ledger.cached_contracts("ib@x", ["es"], date(2026, 12, 19)) == {}
+
+
+def test_an_fx_order_under_idealpros_minimum_is_sent_as_given_with_a_warning(tmp_path, caplog):
+    frame = rows(symbol=["EUR.USD", "GBP.USD"], sec_type=["CASH", "CASH"], quantity=[10_000, 30_000])
+    with caplog.at_level("WARNING", logger="kit"):
+        plan = kit.plan(frame, broker=MockBroker({**PRICES, "GBP.USD": 1.27}), run_key="odd")
+    assert [o.quantity for o in plan.intents] == [10_000, 30_000] and plan.breaches == ((), ())
+    warned = [r.getMessage() for r in caplog.records if "IDEALPRO minimum" in r.getMessage()]
+    assert len(warned) == 1 and "EUR.USD 10000" in warned[0]  # 10,800 USD; GBP.USD is 38,100 USD
