@@ -34,7 +34,7 @@ class Snapshot:
     done: int
     working: int
     filled: float  # shares (units), summed over every order
-    notional: float  # quantity x price of the fills, summed (in the orders' own currencies)
+    notional: float  # quantity x price x multiplier of the fills, summed (in the orders' own currencies)
     elapsed: float
 
     @classmethod
@@ -44,7 +44,8 @@ class Snapshot:
         return cls(orders=len(orders), done=sum(1 for o in orders if not o.can_fill),
                    working=sum(1 for o in orders if o.working),
                    filled=math.fsum(f.quantity for f in fills),
-                   notional=math.fsum(f.quantity * f.price for f in fills), elapsed=elapsed)
+                   notional=math.fsum(f.quantity * f.price * (o.intent.multiplier or 1.0)
+                                      for o in orders for f in o.fills.values()), elapsed=elapsed)
 
     def line(self) -> str:
         return (f"{self.done}/{self.orders} orders done, {self.working} working, {self.filled:,.0f} shares "

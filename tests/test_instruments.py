@@ -422,7 +422,9 @@ def test_an_older_ledger_gains_the_instrument_columns_and_its_orders_load_as_sto
     with Ledger(db) as ledger:
         assert ledger.schema_version() == len(kit.store.MIGRATIONS)
         [order] = ledger.load_orders(ledger.resolve_run("old"))
-    assert (order.intent.sec_type, order.intent.expiry, order.intent.multiplier) == ("STK", "", None)
+    assert (order.intent.sec_type, order.intent.expiry, order.intent.multiplier) == ("STK", "", 1.0)
+    again = kit.execute(rows(symbol=["AAPL"], quantity=[5]), broker=MockBroker(PRICES), run_key="old", db=db)
+    assert again.status == "done" and len(again.orders) == 1  # resumed: the same order, not a changed one
 
 
 def test_the_contract_cache_keeps_a_contract_for_the_day_it_was_fetched_and_never_past_its_expiry(tmp_path):

@@ -150,11 +150,20 @@ class IBBroker(Broker):
         settings = self.settings
         self._refused, self._heard = "", False
         await self.ib.connectAsync(settings.host, settings.port, clientId=settings.client_id,
-                                   timeout=timeout or settings.connect_timeout, account=settings.account)
+                                   timeout=timeout or settings.connect_timeout, account=settings.account,
+                                   **self._startup_fetch())
         self._session += 1
         self.translator.new_connection()
         assert self._up is not None
         self._up.set()
+
+    def _startup_fetch(self) -> dict[str, Any]:
+        """ib_async lists completed orders, executions and the account's values at connect, then kit lists
+        orders and executions itself (sync, and after a reconnect) and reads no account values: asking
+        only for positions and open orders spares a listing the first order would wait for. ib_insync
+        has no such option and lists everything."""
+        fetch = getattr(self.lib, "StartupFetch", None)
+        return {"fetchFields": fetch.POSITIONS | fetch.ORDERS_OPEN} if fetch is not None else {}
 
     def _on_api_start(self) -> None:
         """Said as soon as a reconnect's handshake is done, before IB replays what happened meanwhile."""
@@ -260,8 +269,9 @@ class IBBroker(Broker):
     async def close(self) -> None:
         # Lookups and re-checks under way were asked for by the translator (an unknown refusal, a sum that
         # disagrees with IB's): let them answer, sync_timeout at most, so their verdict reaches the run.
+        # A run that failed on a message kit cannot read stops here, waiting for nothing more.
         pending = [task for task in self._tasks if not task.done()]
-        if pending and self.ib is not None and self.ib.isConnected():
+        if pending and self.failure is None and self.ib is not None and self.ib.isConnected():
             await asyncio.wait(pending, timeout=self.sync_timeout)
         self._closing = True
         if self._stop is not None:

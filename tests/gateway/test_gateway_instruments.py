@@ -137,9 +137,7 @@ def test_an_ambiguous_contract_is_refused_with_ibs_candidates_and_nothing_is_pla
     assert gateway.gw.call(lambda: dict(gateway.gw.state.placements)) == {}
 
 
-def test_resting_orders_of_each_instrument_are_cancelled_with_the_gateways_word(
-    library, gateway, tmp_path
-):
+def test_resting_orders_of_each_instrument_are_cancelled_with_the_gateways_word(library, gateway, tmp_path):
     targets = basket(gateway, order_type=["LMT"] * 4, limit_price=[5000.0, 0.9, 5.0, 15000.0])
     result = run(library, gateway, tmp_path, targets, timeout=1.5, on_timeout="cancel")
     orders = by_id(result)
@@ -212,3 +210,24 @@ def test_ibs_official_client_reads_futures_fx_and_options_without_decode_errors(
     assert positions[es[0]["local_symbol"]]["avg_cost"] == pytest.approx(
         50 * next(e["price"] for e in out["execs"] if e["sec_type"] == "FUT")
     )
+
+
+def test_a_dry_run_asks_ib_for_a_futures_what_if_with_its_multiplier_and_sends_nothing(gateway, tmp_path):
+    import pandas as pd
+
+    from kit.brokers.ib import IBBroker
+    from kit.config import IBSettings
+
+    broker = IBBroker(IBSettings(port=gateway.gw.port, client_id=21, connect_timeout=5))
+    targets = pd.DataFrame({"symbol": ["ES"], "sec_type": ["FUT"], "expiry": ["front"], "quantity": [2]})
+    run = kit.execute(
+        targets, broker=broker, run_key="dry-es", db=tmp_path / "kit.duckdb", dry_run=True, progress=False
+    )
+    assert run.status == "planned"
+    events = kit.ledger(tmp_path / "kit.duckdb").events()
+    detail = json.loads(events.loc[events["kind"] == "what_if", "detail"].iloc[0])
+    price = gateway.instrument(run.orders["local_symbol"].iloc[0]).price
+    assert detail["initMarginChange"] == pytest.approx(
+        0.25 * 2 * price * 50
+    )  # the gateway's 25% of 2 x ES x 50
+    assert gateway.gw.call(lambda: dict(gateway.gw.state.placements)) == {}
