@@ -51,6 +51,26 @@ def _runs(db: Path) -> dict[str, dict[str, Any]]:
     from kit.config import IBSettings
     from kit.gateway import GatewayConfig, run_gateway_in_thread
 
+    class TimedIB(IBBroker):
+        """Marks when each step of a run's start ends, for the profile of the warm run."""
+
+        marks: dict[str, float]
+
+        async def connect(self) -> None:
+            self.marks.setdefault("connect_called", time.monotonic())
+            await super().connect()
+            self.marks.setdefault("connected", time.monotonic())
+
+        async def sync(self, orders: Any) -> set[str]:
+            known = await super().sync(orders)
+            self.marks.setdefault("synced", time.monotonic())
+            return known
+
+        async def prepare(self, orders: list[Any]) -> None:
+            self.marks.setdefault("prepare_called", time.monotonic())
+            await super().prepare(orders)
+            self.marks.setdefault("prepared", time.monotonic())
+
     config = GatewayConfig(instruments=_stocks(), partial_fills=1)
     found: dict[str, dict[str, Any]] = {}
     with run_gateway_in_thread(config) as gw:
@@ -73,14 +93,22 @@ def _runs(db: Path) -> dict[str, dict[str, Any]]:
             placed.clear()
             details.clear()
             client_id = next(_client_ids)
-            broker = IBBroker(IBSettings(port=gw.port, client_id=client_id, connect_timeout=10))
+            broker = TimedIB(IBSettings(port=gw.port, client_id=client_id, connect_timeout=10))
+            broker.marks = {}
             started = time.monotonic()
             run = kit.execute(_targets(option), broker=broker, run_key=f"bench-first-{client_id}", db=db,
                               timeout=60, risk=NO_FAT_FINGER, progress=False)
             if run.status != "done" or not placed:
                 raise AssertionError(f"{label} run: {run.status}, notes {run.notes}")
-            found[label] = {"first_order_s": min(placed) - started,
-                            "contract_details_requests": len(details)}
+            marks = {name: at - started for name, at in broker.marks.items()}
+            steps = {"plan_and_ledger_open": marks["connect_called"],
+                     "connect": marks["connected"] - marks["connect_called"],
+                     "listing_orders_and_executions": marks["synced"] - marks["connected"],
+                     "write_ahead": marks["prepare_called"] - marks["synced"],
+                     "prepare": marks["prepared"] - marks["prepare_called"],
+                     "to_the_gateway": min(placed) - started - marks["prepared"]}
+            found[label] = {"first_order_s": min(placed) - started, "contract_details_requests": len(details),
+                            "steps_s": steps}
         found["floor"] = {"first_order_s": _bare_round_trip(gw.port)}
     return found
 
@@ -103,6 +131,15 @@ def _bare_round_trip(port: int) -> float:
         ib.disconnect()
 
 
+def _load() -> list[float] | None:
+    import os
+
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def run(reps: int = 3) -> dict[str, Any]:
     from bench._common import isolated, summary
 
@@ -122,6 +159,9 @@ def run(reps: int = 3) -> dict[str, Any]:
         "floor_s": summary(floor, 4),
         "contract_details_requests": {"cold": [r["cold"]["contract_details_requests"] for r in rows],
                                       "warm": [r["warm"]["contract_details_requests"] for r in rows]},
+        "warm_steps_median_s": {step: round(statistics.median(r["warm"]["steps_s"][step] for r in rows), 4)
+                                for step in rows[0]["warm"]["steps_s"]},
+        "load_average": _load(),
         "ratio": round(warm_median / statistics.median(floor), 1),  # warm against the bare round trip
         "goal": {"warm_s": GOAL_SECONDS, "warm_contract_details_requests": 0},
         "met": {"warm_s": warm_median <= GOAL_SECONDS,
