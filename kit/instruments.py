@@ -98,6 +98,12 @@ def multiplier(sec_type: str, given: float | None) -> float | None:
     return 1.0
 
 
+def units(order: object) -> float | None:
+    """The multiplier money uses for an order (or anything with sec_type and multiplier): a stock's and an FX
+    pair's is 1 (their multiplier field stays empty), a future's or option's its own, None while unknown."""
+    return multiplier(order.sec_type, order.multiplier)  # type: ignore[attr-defined]
+
+
 def notional(quantity: float, price: float | None, multiplier_: float | None) -> float | None:
     """Money moved by the order, in its currency: quantity x price x multiplier; None if unknown."""
     if price is None or multiplier_ is None:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from kit.errors import CurrencyError, InputError, ValidationError
 from kit.ids import check_run_key
-from kit.instruments import FRONT, convert, fx_pair, instrument_key, key_of, notional
+from kit.instruments import FRONT, convert, fx_pair, instrument_key, key_of, notional, units
 from kit.model import PAYLOAD_FIELDS, OrderIntent
 from kit.risk import RiskLimits, check, order_price, signed
 from kit.validate import (
@@ -84,7 +84,7 @@ class Plan:
                 **{name: getattr(order, name) for name in PAYLOAD_FIELDS if name != "symbol"},
                 "side": str(order.side),
                 "price": price, "decision_price": order.decision_price,
-                "notional": notional(order.quantity, price, order.multiplier),
+                "notional": notional(order.quantity, price, units(order)),
                 "risk": "; ".join(breaches) or "ok",
             })
         first = ["symbol", "side", "quantity", "order_type", "limit_price", "notional", "risk"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from kit.errors import CurrencyError
-from kit.instruments import Money, convert, key_of, notional
+from kit.instruments import Money, convert, key_of, notional, units
 from kit.model import OrderIntent, Side
 
 
@@ -72,7 +72,7 @@ def order_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None
 
 def order_notional(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
     """quantity x price x multiplier in the order's currency; None while price or multiplier is unknown."""
-    return notional(order.quantity, order_price(order, prices), order.multiplier)
+    return notional(order.quantity, order_price(order, prices), units(order))
 
 
 def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str, float],
@@ -104,7 +104,7 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
         needs_price = (limits.max_order_notional, limits.max_gross_notional)
         if local is None and limits.price_required and any(limit is not None for limit in needs_price):
             breaches.append(f"no multiplier for {key} to check notional limits against (give multiplier, or "
-                            "let the broker qualify the contract)" if order.multiplier is None else
+                            "let the broker qualify the contract)" if units(order) is None else
                             "no price to check notional limits against (give decision_price or prices)")
         if notional is not None and limits.max_order_notional is not None \
                 and notional > limits.max_order_notional:

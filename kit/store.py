@@ -184,9 +184,7 @@ def _order_from_row(row: dict[str, Any], fills: list[Fill]) -> Order:
         tif=row["tif"], sec_type=row["sec_type"], exchange=row["exchange"], currency=row["currency"],
         primary_exchange=row["primary_exchange"], decision_price=_none(row["decision_price"]),
         expiry=row.get("expiry") or "", strike=_none(row.get("strike")), right=row.get("right") or "",
-        # a row from before instruments (migration 5) is a stock's: multiplier 1, as validation gives it
-        multiplier=_none(row.get("multiplier")) or (1.0 if row["sec_type"] in ("STK", "CASH") else None),
-        con_id=_none(row.get("con_id")),
+        multiplier=_none(row.get("multiplier")), con_id=_none(row.get("con_id")),
         local_symbol=row.get("local_symbol") or "",
     )
     return Order(

@@ -335,8 +335,6 @@ def _check_instrument(row: dict[str, Any], values: dict[str, Any], problems: lis
         values["right"] = word
     if sec_type == "CASH":
         _check_fx(row, values, problems)
-    if sec_type in ("STK", "CASH"):
-        values["multiplier"] = 1.0
 
 
 def _check_fx(row: dict[str, Any], values: dict[str, Any], problems: list[str]) -> None:
@@ -547,7 +545,7 @@ def _clean_columns(frame: pd.DataFrame, sanity: Sanity) -> dict[str, list[Any]] 
         "decision_price": _optional(decision_price),
     }
     columns.update({"expiry": [""] * len(frame), "strike": [None] * len(frame), "right": [""] * len(frame),
-                    "multiplier": [1.0] * len(frame), "con_id": [None] * len(frame),
+                    "multiplier": [None] * len(frame), "con_id": [None] * len(frame),
                     "local_symbol": [""] * len(frame)})
     if any(values is None for values in columns.values()):
         return None

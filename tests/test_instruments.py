@@ -25,6 +25,7 @@ from kit.instruments import (
     instrument_key,
     notional,
     quarterly_expiries,
+    units,
 )
 from kit.planner import make_plan
 from kit.risk import RiskLimits
@@ -117,13 +118,8 @@ def test_a_bad_instrument_row_is_named_with_its_reason(case):
 
 def test_fx_takes_the_quote_currency_and_idealpro_and_a_multiplier_of_one():
     [order] = validate_orders(rows(symbol=["EUR.USD"], sec_type=["CASH"], quantity=[-30000]), "k")
-    assert (order.currency, order.exchange, order.multiplier, order.side, order.quantity) == (
-        "USD",
-        "IDEALPRO",
-        1.0,
-        "SELL",
-        30000,
-    )
+    assert (order.currency, order.exchange, order.side, order.quantity) == ("USD", "IDEALPRO", "SELL", 30000)
+    assert order.multiplier is None and units(order) == 1.0  # FX money is quantity x price
 
 
 def test_a_future_and_an_option_carry_their_fields_and_one_row_each_way_per_instrument():
@@ -303,7 +299,7 @@ def test_the_mock_qualifies_places_and_fills_each_instrument_and_the_ledger_and_
     assert orders.loc["ES", "expiry"] == f"{FRONT:%Y%m%d}" and orders.loc["ES", "multiplier"] == 50
     assert orders.loc["ES", "local_symbol"] == f"ES{'FGHJKMNQUVXZ'[FRONT.month - 1]}{FRONT.year % 10}"
     assert orders.loc["ES", "exchange"] == "CME" and orders.loc["EUR.USD", "exchange"] == "IDEALPRO"
-    assert orders.loc["SPY", "multiplier"] == 100 and orders.loc["AAPL", "multiplier"] == 1
+    assert orders.loc["SPY", "multiplier"] == 100 and pd.isna(orders.loc["AAPL", "multiplier"])  # a stock: 1
     assert set(orders["status"]) == {"FILLED"}
     costs = kit.tca("mix", db=db).orders.set_index("symbol")
     fills = kit.ledger(db).fills().groupby("symbol")
@@ -422,7 +418,7 @@ def test_an_older_ledger_gains_the_instrument_columns_and_its_orders_load_as_sto
     with Ledger(db) as ledger:
         assert ledger.schema_version() == len(kit.store.MIGRATIONS)
         [order] = ledger.load_orders(ledger.resolve_run("old"))
-    assert (order.intent.sec_type, order.intent.expiry, order.intent.multiplier) == ("STK", "", 1.0)
+    assert (order.intent.sec_type, order.intent.expiry, order.intent.multiplier) == ("STK", "", None)
     again = kit.execute(rows(symbol=["AAPL"], quantity=[5]), broker=MockBroker(PRICES), run_key="old", db=db)
     assert again.status == "done" and len(again.orders) == 1  # resumed: the same order, not a changed one
 
