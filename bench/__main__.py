@@ -16,7 +16,8 @@ from typing import Any
 
 from bench._common import ROOT, clean_environment, emit, machine
 
-BENCHMARKS = ("ledger_throughput", "latency", "ib_pacing", "big_basket", "run_overhead", "import_time")
+BENCHMARKS = ("ledger_throughput", "latency", "ib_pacing", "big_basket", "run_overhead", "import_time",
+              "first_order")
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ runs a loop, which kit does not patch) while the calling thread waits, draws pro
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import secrets
 import signal
@@ -26,15 +27,18 @@ from kit.config import risk_limits, settings
 from kit.engine import Engine, OnTimeout, Run, RunInfo
 from kit.errors import Interrupted, KitError, RiskError, RunInterrupted
 from kit.ids import check_run_key, run_id_for
-from kit.planner import Plan, is_positions_frame, make_plan
+from kit.instruments import odd_lot
+from kit.planner import Plan, is_positions_frame, make_plan, row_key
 from kit.progress import TICK, Mode, Progress
-from kit.risk import RiskLimits
+from kit.qualify import qualify_frame
+from kit.risk import RiskLimits, order_price
 from kit.runlock import RunLock
 from kit.store import Ledger
 
 if TYPE_CHECKING:
     from kit.costs import TcaResult
 
+log = logging.getLogger("kit")
 Prices = Mapping[str, float] | pd.DataFrame | pd.Series | None
 T = TypeVar("T")
 
@@ -206,12 +210,15 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
     run_key = new_run_key() if run_key is None else check_run_key(run_key)
     limits = risk_limits(risk)
     the_broker = make_broker(broker, prices)
+    if the_broker.contract_cache is None:
+        the_broker.contract_cache = Ledger(db)
     reference = reference_prices(prices)
     if isinstance(targets, pd.DataFrame) and "symbol" in targets.columns:
-        for symbol in targets["symbol"].dropna().unique():  # the broker's prices fill what prices= lacks
-            price = the_broker.reference_price(symbol) if symbol not in reference else None
-            if price is not None:
-                reference[symbol] = price
+        targets = await qualify_frame(the_broker, targets, clock.utcnow().date())
+        for key in {row_key(row) for row in targets.to_dict("records") if isinstance(row.get("symbol"), str)}:
+            price = the_broker.reference_price(key) if key not in reference else None  # fills what prices=
+            if price is not None:  # lacks
+                reference[key] = price
     positions: dict[str, float] = {}
     working: dict[str, float] = {}
     taken: dict[tuple[str, str], int] = {}
@@ -219,9 +226,21 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
         positions, working = await _account_state(the_broker, db)
         if is_positions_frame(targets):
             taken = Ledger(db).legs(run_id_for(run_key))
-    return make_plan(targets, run_key, positions=positions, working=working, prices=reference, limits=limits,
-                     capital=capital, lot_size=lot_size, min_notional=min_notional, sells_first=sells_first,
-                     taken=taken, now=clock.utcnow())
+    the_plan = make_plan(targets, run_key, positions=positions, working=working, prices=reference,
+                         limits=limits, capital=capital, lot_size=lot_size, min_notional=min_notional,
+                         sells_first=sells_first, taken=taken, now=clock.utcnow())
+    _warn_odd_lots(the_plan)
+    return the_plan
+
+
+def _warn_odd_lots(the_plan: Plan) -> None:
+    """IB re-routes IDEALPRO orders under USD 25,000 to IDEAL (odd lots, wider spreads): sent as given,
+    and said."""
+    for order in the_plan.intents:
+        price = order_price(order, the_plan.prices)
+        if order.sec_type == "CASH" and odd_lot(order.symbol, order.quantity, price):
+            log.warning("%s: %s %g is under IB's IDEALPRO minimum of USD 25,000: IB routes it to IDEAL as an "
+                        "odd lot (wider spreads)", order.client_order_id, order.symbol, order.quantity)
 
 
 def plan(targets: pd.DataFrame, broker: str | Broker = "mock", run_key: str | None = None,
@@ -277,7 +296,9 @@ async def execute_async(
     with RunLock(the_plan.run_key):  # before the ledger: a second process refuses before it writes anything
         await asyncio.to_thread(ledger.open)  # may wait for another process to let go of the file
         with ledger:
-            engine = Engine(the_plan, make_broker(broker, prices), ledger, timeout=timeout,
+            the_broker = make_broker(broker, prices)
+            the_broker.contract_cache = ledger  # this run's ledger keeps what qualification learns
+            engine = Engine(the_plan, the_broker, ledger, timeout=timeout,
                             on_timeout=on_timeout, cancel_timeout=cancel_timeout,
                             allow_live=settings().allow_live, approve=approve, dry_run=dry_run, info=info,
                             observer=progress.observe if progress else None)

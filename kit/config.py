@@ -273,8 +273,9 @@ def _describe(model: type[BaseModel], error: Any, source: _Source) -> str:
 
         valid = [name for name in _model_at(model, loc[:-1]).model_fields if name not in ENVIRONMENT_ONLY]
         return source.unknown(loc) + _hint(loc[-1], valid, quote=True)
-    field_loc = tuple(part for part in loc if not part.isdigit())
-    expected = "a string" if len(field_loc) < len(loc) else _expected(_field(model, field_loc).annotation)
+    field_loc = _known(model, tuple(part for part in loc if not part.isdigit()))
+    expected = "a rate (a number)" if field_loc[-1:] == ("fx_rates",) and len(loc) > len(field_loc) else \
+        "a string" if len(field_loc) < len(loc) else _expected(_field(model, field_loc).annotation)
     shown = source.written(loc, error["input"])
     detail = error["msg"].removeprefix("Input should be ")
     if error["type"].endswith(("_type", "_parsing")) or error["type"] == "literal_error":
@@ -282,6 +283,15 @@ def _describe(model: type[BaseModel], error: Any, source: _Source) -> str:
     if detail.startswith(("a ", "an ")):
         return f"{source.subject(loc)} must be {detail}, not {shown}"
     return f"{source.subject(loc)} must be {expected} {detail}, not {shown}"
+
+
+def _known(model: Any, loc: tuple[str, ...]) -> tuple[str, ...]:
+    """The part of `loc` that names fields (a mapping's keys, like fx_rates' currencies, are not fields)."""
+    for depth, part in enumerate(loc):
+        if not isinstance(model, type) or part not in getattr(model, "model_fields", {}):
+            return loc[:depth]
+        model = _base(model.model_fields[part].annotation)
+    return loc
 
 
 def _model_at(model: Any, loc: tuple[str, ...]) -> Any:

@@ -41,6 +41,9 @@ class RiskSettings(_Strict):
     allowed_symbols: list[str] | None = None
     collar: Amount | None = None
     max_orders: Count | None = None
+    # The currency of the money limits, and the user's rates into it (kit.instruments.convert).
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    fx_rates: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
 
 
 class Settings(_Strict):

@@ -15,8 +15,10 @@ the order did worse than its reference and negative when it did better, for both
 - ``slippage_decision_bps = s * (avg_fill_price - decision_price) / decision_price * 1e4``, and the same
   against ``arrival_price`` (the reference price at submission). NaN when nothing filled or the reference
   is unknown; a reference that is not positive is treated as unknown.
-- ``execution_cost = s * (avg_fill_price - decision_price) * filled_quantity``, in the order's currency
-  (0 when nothing filled; NaN when something filled but there is no decision price).
+- ``execution_cost = s * (avg_fill_price - decision_price) * filled_quantity * multiplier``, in the
+  order's currency (0 when nothing filled; NaN when something filled but there is no decision price).
+  ``multiplier`` is the contract's (a future's or option's; 1 for stocks, FX, and orders without one), so
+  every money figure here and in the summary is price x quantity x multiplier.
 - ``shortfall = execution_cost + commission``: the implementation shortfall of the part that was executed.
   It does NOT include the opportunity cost of the unfilled part, which needs a price the ledger does
   not have.
@@ -59,7 +61,7 @@ __all__ = ["ORDER_COLUMNS", "SUMMARY_COLUMNS", "TcaResult", "tca"]
 _SIGN = {"BUY": 1.0, "SELL": -1.0}
 _ORDERS_REQUIRED = ("client_order_id", "symbol", "side", "quantity", "currency")
 # Optional because the metrics that need them are honestly NaN without them.
-_ORDERS_OPTIONAL = ("run_id", "status", "decision_price", "arrival_price", "submitted_at")
+_ORDERS_OPTIONAL = ("run_id", "status", "decision_price", "arrival_price", "submitted_at", "multiplier")
 _FILLS_REQUIRED = ("client_order_id", "quantity", "price", "commission", "time")
 
 ORDER_COLUMNS = [
@@ -85,6 +87,7 @@ ORDER_COLUMNS = [
     "opportunity_cost",
     "first_fill_latency_s",
     "last_fill_latency_s",
+    "multiplier",
 ]
 SUMMARY_COLUMNS = [
     "orders",
@@ -267,7 +270,10 @@ def _per_order(orders: pd.DataFrame, fills: pd.DataFrame, close_prices: dict[str
     arrival = _positive(o["arrival_price"])
     unfilled = (quantity - filled).clip(lower=0.0)
     close = o["symbol"].map(close_prices).astype(float)
-    execution_cost = (sign * (avg - decision) * filled).where(has_filled, 0.0)
+    # Units of the underlying per unit traded (a future's or option's contract size; 1 for stocks and FX,
+    # and for ledgers from before instruments): every money figure is price x quantity x multiplier.
+    multiplier = pd.to_numeric(o["multiplier"]).astype(float).fillna(1.0)
+    execution_cost = (sign * (avg - decision) * filled * multiplier).where(has_filled, 0.0)
     commission = f["commission"].where(fill_count > 0, 0.0)
     submitted = _naive_utc(o["submitted_at"])
 
@@ -292,9 +298,10 @@ def _per_order(orders: pd.DataFrame, fills: pd.DataFrame, close_prices: dict[str
             "commission": commission,
             "shortfall": execution_cost + commission,
             "close_price": close,
-            "opportunity_cost": (sign * (close - decision) * unfilled).where(unfilled > 0, 0.0),
+            "opportunity_cost": (sign * (close - decision) * unfilled * multiplier).where(unfilled > 0, 0.0),
             "first_fill_latency_s": (f["first_fill_at"] - submitted).dt.total_seconds(),
             "last_fill_latency_s": (f["last_fill_at"] - submitted).dt.total_seconds(),
+            "multiplier": multiplier,
         },
         index=o.index,
     )
@@ -306,8 +313,9 @@ def _summary(per_order: pd.DataFrame) -> pd.DataFrame:
     benchmarked = p["decision_price"].notna()
     has_decision_slippage = p["slippage_decision_bps"].notna()
     has_arrival_slippage = p["slippage_arrival_bps"].notna()
-    weight_decision = (p["filled_quantity"] * p["decision_price"]).where(has_decision_slippage, 0.0)
-    weight_arrival = (p["filled_quantity"] * p["arrival_price"]).where(has_arrival_slippage, 0.0)
+    money = p["filled_quantity"] * p["multiplier"]  # underlying units filled: quantity x multiplier
+    weight_decision = (money * p["decision_price"]).where(has_decision_slippage, 0.0)
+    weight_arrival = (money * p["arrival_price"]).where(has_arrival_slippage, 0.0)
     # Every part is NaN-free except where a value that should count is unknown, so that a plain
     # skipna=False sum makes that total NaN instead of silently partial.
     parts = pd.DataFrame(
@@ -317,7 +325,7 @@ def _summary(per_order: pd.DataFrame) -> pd.DataFrame:
             "filled_orders": (p["filled_quantity"] > 0).astype(int),
             "quantity": p["quantity"],
             "filled_quantity": p["filled_quantity"],
-            "notional_filled": (p["filled_quantity"] * p["avg_fill_price"]).fillna(0.0),
+            "notional_filled": (money * p["avg_fill_price"]).fillna(0.0),
             "weight_decision": weight_decision,
             "cost_decision": (weight_decision * p["slippage_decision_bps"]).where(has_decision_slippage, 0.0),
             "weight_arrival": weight_arrival,

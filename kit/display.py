@@ -51,8 +51,12 @@ def table(frame: pd.DataFrame, columns: Sequence[Column]) -> str:
     return shown.to_html(index=False, escape=True, classes="kit-table")
 
 
-def totals(sides: pd.Series, notional: pd.Series) -> str:
-    """Gross (every order counts) and net (buys minus sells) notional; unknown notionals count as none."""
+def totals(sides: pd.Series, notional: pd.Series, currencies: pd.Series | None = None) -> str:
+    """Gross (every order counts) and net (buys minus sells) notional; unknown notionals count as none.
+    Money in different currencies is never added: one total per currency."""
+    if currencies is not None and currencies.nunique() > 1:
+        return "; ".join(f"{escape(str(c))} {totals(sides[currencies == c], notional[currencies == c])}"
+                         for c in sorted(currencies.unique()))
     known = pd.to_numeric(notional, errors="coerce").fillna(0.0)
     signed = known.where(sides.astype(str) == "BUY", -known)
     missing = int(pd.to_numeric(notional, errors="coerce").isna().sum())
@@ -66,7 +70,7 @@ def plan_html(plan: Plan) -> str:
     title = (f"<b>Plan</b> {escape(plan.run_key)} &middot; {len(frame)} orders"
              f"{f' &middot; <b>{stopped} stopped by risk</b>' if stopped else ''} &middot; "
              f"hash <code>{plan.hash}</code>")
-    footer = (f"<p>notional: {totals(frame['side'], frame['notional'])}; "
+    footer = (f"<p>notional: {totals(frame['side'], frame['notional'], frame['currency'])}; "
               "every column: <code>plan.orders</code></p>")
     columns = [*PLAN_COLUMNS[:-1], *(POSITION_COLUMNS if plan.targets else ()), PLAN_COLUMNS[-1]]
     return f"<p>{title}</p>{table(frame, columns)}{footer}"
@@ -81,6 +85,9 @@ def run_html(run: Run) -> str:
         return f"<p>{title}</p>"
     filled = pd.to_numeric(frame["filled_quantity"], errors="coerce") * pd.to_numeric(
         frame["avg_fill_price"], errors="coerce")
-    footer = (f"<p>filled notional: {totals(frame['side'], filled.where(filled.notna(), 0.0))}; "
+    if "multiplier" in frame.columns:  # a future's or option's money is price x multiplier per contract
+        filled = filled * pd.to_numeric(frame["multiplier"], errors="coerce").fillna(1.0)
+    currencies = frame["currency"] if "currency" in frame.columns else None
+    footer = (f"<p>filled notional: {totals(frame['side'], filled.where(filled.notna(), 0.0), currencies)}; "
               "every column: <code>run.orders</code>, <code>run.fills</code></p>")
     return f"<p>{title}</p>{table(frame, RUN_COLUMNS)}{footer}"

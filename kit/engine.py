@@ -30,6 +30,7 @@ from kit.errors import (
     RunInterrupted,
 )
 from kit.ids import run_id_for
+from kit.instruments import key_of
 from kit.model import PAYLOAD_FIELDS, BrokerNotice, Event, Order, Rejected, RunStatus, Status, Submitted
 from kit.planner import Plan
 from kit.recorder import Recorder, fill_row, order_row
@@ -371,7 +372,7 @@ class Engine:
             batch = orders[start:start + MAX_BATCH]
             now = utcnow()
             for order in batch:  # write-ahead: the ledger knows an order was handed over before the broker
-                arrival = self.broker.reference_price(order.intent.symbol)
+                arrival = self.broker.reference_price(key_of(order.intent))
                 self._apply(Submitted(order.client_order_id, now, arrival))
             crash_point("engine.before_submitted_write")
             if not self.recorder.flush():  # not durable (a full disk): a resume could not know of them

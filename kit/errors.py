@@ -125,3 +125,11 @@ class UsageError(KitError):
 
 class UntranslatableMessage(BrokerMessageError, ValueError):
     """An IB message kit cannot read."""
+class CurrencyError(KitError):
+    """Money in one currency was to be compared with, or added to, money in another, and the user gave no
+    rate for it. kit never guesses a rate: the message says how to give one (fx_rates)."""
+
+
+class ContractError(KitError):
+    """A contract could not be qualified (unknown, ambiguous, expired): nothing was sent. The message lists
+    the broker's candidates so the row can say which one it means."""

@@ -52,6 +52,7 @@ PAYLOAD_FIELDS = (
     "sec_type", "exchange", "currency", "primary_exchange",
     "stop_price", "trail_amount", "trail_percent", "offset", "outside_rth", "good_till", "algo",
     "algo_params",
+    "expiry", "strike", "right", "multiplier",
 )
 
 
@@ -81,6 +82,15 @@ class OrderIntent:
     good_till: datetime | None = None
     algo: str = ""
     algo_params: tuple[tuple[str, str], ...] = ()
+    # Instruments (kit.instruments): a future's or option's expiry (YYYYMM, YYYYMMDD, or "front" until the
+    # broker resolves it), an option's strike and right, the contract multiplier (None: not known yet), and
+    # what qualification learned (con_id, local_symbol).
+    expiry: str = ""
+    strike: float | None = None
+    right: str = ""
+    multiplier: float | None = None
+    con_id: int | None = None
+    local_symbol: str = ""
 
     def payload(self) -> tuple:
         return tuple(getattr(self, name) for name in PAYLOAD_FIELDS)
@@ -209,7 +219,20 @@ class Submitted:
     kind = "submitted"
 
 
-BrokerEvent = Accepted | StatusUpdate | Execution | Commission | Rejected | Cancelled | BrokerNotice
+@dataclass(frozen=True, slots=True)
+class ArrivalPrice:
+    """The market at submission, for TCA, learned after the order went out (IB's snapshot is requested
+    behind the orders so it never delays them). Sets an order's arrival price if it has none; it never moves
+    quantities or status."""
+
+    client_order_id: str
+    at: datetime
+    price: float
+    kind = "arrival"
+
+
+BrokerEvent = (Accepted | StatusUpdate | Execution | Commission | Rejected | Cancelled | BrokerNotice
+               | ArrivalPrice)
 Event = Submitted | BrokerEvent
 
 

@@ -19,13 +19,15 @@ from typing import Any
 
 import pandas as pd
 
-from kit.errors import InputError, ValidationError
+from kit.errors import CurrencyError, InputError, ValidationError
 from kit.ids import check_run_key
+from kit.instruments import FRONT, convert, fx_pair, instrument_key, key_of, notional, units
 from kit.model import PAYLOAD_FIELDS, OrderIntent
 from kit.order_types import EXTRA_COLUMNS
 from kit.risk import RiskLimits, check, order_price, signed
 from kit.validate import (
     COLUMNS,
+    INSTRUMENT_COLUMNS,
     SANITY,
     Sanity,
     finite_number,
@@ -36,7 +38,8 @@ from kit.validate import (
 
 TARGET_COLUMNS = ("target_quantity", "target_weight")
 POSITION_COLUMNS = ("symbol", *TARGET_COLUMNS, "tif", "exchange", "currency", "primary_exchange",
-                    "decision_price", "order_type", "limit_price", *EXTRA_COLUMNS)  # how to trade the delta
+                    "decision_price", "order_type", "limit_price", *EXTRA_COLUMNS,  # how to trade the delta
+                    "sec_type", *INSTRUMENT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,16 @@ class Plan:
         rows = []
         for order, breaches in zip(self.intents, self.breaches, strict=True):
             price = order_price(order, self.prices)
-            current = self.current.get(order.symbol, 0.0)
+            key = key_of(order)
+            current = self.current.get(key, 0.0)
             rows.append({
                 "client_order_id": order.client_order_id, "symbol": order.symbol,
-                "current": current, "target": self.targets.get(order.symbol, current + signed(order)),
+                "current": current, "target": self.targets.get(key, current + signed(order)),
                 "delta": signed(order),
                 **{name: getattr(order, name) for name in PAYLOAD_FIELDS if name != "symbol"},
                 "side": str(order.side),
                 "price": price, "decision_price": order.decision_price,
-                "notional": None if price is None else price * order.quantity,
+                "notional": notional(order.quantity, price, units(order)),
                 "risk": "; ".join(breaches) or "ok",
             })
         first = ["symbol", "side", "quantity", "order_type", "limit_price", "notional", "risk"]
@@ -127,9 +131,29 @@ def _weight_problem(weight: Any, sanity: Sanity) -> str | None:
     return None
 
 
+def row_key(row: Mapping[str, Any]) -> str:
+    """The instrument key (kit.instruments.instrument_key) of a targets row, as validation will see it."""
+    def given(name: str, default: Any = "") -> Any:
+        value = row.get(name)
+        return default if is_missing(value) else value.strip().upper() if name == "sec_type" and \
+            isinstance(value, str) else value
+    return instrument_key(row.get("symbol"), given("sec_type", "STK"), given("expiry"), given("strike", None),
+                          given("right"))
+
+
+def _row_currency(row: Mapping[str, Any]) -> str:
+    pair = fx_pair(row["symbol"]) if str(row.get("sec_type", "")).upper() == "CASH" else None
+    currency = row.get("currency")
+    return pair[1] if pair else currency if isinstance(currency, str) and currency else "USD"
+
+
 def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping[str, float],
-                     sanity: Sanity) -> tuple[dict[str, float], list[tuple[str | None, str]]]:
-    """Target positions in shares per symbol, or the problems that stop planning."""
+                     sanity: Sanity, capital_currency: str = "USD",
+                     fx_rates: Mapping[str, float] | None = None,
+                     ) -> tuple[dict[str, float], list[tuple[str | None, str]]]:
+    """Target positions in units per instrument key (shares, contracts, base currency), or the problems
+    that stop planning. A weight buys value in the capital's currency: a row in another currency needs a
+    rate, and a future's or option's value per contract is price x multiplier."""
     problems: list[tuple[str | None, str]] = []
     unknown = [c for c in frame.columns if c not in POSITION_COLUMNS]
     if unknown:
@@ -158,28 +182,44 @@ def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping
         if problem is not None:
             problems.append((name, problem))
             continue
-        if symbol in targets:
-            problems.append((name, f"{symbol} has more than one target"))
+        key = row_key(row)
+        if row.get("expiry") == FRONT:
+            problems.append((name, f"a target position is per contract: {symbol} 'front' must be resolved "
+                                   "to its month first (kit.plan with a broker does; or give YYYYMM)"))
+            continue
+        if key in targets:
+            problems.append((name, f"{key} has more than one target"))
             continue
         if by_weight:
             price = row.get("decision_price")
             if not is_missing(price) and _price(price) is None:
                 problems.append((name, f"decision_price {price!r} must be a positive number"))
                 continue
-            price = _price(prices.get(symbol) if is_missing(price) else price)
+            price = _price(prices.get(key, prices.get(symbol)) if is_missing(price) else price)
             if price is None:
-                problems.append((name, f"no price for {symbol} to turn its weight into shares "
+                problems.append((name, f"no price for {key} to turn its weight into shares "
                                        "(give decision_price or prices)"))
                 continue
-            shares = value * capital / price
+            per_unit = _price(row.get("multiplier")) or (1.0 if str(row.get("sec_type") or "STK").upper()
+                                                          in ("STK", "CASH") else None)
+            if per_unit is None:
+                problems.append((name, f"no multiplier for {key} to turn its weight into contracts "
+                                       "(give multiplier, or plan with the broker that qualifies it)"))
+                continue
+            try:  # the value of one unit, in the capital's currency
+                unit_value = convert(price * per_unit, _row_currency(row), capital_currency, fx_rates, key)
+            except CurrencyError as exc:
+                problems.append((name, f"capital is in {capital_currency}: {exc}"))
+                continue
+            shares = value * capital / unit_value
             if (problem := quantity_problem(round(shares) if math.isfinite(shares) else shares,
                                             "the target", sanity)) is not None:
                 problems.append((name, f"{problem}: target_weight {value:g} of capital {capital:g} "
                                        f"at price {price:g}"))
                 continue
-            targets[symbol] = shares
+            targets[key] = shares
         else:
-            targets[symbol] = float(value)
+            targets[key] = float(value)
     return targets, problems
 
 
@@ -210,37 +250,46 @@ def _round_toward_zero(quantity: float, lot: float) -> float:
 def plan_positions(frame: pd.DataFrame, run_key: str, *, positions: Mapping[str, float],
                    working: Mapping[str, float], prices: Mapping[str, float], capital: float | None = None,
                    lot_size: float = 1, min_notional: float = 0.0, sells_first: bool = False,
-                   sanity: Sanity = SANITY) -> tuple[pd.DataFrame, dict[str, float]]:
+                   sanity: Sanity = SANITY, capital_currency: str = "USD",
+                   fx_rates: Mapping[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Orders that take positions + working orders to the targets, as a target orders frame.
 
-    Symbols absent from the frame are left alone (no opinion is not a target of zero). Targets from weights
-    are rounded toward zero to whole lots; deltas under `min_notional` are dropped.
+    Positions, working orders and targets are per instrument key (kit.instruments.instrument_key): shares,
+    futures contracts, options contracts, FX base-currency units. Instruments absent from the frame are
+    left alone (no opinion is not a target of zero). Targets from weights are rounded toward zero to whole
+    lots; deltas under `min_notional` (in the row's currency, price x multiplier) are dropped.
     """
     _check_sizes(lot_size, min_notional, sanity)
-    targets, problems = _target_problems(frame, capital, prices, sanity)
+    targets, problems = _target_problems(frame, capital, prices, sanity, capital_currency, fx_rates)
     if problems:
         raise ValidationError(problems)
-    options = frame.set_index("symbol").to_dict("index")
+    records = frame.to_dict("records")
+    keys = [row_key(row) for row in records]
+    options = dict(zip(keys, records, strict=True))
     # Each order keeps its row's label, so a problem validate_orders finds names the user's row.
-    labels = dict(zip(frame["symbol"], frame.index, strict=True))
-    rows = []
-    for symbol, raw_target in targets.items():
+    labels = dict(zip(keys, frame.index, strict=True))
+    rows, order_labels = [], []
+    for key, raw_target in targets.items():
         target = _round_toward_zero(raw_target, lot_size)
-        targets[symbol] = target
-        delta = _round_toward_zero(target - positions.get(symbol, 0.0) - working.get(symbol, 0.0), lot_size)
+        targets[key] = target
+        delta = _round_toward_zero(target - positions.get(key, 0.0) - working.get(key, 0.0), lot_size)
         if delta == 0:
             continue
-        extra = {k: v for k, v in options[symbol].items() if k in COLUMNS and not is_missing(v)}
-        price = _price(extra.get("decision_price", prices.get(symbol)))
-        if min_notional and price is not None and abs(delta) * price < min_notional:
+        extra = {k: v for k, v in options[key].items()
+                 if k in COLUMNS and k != "symbol" and not is_missing(v)}
+        price = _price(extra.get("decision_price", prices.get(key)))
+        per_unit = _price(extra.get("multiplier")) or 1.0
+        if min_notional and price is not None and abs(delta) * price * per_unit < min_notional:
             continue
         side = "BUY" if delta > 0 else "SELL"
-        rows.append({"symbol": symbol, "side": side, "quantity": abs(delta), **extra})
+        rows.append({"symbol": options[key]["symbol"], "side": side, "quantity": abs(delta), **extra})
+        order_labels.append(labels[key])
     if sells_first:
-        rows.sort(key=lambda row: row["side"] != "SELL")
+        order = sorted(range(len(rows)), key=lambda i: rows[i]["side"] != "SELL")
+        rows, order_labels = [rows[i] for i in order], [order_labels[i] for i in order]
     orders = pd.DataFrame(rows, columns=list(dict.fromkeys(["symbol", "side", "quantity",
                                                             *(k for r in rows for k in r)])),
-                          index=[labels[row["symbol"]] for row in rows])
+                          index=order_labels)
     return orders, targets
 
 
@@ -258,9 +307,11 @@ def make_plan(targets: pd.DataFrame, run_key: str, *, positions: Mapping[str, fl
     positions, working, prices = dict(positions or {}), dict(working or {}), dict(prices or {})
     target_positions: dict[str, float] = {}
     if is_positions_frame(targets):
+        limits = limits or RiskLimits()
         targets, target_positions = plan_positions(
             targets, run_key, positions=positions, working=working, prices=prices, capital=capital,
-            lot_size=lot_size, min_notional=min_notional, sells_first=sells_first, sanity=sanity)
+            lot_size=lot_size, min_notional=min_notional, sells_first=sells_first, sanity=sanity,
+            capital_currency=limits.currency, fx_rates=limits.fx_rates)
     orders = validate_orders(targets, run_key, taken, sanity, now)
     current = Counter(positions)
     current.update(working)

@@ -34,7 +34,7 @@ class Snapshot:
     done: int
     working: int
     filled: float  # shares (units), summed over every order
-    notional: float  # filled quantity x average fill price, summed (in the orders' own currencies)
+    notional: float  # quantity x price x multiplier of the fills, summed (in the orders' own currencies)
     elapsed: float
 
     @classmethod
@@ -45,7 +45,8 @@ class Snapshot:
         return cls(orders=len(orders), done=sum(1 for o in orders if not o.can_fill),
                    working=sum(1 for o in orders if o.working),
                    filled=math.fsum(o.filled_quantity for o in filled),
-                   notional=math.fsum(o.filled_quantity * (o.avg_fill_price or 0.0) for o in filled),
+                   notional=math.fsum(o.filled_quantity * (o.avg_fill_price or 0.0)
+                                      * (o.intent.multiplier or 1.0) for o in filled),
                    elapsed=elapsed)
 
     def line(self) -> str:

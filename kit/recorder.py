@@ -43,6 +43,8 @@ def order_row(order: Order, updated_at: datetime | None = None) -> Row:
         "submitted_at": order.submitted_at, "created_at": order.created_at,
         "updated_at": order.updated_at if updated_at is None else updated_at,
         **order_type_columns(intent),
+        "expiry": intent.expiry, "strike": intent.strike, "right": intent.right,
+        "multiplier": intent.multiplier, "con_id": intent.con_id, "local_symbol": intent.local_symbol,
     }
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kit.errors import CurrencyError
+from kit.instruments import Money, convert, key_of, notional, units
 from kit.model import OrderIntent, Side
 from kit.order_types import priced_at_limit
 
@@ -32,14 +34,33 @@ class RiskLimits:
     # nobody) check the orders that have a price and let the others through, or IB orders without a
     # decision_price, which get their price only at submission, could never be sent.
     price_required: bool = True
+    # The currency the money limits are in, and the user's rates into it ({"EUR": 1.08}: 1 EUR = 1.08 of
+    # it). A limit someone set refuses an order in another currency without a rate; the default guard
+    # (price_required False) applies its amounts in each order's own currency.
+    currency: str = "USD"
+    fx_rates: Mapping[str, float] | None = None
 
     def active(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "price_required" and getattr(self, f.name) is not None}
+                if f.name not in ("price_required", "currency", "fx_rates")
+                and getattr(self, f.name) is not None}
 
 
 def signed(order: OrderIntent) -> float:
     return order.quantity if order.side is Side.BUY else -order.quantity
+
+
+def reference_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
+    """The order's instrument in `prices`: by its key (kit.instruments.instrument_key), a future also by its
+    local symbol or plain symbol (one price series for the root); an option only by its own key."""
+    names = [key_of(order)]
+    if order.sec_type == "FUT":
+        names += [order.local_symbol, order.symbol]
+    for name in names:
+        price = prices.get(name) if name else None
+        if price is not None:
+            return price
+    return None
 
 
 def order_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
@@ -47,10 +68,15 @@ def order_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None
     decision price, else the reference; a stop without either, at its stop price. A MIDPRICE or REL cap
     bounds the price without setting it, so those go at the reference too."""
     limit = order.limit_price if priced_at_limit(order.order_type) else None
-    for candidate in (limit, order.decision_price, prices.get(order.symbol), order.stop_price):
+    for candidate in (limit, order.decision_price, reference_price(order, prices), order.stop_price):
         if candidate is not None and math.isfinite(candidate) and candidate > 0:
             return float(candidate)
     return None
+
+
+def order_notional(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
+    """quantity x price x multiplier in the order's currency; None while price or multiplier is unknown."""
+    return notional(order.quantity, order_price(order, prices), units(order))
 
 
 def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str, float],
@@ -58,33 +84,43 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
     """One list of breaches per order ([] = passes), in order. Orders are checked in sequence, so the run's
     gross notional and the position limit see the orders before them that passed."""
     verdicts: list[list[str]] = []
-    gross = 0.0
+    gross = Money()  # per currency under the default guard; in limits.currency otherwise
     position = dict(positions)
     passed = 0
     for order in orders:
         breaches = []
-        price = order_price(order, prices)
-        notional = None if price is None else order.quantity * price
+        key = key_of(order)
+        local = order_notional(order, prices)
+        unit = limits.currency if limits.price_required else order.currency
+        try:  # the notional in the limits' currency
+            notional = None if local is None else convert(local, order.currency, unit, limits.fx_rates, key)
+        except CurrencyError as exc:
+            notional, uses_money = None, (limits.max_order_notional, limits.max_gross_notional)
+            if any(limit is not None for limit in uses_money):
+                breaches.append(str(exc))
         # A NaN reference (a prices Series with a gap) would make the collar distance NaN and pass: skip it.
-        reference = next((p for p in (prices.get(order.symbol), order.decision_price)
+        reference = next((p for p in (reference_price(order, prices), order.decision_price)
                           if p is not None and math.isfinite(p) and p > 0), None)
-        if limits.allowed_symbols is not None and order.symbol not in limits.allowed_symbols:
-            breaches.append(f"allowed_symbols: {order.symbol} is not allowed")
+        if limits.allowed_symbols is not None and not {order.symbol, key} & limits.allowed_symbols:
+            breaches.append(f"allowed_symbols: {key} is not allowed")
         if limits.max_order_quantity is not None and order.quantity > limits.max_order_quantity:
             breaches.append(f"max_order_quantity: {order.quantity:g} > {limits.max_order_quantity:g}")
         needs_price = (limits.max_order_notional, limits.max_gross_notional)
-        if notional is None and limits.price_required and any(limit is not None for limit in needs_price):
-            breaches.append("no price to check notional limits against (give decision_price or prices)")
+        if local is None and limits.price_required and any(limit is not None for limit in needs_price):
+            breaches.append(f"no multiplier for {key} to check notional limits against (give multiplier, or "
+                            "let the broker qualify the contract)" if units(order) is None else
+                            "no price to check notional limits against (give decision_price or prices)")
         if notional is not None and limits.max_order_notional is not None \
                 and notional > limits.max_order_notional:
             breaches.append(f"max_order_notional: {notional:,.2f} > {limits.max_order_notional:,.2f}")
+        run_total = gross.totals.get(unit, 0.0) + (notional or 0.0)
         if notional is not None and limits.max_gross_notional is not None \
-                and gross + notional > limits.max_gross_notional:
-            breaches.append(f"max_gross_notional: run total {gross + notional:,.2f} > "
+                and run_total > limits.max_gross_notional:
+            breaches.append(f"max_gross_notional: run total {run_total:,.2f} > "
                             f"{limits.max_gross_notional:,.2f}")
-        after = position.get(order.symbol, 0.0) + signed(order)
+        after = position.get(key, 0.0) + signed(order)
         if limits.max_position is not None and abs(after) > limits.max_position:
-            breaches.append(f"max_position: {order.symbol} position would be {after:g}, limit "
+            breaches.append(f"max_position: {key} position would be {after:g}, limit "
                             f"{limits.max_position:g}")
         if limits.collar is not None and order.limit_price is not None:
             distance = abs(order.limit_price / reference - 1) if reference else None
@@ -97,7 +133,7 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
             breaches.append(f"max_orders: more than {limits.max_orders} orders in one run")
         if not breaches:
             passed += 1
-            gross += notional or 0.0
-            position[order.symbol] = after
+            gross.add(notional or 0.0, unit)
+            position[key] = after
         verdicts.append(breaches)
     return verdicts

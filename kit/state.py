@@ -12,6 +12,7 @@ from operator import attrgetter
 
 from kit.model import (
     Accepted,
+    ArrivalPrice,
     BrokerNotice,
     Cancelled,
     Commission,
@@ -109,6 +110,11 @@ class OrderBook:
                 order.submitted_at = order.submitted_at or event.at
                 if event.arrival_price is not None:
                     order.arrival_price = event.arrival_price
+                return self._touch(order, event, Effect.APPLIED)
+            case ArrivalPrice(price=price):
+                if order.arrival_price is not None:
+                    return Outcome(Effect.NOTED, order)
+                order.arrival_price = price
                 return self._touch(order, event, Effect.APPLIED)
             case Accepted() | StatusUpdate():
                 changed = _take_ids(order, event.broker_order_id, event.perm_id)

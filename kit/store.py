@@ -13,10 +13,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
@@ -28,6 +28,7 @@ import pandas as pd
 from kit.config import db_path, setting
 from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
+from kit.instruments import Contract, cache_valid_until, instrument_key
 from kit.journal import Journal
 from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
 from kit.order_types import order_type_fields
@@ -92,6 +93,23 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE orders ADD COLUMN algo VARCHAR DEFAULT ''",
         "ALTER TABLE orders ADD COLUMN algo_params VARCHAR",
     ],
+    [
+        # Instruments: what an order designates beyond a stock (kit.instruments), and the contract-details
+        # cache, so a second run of the day qualifies nothing (the refresh rule:
+        # kit.instruments.cache_valid_until).
+        "ALTER TABLE orders ADD COLUMN expiry VARCHAR",
+        "ALTER TABLE orders ADD COLUMN strike DOUBLE",
+        'ALTER TABLE orders ADD COLUMN "right" VARCHAR',
+        "ALTER TABLE orders ADD COLUMN multiplier DOUBLE",
+        "ALTER TABLE orders ADD COLUMN con_id BIGINT",
+        "ALTER TABLE orders ADD COLUMN local_symbol VARCHAR",
+        """CREATE TABLE contract_cache (
+            broker VARCHAR NOT NULL, request_key VARCHAR NOT NULL, con_id BIGINT, symbol VARCHAR,
+            sec_type VARCHAR, currency VARCHAR, exchange VARCHAR, primary_exchange VARCHAR, expiry VARCHAR,
+            last_trade_date VARCHAR, strike DOUBLE, "right" VARCHAR, multiplier DOUBLE, local_symbol VARCHAR,
+            trading_class VARCHAR, min_tick DOUBLE, time_zone VARCHAR, trading_hours VARCHAR,
+            fetched_at TIMESTAMP, valid_until TIMESTAMP, PRIMARY KEY (broker, request_key))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
@@ -110,11 +128,16 @@ ORDER_COLUMNS = (
     "decision_price", "arrival_price", "submitted_at", "created_at", "updated_at",
     "stop_price", "trail_amount", "trail_percent", "offset", "outside_rth", "good_till", "algo",
     "algo_params",
+    "expiry", "strike", "right", "multiplier", "con_id", "local_symbol",
 )
 FILL_COLUMNS = (
     "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
     "currency", "exchange", "time", "execution_key", "revision",
 )
+# What the contract cache keeps of each kit.instruments.Contract (its fields, in its order).
+CONTRACT_FIELDS = ("symbol", "sec_type", "currency", "exchange", "con_id", "local_symbol", "primary_exchange",
+                   "expiry", "last_trade_date", "strike", "right", "multiplier", "trading_class", "min_tick",
+                   "time_zone", "trading_hours")
 EVENT_COLUMNS = ("event_id", "run_id", "client_order_id", "seq", "at", "kind", "status", "detail")
 RUN_COLUMNS = (
     "run_id", "run_key", "notebook", "notebook_hash", "parameters", "broker", "account", "status",
@@ -125,7 +148,7 @@ RUN_COLUMNS = (
 _TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "ended_at", "good_till"}
 _NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", "avg_fill_price",
             "commission", "decision_price", "arrival_price", "price", "stop_price", "trail_amount",
-            "trail_percent", "offset"}
+            "trail_percent", "offset", "strike", "multiplier"}
 _BOOLEANS = {"outside_rth"}
 _INTEGERS = {"revision", "seq"}
 Row = dict[str, Any]  # one row of a table, by column name
@@ -146,7 +169,8 @@ def frame(rows: Iterable[Row], columns: tuple[str, ...]) -> pd.DataFrame:
         parts.append(pd.DataFrame.from_records([], columns=list(columns)))
     result = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else
-              "int64" if c in _INTEGERS else "bool" if c in _BOOLEANS else "str" for c in columns}
+              "int64" if c in _INTEGERS else "Int64" if c == "con_id" else "bool" if c in _BOOLEANS else "str"
+              for c in columns}
     return result.astype(dtypes)
 
 
@@ -166,6 +190,18 @@ def working_mask(orders: pd.DataFrame) -> pd.Series:
     return at_broker & orders["status"].isin(OPEN_STATUSES)
 
 
+def _by_instrument(frame: pd.DataFrame) -> dict[str, float]:
+    """Signed quantities per instrument key (kit.instruments.instrument_key), from (symbol, sec_type, expiry,
+    strike, right, quantity) rows; instruments at zero left out."""
+    totals: dict[str, float] = {}
+    for symbol, sec_type, expiry, strike, right, quantity in frame.itertuples(index=False):
+        if quantity:
+            key = instrument_key(str(symbol), sec_type or "STK", _none(expiry) or "", _none(strike),
+                                 _none(right) or "")
+            totals[key] = totals.get(key, 0.0) + float(quantity)
+    return {key: value for key, value in totals.items() if value}
+
+
 def _none(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and value != value) else value
 
@@ -177,6 +213,9 @@ def _order_from_row(row: dict[str, Any], fills: list[Fill]) -> Order:
         tif=row["tif"], sec_type=row["sec_type"], exchange=row["exchange"], currency=row["currency"],
         primary_exchange=row["primary_exchange"], decision_price=_none(row["decision_price"]),
         **order_type_fields(row),
+        expiry=row.get("expiry") or "", strike=_none(row.get("strike")), right=row.get("right") or "",
+        multiplier=_none(row.get("multiplier")), con_id=_none(row.get("con_id")),
+        local_symbol=row.get("local_symbol") or "",
     )
     return Order(
         intent=intent, run_id=row["run_id"], created_at=row["created_at"], updated_at=row["updated_at"],
@@ -798,14 +837,63 @@ class Ledger:
         if not self.path.exists() and self._con is None:
             return {}, {}
         sign = "CASE o.side WHEN 'BUY' THEN 1 ELSE -1 END"
+        instrument = 'o.symbol, o.sec_type, o.expiry, o.strike, o."right"'
         positions = self.query(
-            f"SELECT o.symbol, sum({sign} * o.quantity) FROM fills o JOIN runs r USING (run_id) "
-            "WHERE r.broker = ? GROUP BY o.symbol", [broker])
+            f"SELECT {instrument}, sum({sign} * f.quantity) FROM fills f "
+            "JOIN orders o USING (client_order_id) JOIN runs r ON r.run_id = o.run_id "
+            "WHERE r.broker = ? GROUP BY ALL", [broker])
         working = self.query(
-            f"SELECT o.symbol, sum({sign} * o.remaining_quantity) FROM orders o WHERE o.run_id IN "
-            f"(SELECT run_id FROM runs WHERE broker = ?) AND {WORKING_SQL} GROUP BY o.symbol", [broker])
-        return ({str(k): float(v) for k, v in positions.itertuples(index=False) if v},
-                {str(k): float(v) for k, v in working.itertuples(index=False) if v})
+            f"SELECT {instrument}, sum({sign} * o.remaining_quantity) FROM orders o WHERE o.run_id IN "
+            f"(SELECT run_id FROM runs WHERE broker = ?) AND {WORKING_SQL} GROUP BY ALL", [broker])
+        return _by_instrument(positions), _by_instrument(working)
+
+    # ---- the contract-details cache (migration 5) ------------------------------------------------------
+    def cached_contracts(self, broker: str, keys: list[str], today: date) -> dict[str, Contract]:
+        """What qualification learned earlier for these request keys, where still valid today (the rule:
+        kit.instruments.cache_valid_until). No ledger, or one without the cache: nothing cached."""
+        if not keys or (not self.path.exists() and self._con is None):
+            return {}
+        try:
+            rows = self._records(
+                "SELECT * FROM contract_cache WHERE broker = ? AND request_key IN (SELECT unnest(?)) "
+                "AND CAST(valid_until AS DATE) >= ?", [broker, keys, today])
+        except (duckdb.CatalogException, LedgerBusyError) as exc:  # an older ledger, or held elsewhere
+            log.info("contract cache not read: %s", exc)
+            return {}
+        return {row["request_key"]: Contract(**{f: _none(row[f]) if f == "strike" else row[f]
+                                                for f in CONTRACT_FIELDS}) for row in rows}
+
+    def cache_contracts(self, broker: str, learned: Mapping[str, Contract], fetched: datetime) -> bool:
+        """Keep what qualification learned, valid for the day it was fetched (see cached_contracts). Best
+        effort: a ledger another process holds right now is left alone (the next run asks IB again)."""
+        if not learned:
+            return True
+        rows = [[broker, key, *(getattr(c, f) for f in CONTRACT_FIELDS), fetched,
+                 datetime.combine(cache_valid_until(c, fetched.date()), datetime.min.time())]
+                for key, c in learned.items()]
+        opened_here = self._con is None
+        try:
+            if opened_here and not self._connect():
+                return False
+            con = self.con
+            columns = ("broker", "request_key", *CONTRACT_FIELDS, "fetched_at", "valid_until")
+            con.execute("BEGIN")
+            try:
+                con.execute("DELETE FROM contract_cache WHERE broker = ? AND request_key IN "
+                            "(SELECT unnest(?))", [broker, list(learned)])
+                con.executemany(f"INSERT INTO contract_cache ({_quoted(columns)}) VALUES "
+                                f"({', '.join('?' for _ in columns)})", rows)
+                con.execute("COMMIT")
+            except BaseException:
+                _rollback(con)
+                raise
+            return True
+        except (duckdb.Error, KitError) as exc:
+            log.info("contract cache not written: %s", exc)
+            return False
+        finally:
+            if opened_here:
+                self.release()
 
     def legs(self, run_id: str) -> dict[tuple[str, str], int]:
         """How many orders per (symbol, side) a run has sent, so re-planning numbers new ones after them

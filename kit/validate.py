@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import infer_dtype
 
+from kit import instruments
 from kit.errors import InputError, ValidationError
 from kit.ids import client_order_ids
 from kit.model import OrderIntent, Side
@@ -49,10 +50,18 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "currency": "USD",
     "primary_exchange": "",
     "decision_price": None,
+    "expiry": "",
+    "strike": None,
+    "right": "",
+    "multiplier": None,
+    "con_id": None,
+    "local_symbol": "",
 }
 _BASE_COLUMNS = (*REQUIRED, *OPTIONAL_DEFAULTS)
 COLUMNS = (*_BASE_COLUMNS, *EXTRA_COLUMNS)  # the order types' fields last (kit.order_types)
-SEC_TYPES = ("STK",)
+# Columns only futures, FX and options use: a frame with any of them is checked row by row.
+INSTRUMENT_COLUMNS = ("expiry", "strike", "right", "multiplier", "con_id", "local_symbol")
+SEC_TYPES = instruments.SEC_TYPES
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9 .\-/]{0,20}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _EXCHANGE = re.compile(r"^[A-Z0-9.]{0,16}$")
@@ -271,7 +280,77 @@ def _check_row(row: dict[str, Any], sanity: Sanity,
             problems.append(problem)
         values["decision_price"] = finite_number(values["decision_price"])
     check_order_fields(values, row, lambda value, name: price_problem(value, name, sanity), now, problems)
+    if values["sec_type"] is not None:
+        _check_instrument(row, values, problems)
     return values, problems
+
+
+def _check_instrument(row: dict[str, Any], values: dict[str, Any], problems: list[str]) -> None:
+    """The fields each sec type needs and those it must not have (kit.instruments says what each means)."""
+    sec_type = values["sec_type"]
+    given = {name for name in INSTRUMENT_COLUMNS if not is_missing(row.get(name)) and row.get(name) != ""}
+    allowed = {"STK": {"con_id", "local_symbol"}, "CASH": {"con_id", "local_symbol"},
+               "FUT": {"expiry", "multiplier", "con_id", "local_symbol"}, "OPT": set(INSTRUMENT_COLUMNS)}
+    for name in sorted(given - allowed[sec_type]):
+        problems.append(f"{name} {row[name]!r} given for a {sec_type} row (only "
+                        + ("futures and options" if name in ("expiry", "multiplier") else "options")
+                        + " have one)")
+    if sec_type in ("FUT", "OPT"):
+        expiry = row.get("expiry")
+        if "expiry" not in given:
+            problems.append(f"a {sec_type} row needs an expiry (YYYYMM, YYYYMMDD"
+                            + (" or 'front')" if sec_type == "FUT" else ")"))
+        elif (problem := instruments.expiry_problem(expiry.strip() if isinstance(expiry, str) else expiry)):
+            problems.append(problem)
+        elif sec_type == "OPT" and expiry.strip() == instruments.FRONT:
+            problems.append("an option's expiry must be a date or month, not 'front'")
+        else:
+            values["expiry"] = expiry.strip()
+    if "multiplier" in given:
+        number = finite_number(row["multiplier"])
+        if number is None or number <= 0:
+            problems.append(f"multiplier {row['multiplier']!r} must be a positive number")
+        values["multiplier"] = number
+    if "con_id" in given:
+        number = finite_number(row["con_id"])
+        if number is None or number <= 0 or number != int(number):
+            problems.append(f"con_id {row['con_id']!r} must be a positive whole number (IB's conId)")
+        else:
+            values["con_id"] = int(number)
+    if "local_symbol" in given and not isinstance(row["local_symbol"], str):
+        problems.append(f"local_symbol {row['local_symbol']!r} is not text")
+    if sec_type == "OPT":
+        strike, right = row.get("strike"), row.get("right")
+        number = finite_number(strike)
+        if number is None or number <= 0:
+            problems.append(f"an option needs a positive strike, not {strike!r}")
+        values["strike"] = number
+        word = right.strip().upper() if isinstance(right, str) else right
+        word = {"CALL": "C", "PUT": "P"}.get(word, word)
+        if word not in instruments.RIGHTS:
+            problems.append(f"an option needs right 'C' or 'P', not {right!r}")
+        values["right"] = word
+    if sec_type == "CASH":
+        _check_fx(row, values, problems)
+
+
+def _check_fx(row: dict[str, Any], values: dict[str, Any], problems: list[str]) -> None:
+    """EUR.USD: the quantity in EUR, the price and money in USD, on IDEALPRO."""
+    symbol = values["symbol"]
+    pair = instruments.fx_pair(symbol) if isinstance(symbol, str) else None
+    if pair is None:
+        problems.append(f"an FX symbol is BASE.QUOTE, like EUR.USD, not {symbol!r}")
+        return
+    base, quote = pair
+    if base == quote:
+        problems.append(f"{symbol} trades a currency against itself")
+    currency = row.get("currency")
+    if not is_missing(currency) and currency != quote:
+        problems.append(f"currency {currency!r} is not the quote currency of {symbol} ({quote}): FX money "
+                        "is in the quote currency")
+    values["currency"] = quote
+    if values["exchange"] == "SMART":
+        values["exchange"] = instruments.IDEALPRO
 
 
 def _frame_problems(frame: Any) -> list[tuple[str | None, str]]:
@@ -309,10 +388,12 @@ def validate_orders(frame: pd.DataFrame, run_key: str, taken: Mapping[tuple[str,
         OrderIntent(
             client_order_id=coid, symbol=symbol, side=_SIDES[side], quantity=quantity, order_type=order_type,
             limit_price=limit_price, tif=tif, sec_type=sec_type, exchange=exchange, currency=currency,
-            primary_exchange=primary_exchange, decision_price=decision_price,
+            primary_exchange=primary_exchange, decision_price=decision_price, expiry=expiry, strike=strike,
+            right=right, multiplier=multiplier, con_id=con_id, local_symbol=local_symbol,
         )
         for coid, symbol, quantity, side, order_type, limit_price, tif, sec_type, exchange, currency,
-        primary_exchange, decision_price in zip(ids, *(columns[name] for name in _BASE_COLUMNS), strict=True)
+        primary_exchange, decision_price, expiry, strike, right, multiplier, con_id, local_symbol
+        in zip(ids, *(columns[name] for name in _BASE_COLUMNS), strict=True)
     ]
     return _with_order_fields(intents, columns)
 
@@ -325,6 +406,13 @@ def _with_order_fields(intents: list[OrderIntent], columns: dict[str, list[Any]]
               for row in zip(*(columns[name] for name in EXTRA_COLUMNS), strict=True)]
     return [intent if extra == EXTRA_DEFAULTS else dataclasses.replace(intent, **extra)
             for intent, extra in zip(intents, extras, strict=True)]
+
+
+class _Fields:
+    """A checked row's values as attributes, for kit.instruments.key_of."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.__dict__.update(values)
 
 
 def _checked_rows(frame: pd.DataFrame, sanity: Sanity, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -341,7 +429,7 @@ def _checked_rows(frame: pd.DataFrame, sanity: Sanity, now: datetime | None = No
             if key in first_seen:
                 row_problems.append(f"duplicates {first_seen[key]}")
             first_seen.setdefault(key, name)
-            symbol, side = values["symbol"], values["side"]
+            symbol, side = instruments.key_of(_Fields(values)), values["side"]
             other = sides_by_symbol.setdefault(symbol, (side, name))
             if other[0] != side:
                 row_problems.append(f"conflicts with {other[1]}: both buys and sells {symbol} in one run")
@@ -419,7 +507,8 @@ def _optional(prices: np.ndarray) -> list[float | None]:
 def _clean_columns(frame: pd.DataFrame, sanity: Sanity) -> dict[str, list[Any]] | None:
     """The values _check_row would give every row, column by column, if every row is valid and no row
     duplicates or conflicts with another; else None."""
-    if len(frame) == 0:
+    if len(frame) == 0 or any(name in frame.columns and not _all_missing(frame[name])
+                              for name in INSTRUMENT_COLUMNS):
         return None
     if any(name in frame.columns and not _all_missing(frame[name]) for name in EXTRA_COLUMNS):
         return None  # an order-type field: the row-by-row check (kit.order_types)
@@ -461,12 +550,15 @@ def _clean_columns(frame: pd.DataFrame, sanity: Sanity) -> dict[str, list[Any]] 
     columns: dict[str, Any] = {
         "symbol": symbol, "quantity": quantity.tolist(), "side": side, "order_type": order_type,
         "limit_price": _optional(limit_price), "tif": _words(frame, "tif", BASIC_TIFS),
-        "sec_type": _words(frame, "sec_type", SEC_TYPES),
+        "sec_type": _words(frame, "sec_type", ("STK",)),  # other sec types: checked row by row
         "exchange": _patterned(frame, "exchange", _FULL_EXCHANGE),
         "currency": _patterned(frame, "currency", _FULL_CURRENCY),
         "primary_exchange": _patterned(frame, "primary_exchange", _FULL_EXCHANGE),
         "decision_price": _optional(decision_price),
     }
+    columns.update({"expiry": [""] * len(frame), "strike": [None] * len(frame), "right": [""] * len(frame),
+                    "multiplier": [None] * len(frame), "con_id": [None] * len(frame),
+                    "local_symbol": [""] * len(frame)})
     if any(values is None for values in columns.values()):
         return None
     keys = pd.DataFrame(columns)

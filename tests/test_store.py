@@ -239,6 +239,7 @@ def test_fills_written_before_execution_keys_existed_get_them_from_the_migration
                                "0.5, 'USD', 'NYSE', ?)", [exec_id, T0])
     monkeypatch.undo()
     with Ledger(db) as ledger:
+        write(ledger, [an_order()])
         fills = ledger.fills("r1").set_index("exec_id")
         order = ledger.load_orders("r1")[0]
     assert fills.loc["0001.5f.01.02", ["execution_key", "revision"]].tolist() == ["0001.5f.01", 2]

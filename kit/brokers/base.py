@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from datetime import date
 from enum import StrEnum
+from typing import Any
 
+from kit.instruments import Contract, Spec
 from kit.model import BrokerEvent, Order, OrderIntent
 
 EventSink = Callable[[BrokerEvent], None]
@@ -85,8 +88,15 @@ class Broker(ABC):
         """
 
     def reference_price(self, symbol: str) -> float | None:
-        """The price at submission, recorded as the arrival price for TCA; None when unknown."""
+        """The price at submission, recorded as the arrival price for TCA; None when unknown. `symbol` is
+        the instrument key (kit.instruments.instrument_key): the symbol itself for stocks and FX."""
         return None
+
+    async def qualify(self, specs: list[Spec], today: date) -> dict[Spec, Contract | str]:
+        """The contract each spec designates (kit.instruments.choose over the broker's candidates), or why
+        none does, listing the candidates. Planning calls it for futures, FX and options, so "front", the
+        multiplier and the contract id are known before risk checks and before anything is sent."""
+        return {}
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         """Estimates for a dry run (margin, commission); empty when the broker cannot say."""
@@ -95,6 +105,8 @@ class Broker(ABC):
     # Where planning finds current positions and working orders: a broker that keeps an account (IB)
     # answers positions() and working(); for one that does not (the mock), kit reads its own ledger.
     keeps_positions: bool = False
+    # Where qualification keeps what it learned (a kit.store.Ledger: its contract cache), set by kit.api.
+    contract_cache: Any = None
 
     async def positions(self) -> dict[str, float]:
         return {}

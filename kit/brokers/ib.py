@@ -11,7 +11,7 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Iterable
-from datetime import timedelta, tzinfo
+from datetime import date, timedelta, tzinfo
 from types import ModuleType
 from typing import Any
 
@@ -32,7 +32,8 @@ from kit.brokers.ib_events import (
 from kit.clock import utcnow
 from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
-from kit.model import BrokerNotice, Order, OrderIntent, Rejected
+from kit.instruments import FRONT, Contract, Spec, choose, fx_pair, instrument_key, key_of, spec_of
+from kit.model import ArrivalPrice, BrokerNotice, Order, OrderIntent, Rejected
 from kit.order_types import ib_fields
 
 log = logging.getLogger("kit.ib")
@@ -103,7 +104,9 @@ class IBBroker(Broker):
         self.ib: Any = None
         self.contracts: dict[tuple, Any] = {}  # None: IB found no (single) contract
         self.contract_errors: dict[str, str] = {}
-        self.prices: dict[str, float] = {}
+        self.prices: dict[str, float] = {}  # per instrument key (kit.instruments.instrument_key)
+        self._keys_by_con_id: dict[int, str] = {}
+        self._unpriced: set[str] = set()  # orders placed before their arrival snapshot answered
         self._closing = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._session = 0  # connections made so far; the one an order was placed on is kept with it
@@ -176,11 +179,20 @@ class IBBroker(Broker):
         settings = self.settings
         self._refused, self._heard = "", False
         await self.ib.connectAsync(settings.host, settings.port, clientId=settings.client_id,
-                                   timeout=timeout or settings.connect_timeout, account=settings.account)
+                                   timeout=timeout or settings.connect_timeout, account=settings.account,
+                                   **self._startup_fetch())
         self._session += 1
         self.translator.new_connection()
         assert self._up is not None
         self._up.set()
+
+    def _startup_fetch(self) -> dict[str, Any]:
+        """ib_async lists completed orders, executions and the account's values at connect, then kit lists
+        orders and executions itself (sync, and after a reconnect) and reads no account values: asking
+        only for positions and open orders spares a listing the first order would wait for. ib_insync
+        has no such option and lists everything."""
+        fetch = getattr(self.lib, "StartupFetch", None)
+        return {"fetchFields": fetch.POSITIONS | fetch.ORDERS_OPEN} if fetch is not None else {}
 
     def _on_api_start(self) -> None:
         """Said as soon as a reconnect's handshake is done, before IB replays what happened meanwhile."""
@@ -293,8 +305,9 @@ class IBBroker(Broker):
     async def close(self) -> None:
         # Lookups and re-checks under way were asked for by the translator (an unknown refusal, a sum that
         # disagrees with IB's): let them answer, sync_timeout at most, so their verdict reaches the run.
+        # A run that failed on a message kit cannot read stops here, waiting for nothing more.
         pending = [task for task in self._tasks if not task.done()]
-        if pending and self.ib is not None and self.ib.isConnected():
+        if pending and self.failure is None and self.ib is not None and self.ib.isConnected():
             await asyncio.wait(pending, timeout=self.sync_timeout)
         self._closing = True
         if self._stop is not None:
@@ -444,32 +457,155 @@ class IBBroker(Broker):
         if req_id in self._what_if_ids:  # IB refused the order a what-if asked about: say why
             self._what_if_ids[req_id] = f"IB error {code}: {message}"
 
-    # ---- orders --------------------------------------------------------------------------------------
+    # ---- contracts -----------------------------------------------------------------------------------
     def _contract_key(self, intent: OrderIntent) -> tuple:
-        return (intent.symbol, intent.sec_type, intent.exchange, intent.currency, intent.primary_exchange)
+        return (intent.symbol, intent.sec_type, intent.exchange, intent.currency, intent.primary_exchange,
+                intent.expiry, intent.strike, intent.right, intent.multiplier, intent.con_id)
 
-    async def prepare(self, orders: list[OrderIntent]) -> None:
-        """Qualify every distinct contract in one concurrent batch; the client's throttle keeps pacing."""
-        missing = {self._contract_key(o): o for o in orders if self._contract_key(o) not in self.contracts}
+    @property
+    def _cache_name(self) -> str:
+        """Whose contract ids the cache holds: IB's at this host and port (a simulated gateway's are not
+        a real one's)."""
+        return f"ib@{self.settings.host}:{self.settings.port}"
+
+    async def qualify(self, specs: list[Spec], today: date) -> dict[Spec, Contract | str]:
+        """Through the ledger's contract cache (what an earlier run learned today), else IB's contract
+        details, connecting for the purpose if not connected."""
+        found = self._from_cache(specs, today)
+        missing = [spec for spec in specs if spec not in found]
+        if missing:
+            connected = self.ib is not None and self.ib.isConnected()
+            if not connected:
+                await self.connect()
+            try:
+                found |= await self._details(missing, today)
+            finally:
+                if not connected:
+                    await self.close()
+        return found
+
+    def _from_cache(self, specs: list[Spec], today: date) -> dict[Spec, Contract | str]:
+        if self.contract_cache is None or not specs:
+            return {}
+        cached = self.contract_cache.cached_contracts(self._cache_name, [repr(s) for s in specs], today)
+        return {spec: cached[repr(spec)] for spec in specs if repr(spec) in cached}
+
+    async def _details(self, specs: list[Spec], today: date) -> dict[Spec, Contract | str]:
+        """One concurrent batch of reqContractDetails (the client's throttle paces it); each answer's
+        candidates go through kit.instruments.choose; what is learned goes to the cache."""
         await self._ready()
-        contracts = {key: self.lib.Stock(o.symbol, o.exchange, o.currency, primaryExchange=o.primary_exchange)
-                     for key, o in missing.items()}
+        requests = [self._request(spec) for spec in specs]
         try:
-            details = await asyncio.wait_for(asyncio.gather(
-                *(self.ib.reqContractDetailsAsync(c) for c in contracts.values())), self.sync_timeout)
+            answers = await asyncio.wait_for(asyncio.gather(
+                *(self.ib.reqContractDetailsAsync(c) for c in requests)), self.sync_timeout)
         except TimeoutError:
             raise BrokerUnavailableError(f"IB did not answer contract lookups within {self.sync_timeout:g}s; "
                                          "no order was sent") from None
-        for (key, contract), found in zip(contracts.items(), details, strict=True):
-            self.contracts[key] = contract if len(found) == 1 else None
-            if len(found) == 1:
-                contract.conId = found[0].contract.conId
-            elif len(found) > 1:
-                self.contract_errors[contract.symbol] = f"ambiguous contract: {len(found)} matches"
-        await self._snapshot([c for key, c in contracts.items() if self.contracts[key] is not None])
+        found: dict[Spec, Contract | str] = {}
+        for spec, details in zip(specs, answers, strict=True):
+            candidates = [self._learned(spec, d) for d in details]
+            chosen = choose(spec, candidates, today)
+            if isinstance(chosen, str) and not candidates:
+                chosen = self.contract_errors.get(spec.symbol, chosen)
+            found[spec] = chosen
+        if self.contract_cache is not None:
+            learned = {repr(s): c for s, c in found.items() if isinstance(c, Contract)}
+            self.contract_cache.cache_contracts(self._cache_name, learned, utcnow())
+        return found
+
+    def _request(self, spec: Spec) -> Any:
+        """The contract as kit asks IB for it: what the row gave, no more (a future without "front", on its
+        exchange or any; FX as IB names it, EUR in USD)."""
+        lib = self.lib
+        if spec.sec_type == "STK":
+            return lib.Stock(spec.symbol, spec.exchange, spec.currency, primaryExchange=spec.primary_exchange)
+        pair = fx_pair(spec.symbol) if spec.sec_type == "CASH" else None
+        anywhere = spec.sec_type == "FUT" and spec.exchange == "SMART"  # a future: any exchange it trades on
+        contract = lib.Contract(secType=spec.sec_type, symbol=pair[0] if pair else spec.symbol,
+                                currency=spec.currency, exchange="" if anywhere else spec.exchange)
+        if spec.expiry and spec.expiry != FRONT:
+            contract.lastTradeDateOrContractMonth = spec.expiry
+        if spec.strike is not None:
+            contract.strike = spec.strike
+        if spec.right:
+            contract.right = spec.right
+        if spec.multiplier is not None:
+            contract.multiplier = f"{spec.multiplier:g}"
+        return contract
+
+    @staticmethod
+    def _learned(spec: Spec, details: Any) -> Contract:
+        """IB's contract details as kit keeps them (its symbol for FX is kit's BASE.QUOTE)."""
+        c = details.contract
+        expiry = (c.lastTradeDateOrContractMonth or "").split(" ")[0]
+        derivative = c.secType in ("FUT", "OPT")
+        return Contract(
+            symbol=f"{c.symbol}.{c.currency}" if c.secType == "CASH" else c.symbol, sec_type=c.secType,
+            currency=c.currency, exchange=c.exchange or spec.exchange, con_id=int(c.conId),
+            local_symbol=c.localSymbol or "", primary_exchange=c.primaryExchange or "", expiry=expiry,
+            last_trade_date=expiry if derivative else "",
+            strike=float(c.strike) if c.secType == "OPT" else None, right=c.right or "",
+            multiplier=float(c.multiplier) if derivative and c.multiplier else 1.0,
+            trading_class=c.tradingClass or "", min_tick=float(details.minTick or 0.0),
+            time_zone=getattr(details, "timeZoneId", "") or "",
+            trading_hours=getattr(details, "tradingHours", "") or "")
+
+    def _ib_contract(self, intent: OrderIntent, learned: Contract | None) -> Any:
+        """The contract an order goes with: by IB's conId (what qualification learned), on the intent's
+        exchange (a future on its own exchange)."""
+        con_id = learned.con_id if learned is not None else intent.con_id
+        exchange = intent.exchange
+        if intent.sec_type == "FUT" and exchange == "SMART" and learned is not None:
+            exchange = learned.exchange
+        if intent.sec_type == "STK":
+            contract = self.lib.Stock(intent.symbol, exchange, intent.currency,
+                                      primaryExchange=intent.primary_exchange)
+        else:
+            pair = fx_pair(intent.symbol) if intent.sec_type == "CASH" else None
+            contract = self.lib.Contract(secType=intent.sec_type, symbol=pair[0] if pair else intent.symbol,
+                                         exchange=exchange, currency=intent.currency)
+            if learned is not None:
+                contract.lastTradeDateOrContractMonth = learned.expiry
+                contract.localSymbol = learned.local_symbol
+                contract.tradingClass = learned.trading_class
+                if intent.sec_type in ("FUT", "OPT"):
+                    contract.multiplier = f"{learned.multiplier:g}"
+            if intent.sec_type == "OPT":
+                contract.strike, contract.right = intent.strike or 0.0, intent.right
+        contract.conId = int(con_id or 0)
+        return contract
+
+    async def prepare(self, orders: list[OrderIntent]) -> None:
+        """Qualify every distinct contract once per run: an order that carries IB's conId (planning qualified
+        it) needs nothing; the others are looked up in the ledger's cache, then in one batch of contract
+        details. Arrival-price snapshots are requested in the background, behind the orders: the first
+        order never waits for market data."""
+        missing = {self._contract_key(o): o for o in orders if self._contract_key(o) not in self.contracts}
+        await self._ready()
+        known = {key: o for key, o in missing.items() if o.con_id and o.sec_type != "STK"}
+        for key, order in known.items():
+            self._keep(key, order, None)
+        specs = {key: spec_of(o) for key, o in missing.items() if key not in known}
+        found = await self.qualify(list(dict.fromkeys(specs.values())), utcnow().date()) if specs else {}
+        for key, spec in specs.items():
+            chosen = found.get(spec, "IB did not answer for this contract")
+            if isinstance(chosen, str):
+                self.contracts[key] = None
+                self.contract_errors[key_of(missing[key])] = chosen
+            else:
+                self._keep(key, missing[key], chosen)
+        wanted = [self.contracts[key] for key in missing if self.contracts.get(key) is not None]
+        if wanted:
+            self._spawn(self._snapshot(wanted))
+
+    def _keep(self, key: tuple, order: OrderIntent, learned: Contract | None) -> None:
+        contract = self._ib_contract(order, learned)
+        self.contracts[key] = contract
+        self._keys_by_con_id[contract.conId] = key_of(order)
 
     async def _snapshot(self, contracts: list[Any]) -> None:
-        """Arrival prices for TCA: one bid/ask snapshot per contract, the mid (else the last trade)."""
+        """Arrival prices for TCA: one bid/ask snapshot per contract, the mid (else the last trade). Orders
+        that went out before it answered get theirs as an ArrivalPrice event."""
         if not contracts:
             return
         try:
@@ -481,21 +617,42 @@ class IBBroker(Broker):
         for ticker in tickers:
             bid, ask, last = (_price(getattr(ticker, name, None)) for name in ("bid", "ask", "last"))
             price = (bid + ask) / 2 if bid and ask else last
+            key = self._keys_by_con_id.get(ticker.contract.conId, ticker.contract.symbol)
             if price:
-                self.prices[ticker.contract.symbol] = price
+                self.prices[key] = price
+        for coid in sorted(self._unpriced):
+            price = self.prices.get(key_of(self._placed[coid][0]))
+            if price is not None:
+                self._unpriced.discard(coid)
+                self.emit(ArrivalPrice(coid, utcnow(), price))
 
     def reference_price(self, symbol: str) -> float | None:
         return self.prices.get(symbol)
+
+    def ib_key(self, contract: Any) -> str:
+        """kit's instrument key of a contract IB reports (a position, an open order)."""
+        known = self._keys_by_con_id.get(contract.conId)
+        if known:
+            return known
+        sec_type = contract.secType or "STK"
+        symbol = f"{contract.symbol}.{contract.currency}" if sec_type == "CASH" else contract.symbol
+        expiry = (contract.lastTradeDateOrContractMonth or "").split(" ")[0]
+        strike = float(contract.strike or 0) or None
+        return instrument_key(symbol, sec_type, expiry, strike, contract.right or "")
+
+    # ---- orders --------------------------------------------------------------------------------------
 
     async def submit(self, order: OrderIntent) -> None:
         if self._contract_key(order) not in self.contracts:
             await self.prepare([order])
         contract = self.contracts[self._contract_key(order)]
         if contract is None:
-            reason = self.contract_errors.get(order.symbol, "no security definition found")
+            reason = self.contract_errors.get(key_of(order), "no security definition found")
             self.emit(Rejected(order.client_order_id, utcnow(), reason))
             return
         await self._ready()
+        if self.prices.get(key_of(order)) is None:
+            self._unpriced.add(order.client_order_id)
         self._place(order, contract)
 
     def _place(self, order: OrderIntent, contract: Any) -> None:
@@ -586,7 +743,7 @@ class IBBroker(Broker):
         """IB's what-if: margin and commission estimates, with nothing sent to the market."""
         contract = self.contracts.get(self._contract_key(order))
         if contract is None:
-            return {"warning": self.contract_errors.get(order.symbol, "no security definition found")}
+            return {"warning": self.contract_errors.get(key_of(order), "no security definition found")}
         req_id = self.ib.client._reqIdSeq  # the id whatIfOrderAsync takes next: IB's errors name it
         self._what_if_ids[req_id] = ""
         try:  # an unanswered what-if must not hang the dry run
@@ -604,7 +761,7 @@ class IBBroker(Broker):
 
     async def positions(self) -> dict[str, float]:
         held = await self._answer(self.ib.reqPositionsAsync(), "positions")
-        return {p.contract.symbol: float(p.position) for p in held
+        return {self.ib_key(p.contract): float(p.position) for p in held
                 if p.account == self.account and p.position}
 
     async def working(self) -> dict[str, float]:
@@ -615,7 +772,8 @@ class IBBroker(Broker):
                 continue
             remaining = float(trade.order.totalQuantity) - float(trade.orderStatus.filled or 0)
             sign = 1 if trade.order.action == "BUY" else -1
-            working[trade.contract.symbol] = working.get(trade.contract.symbol, 0.0) + sign * remaining
+            key = self.ib_key(trade.contract)
+            working[key] = working.get(key, 0.0) + sign * remaining
         return working
 
     async def _answer(self, request: Any, what: str) -> Any:

@@ -17,11 +17,13 @@ import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 
 import pandas as pd
 
 from kit.brokers.base import Broker, Notice
 from kit.clock import utcnow
+from kit.instruments import Contract, Spec, choose, key_of, quarterly_expiries
 from kit.model import (
     Accepted,
     BrokerEvent,
@@ -35,7 +37,7 @@ from kit.model import (
     Rejected,
 )
 from kit.order_types import Trigger, auction, reaches
-from kit.risk import order_price
+from kit.risk import order_price, reference_price
 from kit.slicing import split
 from kit.validate import check_price, check_prices
 
@@ -51,6 +53,67 @@ class CommissionModel:
     def __call__(self, quantity: float, price: float) -> float:
         fee = max(quantity * self.per_share, self.minimum)
         return round(min(fee, quantity * price * self.maximum_rate), 6)
+
+
+def contract_fee(sec_type: str, quantity: float, notional: float) -> float:
+    """The mock's commission for futures, options and FX, the shape of IB's fixed rates: per contract for
+    futures (0.85) and options (0.65), 0.2 bp of the value for FX with a 2.00 minimum."""
+    if sec_type == "CASH":
+        return round(max(notional * 0.00002, 2.0), 6)
+    return round(quantity * (0.85 if sec_type == "FUT" else 0.65), 6)
+
+
+def mock_contracts(today: date) -> tuple[Contract, ...]:
+    """The mock's security master, dated from `today`: ES, MES and NQ quarterly futures (CME, USD), the DAX
+    future in its three sizes (EUREX, EUR: one symbol, three multipliers, so "DAX front" is ambiguous as it
+    is at IB), EUR.USD, GBP.USD and USD.JPY on IDEALPRO, and SPY options (x100) on the next two monthly
+    expiries, each month with a weekly expiry too (so a month alone is ambiguous), strikes 400 to 500."""
+    found: list[Contract] = []
+    months = quarterly_expiries(today, 3)
+    roots = (("ES", "CME", "USD", 50.0, "ES"), ("MES", "CME", "USD", 5.0, "MES"),
+             ("NQ", "CME", "USD", 20.0, "NQ"),
+             ("DAX", "EUREX", "EUR", 25.0, "FDAX"), ("DAX", "EUREX", "EUR", 5.0, "FDXM"),
+             ("DAX", "EUREX", "EUR", 1.0, "FDXS"))
+    codes = "FGHJKMNQUVXZ"
+    con_id = 500_000_000
+    for symbol, exchange, currency, multiplier, trading_class in roots:
+        for expiry in months:
+            con_id += 1
+            local = f"{trading_class}{codes[expiry.month - 1]}{expiry.year % 10}"
+            found.append(Contract(symbol, "FUT", currency, exchange, con_id, local, expiry=f"{expiry:%Y%m%d}",
+                                  last_trade_date=f"{expiry:%Y%m%d}", multiplier=multiplier,
+                                  trading_class=trading_class, min_tick=0.25))
+    for pair, con_id in (("EUR.USD", 12087792), ("GBP.USD", 12087797), ("USD.JPY", 15016059)):
+        quote = pair.split(".")[1]
+        found.append(Contract(pair, "CASH", quote, "IDEALPRO", con_id, pair, trading_class=pair,
+                              min_tick=0.00005))
+    con_id = 700_000_000
+    for monthly in _monthly_expiries(today, 2):
+        for expiry in (monthly, date.fromordinal(monthly.toordinal() - 7)):
+            if expiry < today:
+                continue
+            for strike in range(400, 501, 10):
+                for right in "CP":
+                    con_id += 1
+                    local = f"SPY   {expiry:%y%m%d}{right}{strike * 1000:08d}"
+                    day = f"{expiry:%Y%m%d}"
+                    found.append(Contract("SPY", "OPT", "USD", "SMART", con_id, local, expiry=day,
+                                          last_trade_date=day, strike=float(strike), right=right,
+                                          multiplier=100.0, trading_class="SPY"))
+    return tuple(found)
+
+
+def _monthly_expiries(today: date, count: int) -> list[date]:
+    """Third Fridays of the next `count` months (this one if not past)."""
+    found: list[date] = []
+    year, month = today.year, today.month
+    while len(found) < count:
+        first = date(year, month, 1)
+        friday = date.fromordinal(first.toordinal() + (4 - first.weekday()) % 7 + 14)
+        if friday >= today:
+            found.append(friday)
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return found
 
 
 def reference_prices(prices: Mapping[str, float] | pd.DataFrame | pd.Series | None) -> dict[str, float]:
@@ -93,7 +156,12 @@ class MockBroker(Broker):
     trigger when the reference reaches the stop (kit.order_types.Trigger), then work as MKT or LMT;
     MIDPRICE and REL fill at the reference, within their cap; Twap and Vwap fill in `algo_slices` slices, one
     per `latency` step, each at the reference when it is due; Adaptive works like its MKT or LMT order.
-    outside_rth and GTD change nothing here: the mock has no trading hours and no clock."""
+    outside_rth and GTD change nothing here: the mock has no trading hours and no clock.
+
+
+    Prices are per instrument key (kit.instruments.instrument_key): "AAPL", "EUR.USD", "ES 202612" (or "ES"
+    for every ES month), "SPY 20261218 450 C". Futures, FX and options are qualified against `contracts`
+    (mock_contracts of today by default); an order the table does not know is rejected."""
 
     name = "mock"
     account = "MOCK-PAPER"
@@ -109,9 +177,11 @@ class MockBroker(Broker):
         commission: Callable[[float, float], float] = CommissionModel(),
         currency: str = "USD",
         algo_slices: int = 4,
+        contracts: Iterable[Contract] | None = None,
     ) -> None:
         super().__init__()
         self.prices = reference_prices(prices)
+        self.contracts = None if contracts is None else tuple(contracts)
         self.seed = seed
         self.partial_fills = partial_fills
         self.latency = latency
@@ -134,16 +204,29 @@ class MockBroker(Broker):
         self._loop = None
 
     def reference_price(self, symbol: str) -> float | None:
-        return self.prices.get(symbol)
+        root = symbol.split(" ")[0] if len(symbol.split(" ")) == 2 else None  # a future's key: its root too
+        return self.prices.get(symbol, self.prices.get(root) if root else None)
+
+    def _price(self, intent: OrderIntent) -> float | None:
+        return reference_price(intent, self.prices)
+
+    def table(self) -> tuple[Contract, ...]:
+        if self.contracts is None:
+            self.contracts = mock_contracts(utcnow().date())
+        return self.contracts
+
+    async def qualify(self, specs: list[Spec], today: date) -> dict[Spec, Contract | str]:
+        return {spec: choose(spec, self.table(), today) for spec in specs}
 
     def set_price(self, symbol: str, price: float) -> None:
         """Move the market: resting LMT orders that the new price reaches start filling. While no session
-        is connected the price just moves; the orders it reaches fill when the next session connects."""
+        is connected the price just moves; the orders it reaches fill when the next session connects.
+        `symbol` is an instrument key, or a future's root for all its months."""
         symbol, self.prices[symbol] = check_price(symbol, price)
         if self._loop is None:
             return
         for working in self.orders.values():
-            if working.intent.symbol == symbol:
+            if symbol in (working.intent.symbol, key_of(working.intent)):
                 self._maybe_fill(working)
 
     def set_close(self, symbol: str, price: float) -> None:
@@ -190,8 +273,9 @@ class MockBroker(Broker):
                                            order.limit_price),
                            held=auction(order.order_type, order.tif))
         self.orders[order.client_order_id] = working
-        if order.symbol not in self.prices:
-            self._tell(working, Rejected(order.client_order_id, utcnow(), "price_unavailable"))
+        unknown = self._unknown_contract(order)
+        if unknown or self._price(order) is None:
+            self._tell(working, Rejected(order.client_order_id, utcnow(), unknown or "price_unavailable"))
             working.cancelled = True
             return
         self._tell(working, Accepted(order.client_order_id, utcnow(),
@@ -208,13 +292,28 @@ class MockBroker(Broker):
         working.cancelled = True
         self._tell(working, Cancelled(client_order_id, utcnow(), "cancelled by request"))
 
+    def _unknown_contract(self, order: OrderIntent) -> str:
+        """Why the table knows no such contract ("" when it does, and for stocks, which it does not list)."""
+        if order.sec_type == "STK":
+            return ""
+        spec = Spec(order.symbol, order.sec_type, order.exchange, order.currency, order.primary_exchange,
+                    order.expiry, order.strike, order.right, order.multiplier)
+        found = choose(spec, self.table(), utcnow().date())
+        return found if isinstance(found, str) else ""
+
+    def _fee(self, intent: OrderIntent, quantity: float, price: float) -> float:
+        if intent.sec_type == "STK" or not isinstance(self.commission, CommissionModel):
+            return self.commission(quantity, price)
+        return contract_fee(intent.sec_type, quantity, quantity * price * (intent.multiplier or 1.0))
+
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         # A limit order's notional at its limit, as the risk check takes it.
-        price = order_price(order, self.prices) if order.symbol in self.prices else None
-        if price is None:
-            return {"warning": "price_unavailable"}
-        return {"price": price, "notional": price * order.quantity,
-                "commission": self.commission(order.quantity, price)}
+        unknown = self._unknown_contract(order)
+        price = order_price(order, self.prices) if self._price(order) is not None else None
+        if unknown or price is None:
+            return {"warning": unknown or "price_unavailable"}
+        return {"price": price, "notional": price * order.quantity * (order.multiplier or 1.0),
+                "commission": self._fee(order, order.quantity, price)}
 
     async def sync(self, orders: Iterable[Order]) -> set[str]:
         """Replay everything this broker told about these orders (acks, fills, commissions, cancels), as
@@ -234,15 +333,17 @@ class MockBroker(Broker):
         """Can it fill now: out of its auction wait, triggered, and its limit (if any) reached."""
         if working.held is not None:
             return False
-        price = self._price(working)
+        price = self._fill_price(working)
         return working.trigger.observe(price) and reaches(working.intent.side, price,
                                                           working.trigger.working_limit())
 
-    def _price(self, working: _Working) -> float:
+    def _fill_price(self, working: _Working) -> float:
         """The price it fills at: its auction's, else the reference."""
         if working.auction_price is not None:
             return working.auction_price
-        return self.prices[working.intent.symbol]
+        price = self._price(working.intent)
+        assert price is not None, "an order without a price was rejected at submit"
+        return price
 
     def _maybe_fill(self, working: _Working) -> None:
         """Schedule the chunks still to fill, once: a second price move while they wait adds nothing."""
@@ -274,7 +375,7 @@ class MockBroker(Broker):
             working.generation += 1
             return
         intent = working.intent
-        price = self._price(working)
+        price = self._fill_price(working)
         quantity = working.chunks[index]
         key = f"mock.{working.number:016x}.{index + 1:02d}"  # the mock never corrects: revision 1 of each
         exec_id = f"{key}.01"
@@ -284,7 +385,7 @@ class MockBroker(Broker):
             working.scheduled = False
         for event in (Execution(Fill(exec_id, intent.client_order_id, quantity, price, at,
                                      currency=intent.currency, exchange="MOCK", key=key, revision=1), at),
-                      Commission(exec_id, self.commission(quantity, price), intent.currency, at,
+                      Commission(exec_id, self._fee(intent, quantity, price), intent.currency, at,
                                  intent.client_order_id)):
             working.sent.append(event)
             self.emit(event)

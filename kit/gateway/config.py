@@ -66,6 +66,9 @@ class GatewayConfig:
     #: Run an auction by itself this many seconds after an order for it is accepted (for a gateway that
     #: no test drives: ``kit gateway`` demos); None: only ``Gateway.run_auction`` runs it.
     auction_after: float | None = None
+    #: Also list futures, FX and options (kit.gateway.instruments.derivatives), dated from the gateway's
+    #: clock, next to ``instruments``.
+    derivatives: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -77,9 +80,9 @@ class GatewayConfig:
             problems.append(f"fill_latency must be >= 0, got {self.fill_latency}")
         if self.max_order_size <= 0:
             problems.append(f"max_order_size must be > 0, got {self.max_order_size}")
-        symbols = [inst.symbol for inst in self.instruments]
-        if len(set(symbols)) != len(symbols):
-            problems.append("instrument symbols must be unique")
+        names = [inst.name for inst in self.instruments]
+        if len(set(names)) != len(names):
+            problems.append("instrument symbols (local symbols for futures, FX and options) must be unique")
         missing_fx = {inst.currency for inst in self.instruments} - set(self.fx)
         if missing_fx:
             problems.append(f"fx has no rate for {sorted(missing_fx)}")

@@ -147,8 +147,14 @@ class Handlers:
     def reqContractDetails(self, conn: Connection, fields: list[str]) -> None:
         r = Fields(fields, start=2)
         req_id, spec = r.integer(), r.contract()
-        inst = self._resolve(req_id, spec)
-        self.gw.send(conn, m.contract_details(req_id, inst, spec.exchange or "SMART"))
+        found = self.gw.market.candidates(spec)
+        if not found:
+            raise RequestError(req_id, 200, UNKNOWN_CONTRACT)
+        if all(inst.sec_type == "STK" for inst in found):
+            found = found[:1]  # a stock: its first listing, as the table always answered
+        for inst in found:  # several where IB lists several: every month, multiplier or expiry that fits
+            exchange = spec.exchange or ("SMART" if "SMART" in inst.exchanges else inst.primary_exchange)
+            self.gw.send(conn, m.contract_details(req_id, inst, exchange))
         self.gw.send(conn, m.contract_details_end(req_id))
 
     def reqMktData(self, conn: Connection, fields: list[str]) -> None:
@@ -177,7 +183,7 @@ class Handlers:
             for req_id, ticker in conn.tickers.items():
                 if ticker is inst:
                     self._send_quote(conn, req_id, inst)
-        for order in self.book.working_orders(inst.symbol):
+        for order in self.book.working_orders(inst):
             self._schedule(order)
 
     # orders

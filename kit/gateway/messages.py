@@ -64,8 +64,8 @@ def _msg(name: str, *values: object, tag: str = "") -> Message:
 
 def _contract(inst: Instrument, exchange: str) -> tuple[object, ...]:
     """The 11 contract fields of openOrder, completedOrder and execDetails (no primaryExchange)."""
-    return (inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "", exchange, inst.currency, inst.symbol,
-            inst.trading_class)  # fmt: skip
+    return (inst.con_id, inst.symbol, inst.sec_type, inst.expiry, inst.strike, inst.right, inst.multiplier,
+            exchange, inst.currency, inst.shown_local_symbol, inst.trading_class)  # fmt: skip
 
 
 # session
@@ -96,13 +96,14 @@ def contract_details(req_id: int, inst: Instrument, exchange: str) -> Message:
     exchanges = inst.exchanges
     return _msg(
         "contractDetails", 10, until(163, 8), req_id,  # a version field until 163
-        inst.symbol, inst.sec_type, "", 0.0, "", exchange, inst.currency, inst.symbol,
+        inst.symbol, inst.sec_type, inst.expiry, inst.strike, inst.right, exchange, inst.currency,
+        inst.shown_local_symbol,
         inst.trading_class,  # marketName
         inst.trading_class, inst.con_id, inst.min_tick,
-        until(163, 1), "",  # mdSizeMultiplier (until 163), multiplier
+        until(163, 1), inst.multiplier,  # mdSizeMultiplier (until 163), multiplier
         "DAY,GTC,GTD,IOC,LMT,LOC,MIDPRICE,MKT,MOC,OPG,REL,RTH,STP,STPLMT,TRAIL,TRAILLMT",  # orderTypes
         ",".join(exchanges), 1, 0,  # validExchanges, priceMagnifier, underConId
-        inst.long_name, inst.primary_exchange, "",  # contractMonth
+        inst.long_name, inst.primary_exchange, inst.contract_month,
         "", "", "",  # industry, category, subcategory
         inst.time_zone, "", "",  # tradingHours, liquidHours
         "", UNSET,  # evRule, evMultiplier
@@ -290,9 +291,10 @@ def position(p: Position) -> Message:
     """position: exactly 16 fields."""
     inst = p.instrument
     return _msg(
-        "position", 61, 3, p.account, inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "",
-        inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity,
-        round(p.avg_cost, 8),
+        "position", 61, 3, p.account, inst.con_id, inst.symbol, inst.sec_type, inst.expiry, inst.strike,
+        inst.right, inst.multiplier, inst.primary_exchange, inst.currency, inst.shown_local_symbol,
+        inst.trading_class, p.quantity,
+        round(p.avg_cost * inst.units, 8),
     )  # fmt: skip
 
 
@@ -303,12 +305,14 @@ def position_end() -> Message:
 def portfolio(p: Position, market_price: float) -> Message:
     """updatePortfolio: exactly 20 fields."""
     inst = p.instrument
-    value = p.quantity * market_price
+    value = p.quantity * market_price * inst.units
     return _msg(
-        "updatePortfolio", 7, 8, inst.con_id, inst.symbol, inst.sec_type, "", 0.0, "", "",
-        inst.primary_exchange, inst.currency, inst.symbol, inst.trading_class, p.quantity, market_price,
-        round(value, 2), round(p.avg_cost, 8), round(value - p.quantity * p.avg_cost, 2),
-        round(p.realized_pnl, 2), p.account,
+        "updatePortfolio", 7, 8, inst.con_id, inst.symbol, inst.sec_type, inst.expiry, inst.strike,
+        inst.right, inst.multiplier, inst.primary_exchange, inst.currency, inst.shown_local_symbol,
+        inst.trading_class, p.quantity, market_price,  # a future's average cost is per contract
+        round(value, 2), round(p.avg_cost * inst.units, 8),
+        round(value - p.quantity * p.avg_cost * inst.units, 2),
+        round(p.realized_pnl * inst.units, 2), p.account,
     )  # fmt: skip
 
 

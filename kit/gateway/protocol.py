@@ -144,10 +144,12 @@ class Fields:
     def contract(self) -> ContractSpec:
         """The 12 contract fields every request carries (conId ... tradingClass)."""
         con_id, symbol, sec_type = self.integer(), self.text(), self.text()
-        self.skip(4)  # lastTradeDateOrContractMonth, strike, right, multiplier
+        expiry, strike, right, multiplier = self.text(), self.number(), self.text(), self.text()
         exchange, primary_exchange, currency = self.text(), self.text(), self.text()
-        self.skip(2)  # localSymbol, tradingClass
-        return ContractSpec(con_id, symbol, sec_type, exchange, primary_exchange, currency)
+        local_symbol, trading_class = self.text(), self.text()
+        return ContractSpec(con_id, symbol, sec_type, exchange, primary_exchange, currency,
+                            expiry.split(" ")[0], strike or 0.0, right, multiplier, local_symbol,
+                            trading_class)
 
 
 def parse_place_order(fields: list[str], version: int = MAX_VERSION) -> OrderRequest:

@@ -23,7 +23,7 @@ from kit import clock as kit_clock
 from kit.gateway.config import GatewayConfig
 from kit.gateway.faults import Faults
 from kit.gateway.handlers import Handlers
-from kit.gateway.instruments import Instrument, Market
+from kit.gateway.instruments import Instrument, Market, derivatives
 from kit.gateway.messages import Message
 from kit.gateway.protocol import MAX_VERSION, ProtocolError, format_time, frame, read_handshake, read_message
 from kit.gateway.state import Book
@@ -59,10 +59,12 @@ class Gateway:
         #: The fault knobs, changeable while the gateway runs: a copy, since one-shot knobs disarm themselves
         #: and a config may serve several gateways.
         self.faults = dataclasses.replace(self.config.faults)
-        self.market = Market(self.config.instruments)
-        #: The book shared by all connections: orders, executions, positions, placements, inbound rates.
         # kit's one clock, looked up at each call: a test that patches kit.clock moves the gateway's too.
-        self.state = Book(self.config, self.market, clock or (lambda: kit_clock.now_utc()), self.faults)
+        clock = clock or (lambda: kit_clock.now_utc())
+        listed = derivatives(clock().date()) if self.config.derivatives else ()
+        self.market = Market((*self.config.instruments, *listed))
+        #: The book shared by all connections: orders, executions, positions, placements, inbound rates.
+        self.state = Book(self.config, self.market, clock, self.faults)
         self.host = "127.0.0.1"
         self.port = 0
         self.connections: list[Connection] = []

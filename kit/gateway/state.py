@@ -310,8 +310,8 @@ class Book:
     def completed_orders(self) -> list[Order]:
         return [o for o in self.orders.values() if not o.is_open]
 
-    def working_orders(self, symbol: str) -> list[Order]:
-        return [o for o in self.orders.values() if o.is_working and o.instrument.symbol == symbol]
+    def working_orders(self, inst: Instrument) -> list[Order]:
+        return [o for o in self.orders.values() if o.is_working and o.instrument.con_id == inst.con_id]
 
     def effective_executions(self) -> list[Execution]:
         return [e for e in self.executions if e.exec_id not in self._superseded]
@@ -352,10 +352,12 @@ class Book:
         for e in self.effective_executions():
             if e.order.account == account:
                 cur = e.order.instrument.currency
-                cash[cur] = cash.get(cur, 0.0) - e.order.sign * e.shares * e.price - e.commission
+                units = e.order.instrument.units
+                cash[cur] = cash.get(cur, 0.0) - e.order.sign * e.shares * e.price * units - e.commission
         fx = self.config.fx
         held = {
-            p.instrument.con_id: p.quantity * self.market.price(p.instrument) * fx[p.instrument.currency]
+            p.instrument.con_id: p.quantity * self.market.price(p.instrument) * p.instrument.units
+            * fx[p.instrument.currency]
             for p in self.positions()
             if p.account == account
         }
@@ -442,7 +444,7 @@ class Book:
             return Rejection(*problem)
         cash, held = self._holdings(order.account)
         fx = self.config.fx
-        delta = order.sign * order.quantity * self.market.price(inst) * fx[inst.currency]
+        delta = order.sign * order.quantity * self.market.price(inst) * inst.units * fx[inst.currency]
         after = {**held, inst.con_id: held.get(inst.con_id, 0.0) + delta}
         gross = (sum(map(abs, held.values())), sum(map(abs, after.values())))
         equity = sum(v * fx[cur] for cur, v in cash.items()) + sum(held.values())
@@ -503,7 +505,8 @@ class Book:
             reason = "A limit order needs a limit price"
         elif order.account not in self.config.accounts:
             reason = f"Account {order.account} is not managed by this gateway"
-        elif order.quantity > self.config.max_order_size:
+        elif order.quantity > self.config.max_order_size and order.instrument.sec_type != "CASH":
+            # (IB's precautionary size limit counts shares and contracts; FX has its own value limits)
             reason = (
                 f"The order size {order.quantity:.12g} exceeds the size limit "
                 f"{self.config.max_order_size:.12g} set in Precautionary Settings"
@@ -621,7 +624,7 @@ class Book:
             cum_qty=cum_qty,
             avg_price=round(avg_price, 8),
             commission=commission,
-            realized_pnl=None if pnl is None else round(pnl - commission, 2),
+            realized_pnl=None if pnl is None else round(pnl * order.instrument.units - commission, 2),
             corrects=None if corrects is None else corrects.exec_id,
             liquidity=ADDED if order.rested else REMOVED,
         )
