@@ -36,8 +36,8 @@ from kit.model import (
     OrderIntent,
     Rejected,
 )
-from kit.order_types import Trigger, auction, reaches
-from kit.risk import order_price, reference_price
+from kit.order_types import Trigger, auction, priced_at_limit, reaches
+from kit.risk import reference_price
 from kit.slicing import split
 from kit.validate import check_price, check_prices
 
@@ -307,9 +307,11 @@ class MockBroker(Broker):
         return contract_fee(intent.sec_type, quantity, quantity * price * (intent.multiplier or 1.0))
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
-        # A limit order's notional at its limit, as the risk check takes it.
+        # A limit order's notional at its limit (as the risk check takes it), any other at the reference.
         unknown = self._unknown_contract(order)
-        price = order_price(order, self.prices) if self._price(order) is not None else None
+        price = self._price(order)
+        if price is not None and priced_at_limit(order.order_type) and order.limit_price is not None:
+            price = order.limit_price
         if unknown or price is None:
             return {"warning": unknown or "price_unavailable"}
         return {"price": price, "notional": price * order.quantity * (order.multiplier or 1.0),
