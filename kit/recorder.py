@@ -37,7 +37,17 @@ def order_row(order: Order, updated_at: datetime | None = None) -> Row:
         "reason": order.reason, "decision_price": intent.decision_price, "arrival_price": order.arrival_price,
         "submitted_at": order.submitted_at, "created_at": order.created_at,
         "updated_at": order.updated_at if updated_at is None else updated_at,
+        **_original_terms(order),
     }
+
+
+def _original_terms(order: Order) -> Row:
+    """The planned terms of an amended order next to its working ones; NULL while it was never amended."""
+    planned = order.original
+    return {"original_quantity": planned.quantity if planned else None,
+            "original_limit_price": planned.limit_price if planned else None,
+            "original_stop_price": getattr(planned, "stop_price", None) if planned else None,
+            "amendments": order.amendments}
 
 
 def fill_row(order: Order, fill: Fill) -> Row:

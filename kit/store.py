@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from operator import itemgetter
 from pathlib import Path
@@ -28,7 +28,7 @@ from kit.config import db_path, setting
 from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
 from kit.journal import Journal
-from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
+from kit.model import AMENDABLE_FIELDS, OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
 
 log = logging.getLogger("kit.ledger")
 
@@ -78,6 +78,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE kit_ledger (id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)",
         "INSERT INTO kit_ledger VALUES (uuid()::VARCHAR, now()::TIMESTAMP)",
     ],
+    [
+        # Migration 6 (h-amend): an amended order's row shows its working terms in quantity, limit_price
+        # (and stop_price); the planned ones stay here, NULL while the order was never amended.
+        "ALTER TABLE orders ADD COLUMN original_quantity DOUBLE",
+        "ALTER TABLE orders ADD COLUMN original_limit_price DOUBLE",
+        "ALTER TABLE orders ADD COLUMN original_stop_price DOUBLE",
+        "ALTER TABLE orders ADD COLUMN amendments BIGINT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
@@ -94,6 +102,7 @@ ORDER_COLUMNS = (
     "sec_type", "exchange", "currency", "primary_exchange", "status", "filled_quantity",
     "remaining_quantity", "avg_fill_price", "commission", "broker_order_id", "perm_id", "reason",
     "decision_price", "arrival_price", "submitted_at", "created_at", "updated_at",
+    "original_quantity", "original_limit_price", "original_stop_price", "amendments",
 )
 FILL_COLUMNS = (
     "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
@@ -108,8 +117,9 @@ RUN_COLUMNS = (
 
 _TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "ended_at"}
 _NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", "avg_fill_price",
-            "commission", "decision_price", "arrival_price", "price"}
-_INTEGERS = {"revision", "seq"}
+            "commission", "decision_price", "arrival_price", "price",
+            "original_quantity", "original_limit_price", "original_stop_price"}
+_INTEGERS = {"revision", "seq", "amendments"}
 Row = dict[str, Any]  # one row of a table, by column name
 
 
@@ -148,12 +158,21 @@ def _order_from_row(row: dict[str, Any], fills: list[Fill]) -> Order:
         tif=row["tif"], sec_type=row["sec_type"], exchange=row["exchange"], currency=row["currency"],
         primary_exchange=row["primary_exchange"], decision_price=_none(row["decision_price"]),
     )
+    amendments = int(_none(row.get("amendments")) or 0)
     return Order(
         intent=intent, run_id=row["run_id"], created_at=row["created_at"], updated_at=row["updated_at"],
         status=Status(row["status"]), broker_order_id=row["broker_order_id"], perm_id=row["perm_id"],
         reason=row["reason"] or "", arrival_price=_none(row["arrival_price"]),
         submitted_at=row["submitted_at"], fills={f.execution_key: f for f in fills},
+        original=_original_intent(intent, row) if amendments else None, amendments=amendments,
     )
+
+
+def _original_intent(intent: OrderIntent, row: dict[str, Any]) -> OrderIntent:
+    """The planned intent of an amended order: its row's original_<field> columns over the working terms."""
+    names = {f.name for f in fields(OrderIntent)}
+    planned = {name: _none(row.get(f"original_{name}")) for name in AMENDABLE_FIELDS if name in names}
+    return replace(intent, **{name: value for name, value in planned.items() if value is not None})
 
 
 @dataclass

@@ -150,6 +150,7 @@ def test_an_empty_duckdb_file_becomes_a_ledger_with_its_marker(db):
 
 def test_a_ledger_from_before_the_marker_gets_one_and_keeps_its_runs(db, monkeypatch):
     monkeypatch.setattr(kit.store, "MIGRATIONS", kit.store.MIGRATIONS[:2])
+    monkeypatch.setattr(kit.store, "ORDER_COLUMNS", kit.store.ORDER_COLUMNS[:25])  # schema 2's orders
     targets, prices = basket(2)
     kit.execute(targets, broker=MockBroker(prices), run_key="old", db=db)
     monkeypatch.undo()

@@ -31,7 +31,7 @@ from kit.brokers.ib_events import (
 from kit.clock import utcnow
 from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
-from kit.model import BrokerNotice, Order, OrderIntent, Rejected
+from kit.model import AmendRefused, BrokerNotice, Order, OrderIntent, Rejected, Side
 
 log = logging.getLogger("kit.ib")
 PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
@@ -77,6 +77,7 @@ class IBBroker(Broker):
         self.contracts: dict[tuple, Any] = {}  # None: IB found no (single) contract
         self.contract_errors: dict[str, str] = {}
         self.prices: dict[str, float] = {}
+        self.quotes: dict[str, tuple[float | None, float | None]] = {}  # symbol -> (bid, ask) of the snapshot
         self._closing = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._session = 0  # connections made so far; the one an order was placed on is kept with it
@@ -357,7 +358,7 @@ class IBBroker(Broker):
         if getattr(order, "whatIf", False):
             return []
         return self.translator.open_order(order_id, order.clientId, order.permId, order.orderRef or "",
-                                          state.status, utcnow())
+                                          state.status, utcnow(), terms=_terms(order))
 
     def _completed_order(self, contract: Any, order: Any, state: Any) -> Translated:
         return self.translator.completed_order(order.permId, order.orderRef or "", state.status,
@@ -389,7 +390,8 @@ class IBBroker(Broker):
         if code == CLIENT_ID_IN_USE:
             self._refused = message
         coid = self.translator.by_order_id.get(req_id) if req_id > 0 else None
-        if code == DUPLICATE_ORDER_ID and coid is not None and coid in self._placed:
+        amending = coid in self.translator.amending  # then a 103 refuses the modify, not the order id
+        if code == DUPLICATE_ORDER_ID and coid is not None and coid in self._placed and not amending:
             return self._collided(coid, req_id, message)
         return self.translator.error(req_id, code, message, utcnow())
 
@@ -440,6 +442,7 @@ class IBBroker(Broker):
             return
         for ticker in tickers:
             bid, ask, last = (_price(getattr(ticker, name, None)) for name in ("bid", "ask", "last"))
+            self.quotes[ticker.contract.symbol] = (bid, ask)
             price = (bid + ask) / 2 if bid and ask else last
             if price:
                 self.prices[ticker.contract.symbol] = price
@@ -541,6 +544,41 @@ class IBBroker(Broker):
         await self._ready()
         self.ib.cancelOrder(ib_order)
 
+    async def amend(self, order: OrderIntent, changes: dict, revision: int) -> None:
+        """IB's modify: placeOrder again under the order's own orderId, from the clientId that placed it
+        (IB's "Modifying Orders"). IB answers with openOrder/orderStatus on the new terms, or an error
+        (104 filled, 105 mismatch, 103 a cancelled order's id, 110/201/...) that refuses the modify only.
+        It goes to the client directly, not through IB.placeOrder: that asserts on an order the library
+        itself has marked done (ib_insync marks one Cancelled on any error about it)."""
+        coid = order.client_order_id
+        order_id = self.translator.order_id_of.get(coid)
+        key = self._contract_key(order)
+        if order_id is not None and key not in self.contracts:
+            await self.prepare([order])
+        contract = self.contracts.get(key)
+        if order_id is None or contract is None:
+            why = ("no IB orderId is known for this clientId, so it cannot be modified from here"
+                   if order_id is None else self.contract_errors.get(order.symbol, "no contract"))
+            self.emit(AmendRefused(coid, utcnow(), why, revision, changes))
+            return
+        ib_order = self._ib_order(order)
+        ib_order.orderId = order_id
+        ib_order.clientId = self.settings.client_id
+        ib_order.permId = self.translator.perm_id_of.get(coid, 0)
+        wanted = {name: float(value) for name, value in changes.items() if name in IB_TERMS}
+        self.translator.amend_requested(coid, order_id, wanted, changes, revision)
+        await self._ready()
+        self.ib.client.placeOrder(order_id, contract, ib_order)
+        if coid in self._placed:  # a re-placement after a lost connection carries the new terms
+            self._placed[coid] = (order, contract, self._placed[coid][2])
+
+    def touch(self, symbol: str, side: Side) -> float | None:
+        """The far side of the latest quote kit asked for (the arrival snapshot): a BUY's ask, a SELL's bid.
+        kit takes no streaming quotes, so a reprice rule walks toward that price at most."""
+        bid, ask = self.quotes.get(symbol, (None, None))
+        far = ask if side is Side.BUY else bid
+        return far if far is not None else self.reference_price(symbol)
+
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         """IB's what-if: margin and commission estimates, with nothing sent to the market."""
         contract = self.contracts.get(self._contract_key(order))
@@ -619,6 +657,20 @@ class IBBroker(Broker):
             self.sync_is_complete = False
             self.emit(BrokerNotice(utcnow(), Notice.SYNC_INCOMPLETE, "IB did not finish listing orders and "
                                    f"executions within {self.sync_timeout:g}s"))
+
+
+# kit's amendable terms and the IB Order fields carrying them (stop_price: IB's auxPrice).
+IB_TERMS = {"quantity": "totalQuantity", "limit_price": "lmtPrice", "stop_price": "auxPrice"}
+
+
+def _terms(order: Any) -> dict[str, float]:
+    """An openOrder's quantity and prices, in kit's names; IB's unset values left out."""
+    terms = {}
+    for name, field in IB_TERMS.items():
+        value = _price(getattr(order, field, None))
+        if value is not None and value < 1e300:
+            terms[name] = value
+    return terms
 
 
 def _price(value: Any) -> float | None:

@@ -132,3 +132,14 @@ def meaning(code: int) -> Meaning | None:
     """What IB says the code does; None for a code IB's tables (as kit carries them) do not list."""
     entry = CODES.get(code)
     return entry.meaning if entry else None
+
+
+#: What IB answers a modification it refuses, besides the codes that refuse an order outright: 103 (the
+#: order id is no longer live: a cancelled order's id is a used id), 104 "Can't modify a filled order",
+#: 105 "Order being modified does not match original order", 106, 134 "Modify order failed". While kit
+#: awaits the answer to a modify, these and every REFUSED code refuse the modification, not the order.
+MODIFY_REFUSALS = frozenset({103, 104, 105, 106, 134})
+
+
+def refuses_modify(code: int) -> bool:
+    return code in MODIFY_REFUSALS or meaning(code) is Meaning.REFUSED

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -24,6 +24,8 @@ from kit.brokers.base import Broker, Notice
 from kit.clock import utcnow
 from kit.model import (
     Accepted,
+    AmendAccepted,
+    AmendRefused,
     BrokerEvent,
     BrokerNotice,
     Cancelled,
@@ -155,6 +157,35 @@ class MockBroker(Broker):
             return
         working.cancelled = True
         self._tell(working, Cancelled(client_order_id, utcnow(), "cancelled by request"))
+
+    async def amend(self, order: OrderIntent, changes: dict, revision: int) -> None:
+        """IB's modify rules: a filled or cancelled order cannot change, nor can its side, contract or
+        type; a quantity must stay above what has filled. An accepted change re-slices what is left."""
+        coid = order.client_order_id
+        working = self.orders.get(coid)
+        filled = 0.0 if working is None else sum(working.chunks[:working.fills_sent])
+        reason = None
+        if working is None:
+            reason = "no such order at the mock broker"
+        elif working.done:
+            reason = "the order is cancelled" if working.cancelled else "cannot modify a filled order"
+        elif (order.symbol, order.side, order.order_type) != (working.intent.symbol, working.intent.side,
+                                                              working.intent.order_type):
+            reason = "the order being modified does not match the original order"
+        elif order.quantity <= filled:
+            reason = f"{filled:g} are already filled"
+        if reason is not None:
+            self._call(0, self.emit, AmendRefused(coid, utcnow(), reason, revision, changes))
+            return
+        assert working is not None
+        rng = random.Random(f"{self.seed}:{coid}:{revision}")
+        left = len(working.chunks) - working.fills_sent
+        working.chunks = working.chunks[:working.fills_sent] + split(order.quantity - filled, left, rng)
+        working.intent = replace(working.intent, **changes)
+        working.scheduled = False
+        working.generation += 1  # fills scheduled on the old terms are retired
+        self._tell(working, AmendAccepted(coid, utcnow(), changes, revision))
+        self._maybe_fill(working)
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         price = self.prices.get(order.symbol)
