@@ -28,6 +28,7 @@ from kit.brokers.ib_events import (
     naive_utc,
     zone,
 )
+from kit.brokers.pacing import TokenBucket
 from kit.clock import utcnow
 from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
@@ -61,8 +62,8 @@ class IBBroker(Broker):
     keeps_positions = True
 
     def __init__(self, settings: IBSettings | None = None, *, library: str | None = None,
-                 ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: int = 47,
-                 burst: int = 3,
+                 ack_timeout: float = 10.0, sync_timeout: float = 10.0, max_messages_per_second: float = 49,
+                 burst: int = 1,
                  reconnect_for: float | None = None):
         super().__init__()
         self.settings = settings or IBSettings.load()
@@ -136,13 +137,11 @@ class IBBroker(Broker):
                 "TWS/IB Gateway or `kit gateway`.")
 
     def _pace(self, client: Any) -> None:
-        """IB allows 50 messages a second, counted on its side. The client library's throttle lets
-        MaxRequests messages go at once and then waits RequestsInterval: with 45 per 1 s, two bursts a hair
-        under a second apart reach IB inside one second (up to 90). `burst` messages every
-        burst/max_messages_per_second seconds bound any one-second window by max_messages_per_second + burst
-        (47 + 3 = 50), keep 47 a second sustained, and still send a small basket's first orders at once."""
-        client.MaxRequests = self.burst
-        client.RequestsInterval = self.burst / self.max_messages_per_second
+        """IB allows 50 messages a second, counted on its side, every message included. A token bucket
+        (kit.brokers.pacing) sends at most `burst` at once and `max_messages_per_second` sustained: 1 + 49
+        keeps any one-second window at 50 and a basket at 98% of the limit."""
+        self._pacer = TokenBucket(self.max_messages_per_second, self.burst)
+        self._pacer.install(client)
 
     async def _connect_once(self, timeout: float | None = None) -> None:
         settings = self.settings
@@ -162,6 +161,7 @@ class IBBroker(Broker):
     def _on_disconnected(self) -> None:
         assert self._up is not None
         self._up.clear()
+        self._pacer.clear()  # what never left goes again on the new connection (_replace_lost), once
         if self._closing:
             return
         self.emit(BrokerNotice(utcnow(), Notice.DISCONNECTED, "the connection to IB was lost; reconnecting"))

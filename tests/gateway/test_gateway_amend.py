@@ -1,0 +1,132 @@
+"""Amendments through the simulated gateway with the real client libraries (ib_async here, ib_insync in
+.venv-insync): IB's modify keeps the order id, IB's refusals leave the order as it was, kit refuses what it
+knows IB would; and pacing: a 500-order basket never trips IB's error 100."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from gateway_support import connect, errors_of, filled_with_commissions, gateway, run, stock, until
+from ib_async import LimitOrder
+
+from kit.gateway import Faults, GatewayConfig, run_gateway_in_thread
+from tests.amend_driver import run as drive
+from tests.support import ROOT, require_insync
+
+RESTING = {"symbol": ["AAPL"], "side": ["BUY"], "quantity": [10], "order_type": ["LMT"],
+           "limit_price": [100.0]}
+
+
+def scenario(port: int, db: Path, library: str) -> dict[str, Any]:
+    key, gone = f"amend-{library}", f"gone-{library}"
+    coid = f"{key}-AAPL-BUY"
+    steps = [
+        {"do": "execute", "run_key": key, "targets": RESTING},
+        {"do": "amend", "run_key": key, "order": coid, "changes": {"limit": 101.0}},
+        {"do": "amend", "run_key": key, "order": coid, "changes": {"limit": 101.005}},  # off the tick: 110
+        {"do": "amend", "run_key": key, "order": coid, "changes": {"quantity": 20}},
+        {"do": "amend", "run_key": key, "order": coid, "changes": {"limit": 195.0}},  # marketable: fills
+        {"do": "execute", "run_key": key, "targets": {**RESTING, "limit_price": [100.0]}, "timeout": 5},
+        {"do": "amend", "run_key": key, "order": coid, "changes": {"limit": 196.0}},
+        {"do": "execute", "run_key": gone, "targets": RESTING},
+        {"do": "cancel", "run_key": gone},
+        {"do": "amend", "run_key": gone, "order": f"{gone}-AAPL-BUY", "changes": {"limit": 101.0}},
+    ]
+    spec = {"port": port, "db": str(db), "library": library, "steps": steps,
+            "client_id": 21 if library == "ib_async" else 22}
+    if library == "ib_async":
+        return drive(spec)
+    python = require_insync()
+    done = subprocess.run([str(python), "-m", "tests.amend_driver", json.dumps(spec)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("library", ["ib_async", "ib_insync"])
+def test_modify_keeps_the_order_id_and_follows_ibs_answer(library, tmp_path):
+    config = GatewayConfig(faults=Faults(reject_off_tick=True), fill_latency=0.01)
+    with run_gateway_in_thread(config) as gw:
+        report = scenario(gw.port, tmp_path / "kit.duckdb", library)
+        [order] = gw.call(lambda: gw.state.orders_by_ref(f"amend-{library}-AAPL-BUY"))
+        placements = gw.call(lambda: dict(gw.state.placements))
+    assert report["library"] == library
+    steps = report["steps"]
+    row = lambda n: steps[n]["orders"][0]  # noqa: E731
+    assert steps[0]["status"] == "failed" and row(0)["status"] == "SUBMITTED"
+    order_id = row(0)["broker_order_id"]
+
+    assert (steps[1]["outcome"], row(1)["limit_price"], row(1)["original_limit_price"]) == ("accepted", 101.0,
+                                                                                           100.0)
+    assert row(1)["broker_order_id"] == order_id  # IB's modify: the same order, the same id
+    assert steps[2]["outcome"] == "refused" and "IB error 110" in steps[2]["reason"]
+    assert row(2)["limit_price"] == 101.0 and row(2)["status"] == "SUBMITTED"  # works on as it was
+    assert steps[3]["outcome"] == "accepted"
+    assert row(3)["quantity"] == 20 and row(3)["original_quantity"] == 10
+    assert steps[4]["outcome"] == "accepted" and row(4)["limit_price"] == 195.0
+    assert row(5)["status"] == "FILLED" and row(5)["filled_quantity"] == 20  # the re-run followed, not resent
+    assert row(5)["limit_price"] == 195.0 and row(5)["amendments"] == 3  # ...and did not undo the amendments
+    assert steps[6]["outcome"] == "refused" and "filled" in steps[6]["reason"]
+    assert steps[9]["outcome"] == "refused" and "cancelled" in steps[9]["reason"]
+    assert steps[9]["kinds"] == ["amend_refused"]  # known to kit before sending: never sent
+
+    assert placements[f"amend-{library}-AAPL-BUY"] == 1  # modifies are not new orders
+    assert (order.quantity, order.limit_price, order.status) == (20, 195.0, "Filled")
+    asked, accepted, refused = "amend_requested", "amend_accepted", "amend_refused"
+    assert steps[4]["kinds"] == [asked, accepted, asked, refused, asked, accepted, asked, accepted]
+
+
+def test_the_gateway_refuses_modifies_as_ib_does():
+    """104 for a filled order, 105 for a changed side, 103 for a cancelled order's id; nothing changes."""
+
+    async def body() -> None:
+        async with gateway(fill_latency=0.01).serving() as gw:
+            ib = await connect(gw)
+            errors = errors_of(ib)
+            aapl = stock("AAPL")
+            await ib.qualifyContractsAsync(aapl)
+            filled = ib.placeOrder(aapl, LimitOrder("BUY", 5, 195.0, orderRef="f"))
+            await until(ib, filled_with_commissions(filled))
+            again = LimitOrder("BUY", 5, 196.0, orderRef="f", orderId=filled.order.orderId)
+            ib.client.placeOrder(again.orderId, aapl, again)
+            resting = ib.placeOrder(aapl, LimitOrder("BUY", 5, 100.0, orderRef="r"))
+            await until(ib, lambda: resting.orderStatus.status == "Submitted")
+            flipped = LimitOrder("SELL", 5, 100.0, orderRef="r", orderId=resting.order.orderId)
+            ib.client.placeOrder(flipped.orderId, aapl, flipped)
+            ib.cancelOrder(resting.order)
+            await until(ib, lambda: resting.orderStatus.status == "Cancelled")
+            revived = LimitOrder("BUY", 5, 101.0, orderRef="r", orderId=resting.order.orderId)
+            ib.client.placeOrder(revived.orderId, aapl, revived)
+            await until(ib, lambda: any(code == 103 for _, code in errors))
+            assert [code for _, code in errors if code in (103, 104, 105)] == [104, 105, 103]
+            assert gw.state.orders_by_ref("f")[0].limit_price == 195.0
+            ib.disconnect()
+
+    run(body())
+
+
+def test_a_500_order_basket_never_trips_ibs_pacing(tmp_path):
+    """kit's token bucket keeps every one-second window at or under IB's 50 messages."""
+    import kit
+    from kit.brokers.ib import IBBroker
+    from kit.config import IBSettings
+    from kit.gateway import Instrument
+
+    instruments = tuple(Instrument(f"P{i:02d}", 7_000_000 + i, "NASDAQ", "USD", 20.0 + i, f"PACING {i}")
+                        for i in range(20))
+    targets = pd.DataFrame({"symbol": [f"P{i % 20:02d}" for i in range(500)], "side": "BUY",
+                            "quantity": [1 + i // 20 for i in range(500)], "primary_exchange": "NASDAQ"})
+    with run_gateway_in_thread(GatewayConfig(instruments=instruments, partial_fills=1)) as gw:
+        broker = IBBroker(IBSettings(port=gw.port, client_id=41, connect_timeout=10), ack_timeout=30)
+        done = kit.execute(targets, broker=broker, run_key="pacing", db=tmp_path / "kit.duckdb", timeout=120,
+                           risk={"max_order_notional": None, "max_gross_notional": None}, progress=False)
+        paced, busiest = gw.call(lambda: dict(gw.state.paced)), gw.call(gw.state.max_inbound_rate)
+    assert done.status == "done" and len(done.fills) == 500
+    assert paced == {} and busiest <= 50
