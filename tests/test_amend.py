@@ -290,3 +290,58 @@ def test_reprice_rule_checks_its_numbers():
         Reprice(step=1, interval=0, max_move=1)
     with pytest.raises(InputError, match="unit"):
         Reprice(step=1, interval=1, max_move=1, unit="pips")  # type: ignore[arg-type]
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+def test_kit_amend_on_the_command_line_says_why_not_in_one_line(db, capsys):
+    from kit.cli import main
+
+    resting(db, MockBroker(prices=PRICES))
+    assert main(["--db", str(db), "amend", "rest", "AAPL", "--limit", "-2", "--broker", "ib"]) == 2
+    assert "limit_price must be a positive number" in capsys.readouterr().err
+    assert main(["--db", str(db), "amend", "rest", "AAPL", "--limit", "186"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kit: the mock broker lives in the process") and "Traceback" not in err
+    assert events(db, "rest") == []
+
+
+# ---- IB's answers to a modify, as the translator reads them ---------------------------------------------
+def _amending():
+    from kit.brokers.ib_events import Translator
+
+    t = Translator(client_id=7)
+    t.placed("k-AAPL-BUY", 11)
+    t.open_order(11, 7, 555, "k-AAPL-BUY", "Submitted", utcnow())
+    t.amend_requested("k-AAPL-BUY", 11, {"limit_price": 101.0}, {"limit_price": 101.0}, 1)
+    return t
+
+
+@pytest.mark.parametrize("code", [103, 104, 105, 110, 201, 321])
+def test_an_error_during_a_modify_refuses_the_modify_never_the_order(code):
+    from kit.model import AmendRefused, Rejected
+
+    t = _amending()
+    events = t.error(11, code, "refused", utcnow())
+    assert [type(e).__name__ for e in events] == ["BrokerNotice", "AmendRefused"]
+    assert not any(isinstance(e, Rejected) for e in events)
+    refused = events[1]
+    assert isinstance(refused, AmendRefused) and refused.revision == 1
+    assert f"IB error {code}" in refused.reason
+    assert "k-AAPL-BUY" not in t.amending
+    assert any(isinstance(e, Rejected) for e in t.error(11, 201, "later", utcnow()))  # no modify pending now
+
+
+def test_ibs_open_order_on_the_new_terms_accepts_the_modify():
+    t = _amending()
+    same = t.open_order(11, 7, 555, "k-AAPL-BUY", "Submitted", utcnow(), terms={"limit_price": 100.0})
+    assert not any(isinstance(e, AmendAccepted) for e in same)  # an old listing: still pending
+    new = t.open_order(11, 7, 555, "k-AAPL-BUY", "Submitted", utcnow(),
+                       terms={"limit_price": 101.0, "quantity": 10.0})
+    assert next(e for e in new if isinstance(e, AmendAccepted)).changes == {"limit_price": 101.0}
+    assert "k-AAPL-BUY" not in t.amending
+
+
+def test_an_order_that_fills_before_ib_takes_the_modify_refuses_it():
+    t = _amending()
+    events = t.order_status(11, "Filled", 555, 7, "", utcnow(), filled=10, remaining=0)
+    assert [e.reason for e in events if type(e).__name__ == "AmendRefused"] == ["the order is Filled at IB"]
