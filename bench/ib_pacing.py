@@ -1,9 +1,9 @@
 """IB pacing: a 500-order basket over 20 symbols through kit's simulated IB gateway with the real ib_async
 client, measured against IB's limit of 50 messages per second.
 
-kit.execute runs the basket on an IBBroker whose token bucket (kit.brokers.pacing: 49 a second, burst 1)
-paces every message the client sends. The gateway, in a thread of this process, timestamps each message it
-receives (once it has handled it):
+kit.execute runs the basket on an IBBroker whose Pacer (kit.brokers.pacing: at most 48 in any second, 2
+at a time) paces every message the client sends. The gateway, in a thread of this process, timestamps each
+message it receives (once it has handled it):
 
 - `message_share`: every message kit sent from the moment it began submitting to the 500th order, per
   second, as a share of IB's 50: the issue's goal (>= 0.95) is this figure;
@@ -37,7 +37,7 @@ NAME = "ib_pacing"
 ORDERS = 500
 SYMBOLS = 20
 IB_LIMIT = 50
-KIT = (49, None)  # IBBroker's defaults: a token bucket of 49 a second, burst 1
+KIT = (48, None)  # IBBroker's defaults: at most 48 messages in any second, 2 at a time
 BASELINE = (45, 45)  # ib_async's throttle as it ships: client.MaxRequests=45 per RequestsInterval=1 s
 GOAL_SHARE = 0.95
 _client_ids = itertools.count(101)
@@ -59,13 +59,13 @@ def _targets() -> pd.DataFrame:
 def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float = 30.0) -> dict[str, Any]:
     """One 500-order run at `throttle` messages per second, on a fresh gateway.
 
-    burst=None is kit as it is (IBBroker's token bucket at `throttle`); burst=k replaces it by the client
-    library's own throttle of k messages per k/throttle seconds (k=throttle: ib_async's as it ships).
+    burst=None is kit as it is (IBBroker's Pacer: `throttle` in any second); burst=k replaces it by the
+    client library's own throttle of k messages per k/throttle seconds (k=throttle: ib_async's as shipped).
     """
     import kit
     from bench._common import NO_FAT_FINGER
     from kit.brokers.ib import IBBroker
-    from kit.brokers.pacing import TokenBucket
+    from kit.brokers.pacing import Pacer
     from kit.config import IBSettings
     from kit.gateway import GatewayConfig, run_gateway_in_thread
 
@@ -76,7 +76,7 @@ def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float
             if burst is None:
                 super()._pace(client)
                 return
-            self._pacer = TokenBucket(throttle)  # cleared on a disconnect; never installed
+            self._pacer = Pacer(throttle)  # cleared on a disconnect; never installed
             client.MaxRequests = burst
             client.RequestsInterval = burst / throttle
 
@@ -173,7 +173,7 @@ def run(reps: int = 2) -> dict[str, Any]:
     return {
         "benchmark": NAME,
         "what": f"{ORDERS} orders over {SYMBOLS} symbols, kit.execute -> ib_async -> simulated gateway; "
-                "IBBroker's pacing: a token bucket of 49 messages a second, burst 1",
+                "IBBroker's pacing: at most 48 messages in any second, 2 at a time",
         "throttle": KIT[0],
         **mine,
         "share_of_limit": share(mine),

@@ -164,6 +164,7 @@ class Figures:
     counted: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     cum_qty: float | None = None  # execDetails cumQty of the latest execution IB sent
     filled: float | None = None  # orderStatus filled, latest
+    filled_final: bool = False  # that orderStatus called the order done (an openOrder carries no figures)
     remaining: float | None = None
     status: str = ""  # IB's latest status word
     why_held: str = ""
@@ -191,7 +192,7 @@ class Figures:
         if self.cum_qty is not None and abs(self.cum_qty - total) > QUANTITY_TOLERANCE:
             return f"execDetails cumQty {self.cum_qty:g}"
         if self.filled is not None and (self.filled > total + QUANTITY_TOLERANCE or (
-                self.final and abs(self.filled - total) > QUANTITY_TOLERANCE)):
+                self.filled_final and abs(self.filled - total) > QUANTITY_TOLERANCE)):
             return f"orderStatus {self.status or '?'} filled {self.filled:g}"
         return None
 
@@ -341,6 +342,9 @@ class Translator:
         self._learn(coid, order_id, perm_id, client_id)
         figures = self.of(coid)
         figures.filled, figures.remaining = _quantity(filled), _quantity(remaining)
+        # IB sends the openOrder of a filled order before its orderStatus Filled: only the figures that came
+        # with a final status are final (else every fill would ask for its executions again).
+        figures.filled_final = status in FINAL_AT_IB
         figures.why_held = why_held or figures.why_held
         return self._status(coid, status, at, why_held)
 

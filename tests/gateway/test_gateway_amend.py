@@ -130,3 +130,28 @@ def test_a_500_order_basket_never_trips_ibs_pacing(tmp_path):
         paced, busiest = gw.call(lambda: dict(gw.state.paced)), gw.call(gw.state.max_inbound_rate)
     assert done.status == "done" and len(done.fills) == 500
     assert paced == {} and busiest <= 50
+
+
+def test_reprice_walks_a_resting_ib_order_by_modifies_until_it_fills(tmp_path):
+    import kit
+    from kit.brokers.ib import IBBroker
+    from kit.config import IBSettings
+
+    db = tmp_path / "kit.duckdb"
+    targets = pd.DataFrame({**RESTING, "limit_price": [189.95]})  # AAPL trades at 190.00 (190.01 asked)
+    rule = kit.Reprice(step=1, unit="ticks", interval=0.1, max_move=20)
+    with run_gateway_in_thread(GatewayConfig(fill_latency=0.01)) as gw:
+        broker = IBBroker(IBSettings(port=gw.port, client_id=43, connect_timeout=10))
+        done = kit.execute(targets, broker=broker, run_key="walk", db=db, timeout=20, reprice=rule,
+                           progress=False)
+        [order] = gw.call(lambda: gw.state.orders_by_ref("walk-AAPL-BUY"))
+        placements = gw.call(lambda: gw.state.placements["walk-AAPL-BUY"])
+    events = kit.ledger(db).events(done.run_id).sort_values("seq")
+    asked = [json.loads(d)["changes"]["limit_price"]
+             for k, d in zip(events["kind"], events["detail"], strict=True) if k == "amend_requested"]
+    assert asked == [189.96, 189.97, 189.98, 189.99, 190.0]  # one tick a step, until the market took it
+    assert list(events["kind"]).count("amend_accepted") == 5 and placements == 1
+    assert done.status == "done" and order.status == "Filled" and order.limit_price == 190.0
+    row = done.orders.iloc[0]
+    assert (row["limit_price"], row["original_limit_price"], row["amendments"]) == (190.0, 189.95, 5)
+    assert done.fills["price"].max() <= 190.0
