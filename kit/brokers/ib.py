@@ -624,6 +624,8 @@ class IBBroker(Broker):
         for order in orders:  # ids the ledger already knows help match IB's messages
             if order.perm_id:
                 self.translator.by_perm_id[int(order.perm_id)] = order.client_order_id
+            if order.at_broker:  # and the terms it works on: IB listing others is an amendment adopted
+                self.translator.expect(order.client_order_id, _intent_terms(order.intent), order.amendments)
         await self._fetch_orders(executions=True)
         self._continue_ids()
         return coids & self.translator.seen
@@ -661,6 +663,11 @@ class IBBroker(Broker):
 
 # kit's amendable terms and the IB Order fields carrying them (stop_price: IB's auxPrice).
 IB_TERMS = {"quantity": "totalQuantity", "limit_price": "lmtPrice", "stop_price": "auxPrice"}
+
+
+def _intent_terms(intent: OrderIntent) -> dict[str, float]:
+    values = {name: getattr(intent, name, None) for name in IB_TERMS}
+    return {name: float(value) for name, value in values.items() if value is not None}
 
 
 def _terms(order: Any) -> dict[str, float]:

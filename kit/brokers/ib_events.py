@@ -227,6 +227,9 @@ class Translator:
     # Modifications awaiting IB's answer: client_order_id -> (the terms as IB lists them, kit's changes,
     # the amendment's revision). An openOrder with those terms accepts it; an error about it refuses it.
     amending: dict[str, tuple[dict[str, float], dict, int]] = field(default_factory=dict)
+    # The terms kit last knew each order to work on, and how many amendments that took: an openOrder listing
+    # other terms (a modify whose answer a crash lost, or one made in TWS) is adopted as an amendment.
+    known_terms: dict[str, tuple[dict[str, float], int]] = field(default_factory=dict)
 
     def track(self, client_order_ids: set[str] | list[str]) -> None:
         self.tracked.update(client_order_ids)
@@ -305,16 +308,31 @@ class Translator:
         self.by_order_id[order_id] = coid
         self.amending[coid] = (terms, changes, revision)
 
+    def expect(self, coid: str, terms: dict[str, float], amendments: int) -> None:
+        """The terms the ledger has this order working on, after `amendments` accepted amendments."""
+        self.known_terms[coid] = (dict(terms), amendments)
+
     def _amended(self, coid: str, terms: dict[str, float], at: datetime) -> Translated:
         pending = self.amending.get(coid)
-        if pending is None or not terms:
+        if not terms:
             return []
-        wanted, changes, revision = pending
-        if all(name in terms and math.isclose(terms[name], value, rel_tol=1e-9, abs_tol=1e-9)
-               for name, value in wanted.items()):
+        if pending is not None:
+            wanted, changes, revision = pending
+            if not all(name in terms and _same(terms[name], value) for name, value in wanted.items()):
+                return []
             del self.amending[coid]
+            known, _ = self.known_terms.get(coid, ({}, 0))
+            self.known_terms[coid] = ({**known, **wanted}, revision)
             return [AmendAccepted(coid, at, changes, revision)]
-        return []
+        if coid not in self.known_terms:
+            return []
+        known, revision = self.known_terms[coid]
+        moved = {name: value for name, value in terms.items()
+                 if name in known and not _same(known[name], value)}
+        if not moved:
+            return []
+        self.known_terms[coid] = ({**known, **moved}, revision + 1)
+        return [AmendAccepted(coid, at, moved, revision + 1)]
 
     def _modify_refused(self, coid: str, at: datetime, reason: str) -> Translated:
         _, changes, revision = self.amending.pop(coid)
@@ -461,6 +479,10 @@ class Translator:
         if refusal is None or coid in self.seen:
             return []
         return [Rejected(coid, at, refusal)]
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _quantity(value: float | None) -> float | None:

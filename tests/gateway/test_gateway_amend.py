@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from gateway_support import connect, errors_of, filled_with_commissions, gateway, run, stock, until
-from ib_async import LimitOrder
+from ib_async import IB, LimitOrder
 
 from kit.gateway import Faults, GatewayConfig, run_gateway_in_thread
 from tests.amend_driver import run as drive
@@ -155,3 +155,39 @@ def test_reprice_walks_a_resting_ib_order_by_modifies_until_it_fills(tmp_path):
     row = done.orders.iloc[0]
     assert (row["limit_price"], row["original_limit_price"], row["amendments"]) == (190.0, 189.95, 5)
     assert done.fills["price"].max() <= 190.0
+
+
+def test_a_modify_whose_answer_kit_never_saw_is_adopted_from_ibs_listing(tmp_path):
+    """kit crashed between sending a modify and IB's answer (or someone modified the order in TWS): the
+    next run of the key lists IB's orders, sees the new terms and records them as an amendment."""
+    import kit
+    from kit.brokers.ib import IBBroker
+    from kit.config import IBSettings
+
+    db = tmp_path / "kit.duckdb"
+
+    async def modify_behind_kits_back(port: int, order_id: int) -> None:
+        ib = IB()
+        await ib.connectAsync("127.0.0.1", port, clientId=44)
+        aapl = stock("AAPL")
+        await ib.qualifyContractsAsync(aapl)
+        changed = LimitOrder("BUY", 10, 100.5, orderRef="adopt-AAPL-BUY", orderId=order_id)
+        ib.client.placeOrder(order_id, aapl, changed)
+        await until(ib, lambda: any(t.order.lmtPrice == 100.5 for t in ib.openTrades()))
+        ib.disconnect()
+
+    with run_gateway_in_thread(GatewayConfig(fill_latency=0.01)) as gw:
+        def broker() -> IBBroker:
+            return IBBroker(IBSettings(port=gw.port, client_id=44, connect_timeout=10))
+
+        first = kit.execute(pd.DataFrame(RESTING), broker=broker(), run_key="adopt", db=db, timeout=0.5,
+                            on_timeout="leave", progress=False)
+        run(modify_behind_kits_back(gw.port, int(first.orders["broker_order_id"].iloc[0])))
+        again = kit.execute(pd.DataFrame(RESTING), broker=broker(), run_key="adopt", db=db, timeout=0.5,
+                            on_timeout="leave", progress=False)
+        placements = gw.call(lambda: gw.state.placements["adopt-AAPL-BUY"])
+    row = again.orders.iloc[0]
+    assert (row["limit_price"], row["original_limit_price"], row["amendments"]) == (100.5, 100.0, 1)
+    assert placements == 1 and row["status"] == "SUBMITTED"
+    events = kit.ledger(db).events(again.run_id)
+    assert list(events["kind"]).count("amend_accepted") == 1
