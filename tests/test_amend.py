@@ -84,19 +84,23 @@ def test_amend_quantity_up_and_down_reslices_what_is_left(db):
 
 
 def test_quantity_not_above_filled_is_refused_before_sending(db):
-    broker = MockBroker(prices=PRICES, partial_fills=2, latency=0.05)
-    targets = pd.DataFrame({"symbol": ["AAPL"], "side": ["BUY"], "quantity": [100], "order_type": ["LMT"],
-                            "limit_price": [195.0]})
-    run = kit.execute(targets, broker=broker, run_key="part", db=db, timeout=0.07, on_timeout="leave",
-                      progress=False)
-    filled = run.orders["filled_quantity"].iloc[0]
+    """The ledger has no fill yet; the broker's listing brings one: kit refuses after listing, unsent."""
+    broker = MockBroker(prices=PRICES, partial_fills=2)
+    run = resting(db, broker)
+    coid = run.orders["client_order_id"].iloc[0]
+    working = broker.orders[coid]
+    broker.prices["AAPL"] = 184.0  # the market touches the limit for one slice while kit is away
+    broker._fill(working, 0, working.generation)
+    broker.prices["AAPL"] = 190.0
+    filled = working.chunks[0]
     assert 0 < filled < 100
-    sent_before = list(broker.submitted)
-    result = kit.amend("part", "AAPL", quantity=filled, broker=broker, db=db)
-    assert result.outcome == "refused" and "already filled" in result.reason
-    assert [k for k, _ in events(db, "part")] == ["amend_refused"]  # recorded, never requested
-    assert "not sent" in events(db, "part")[0][1]["reason"]
-    assert order_row(db, "part")["quantity"] == 100 and broker.submitted == sent_before
+    result = kit.amend("rest", "AAPL", quantity=filled, broker=broker, db=db)
+    assert result.outcome == "refused" and f"{filled:g} already filled" in result.reason
+    assert [k for k, _ in events(db, "rest")] == ["amend_refused"]  # recorded, never requested
+    assert "not sent" in events(db, "rest")[0][1]["reason"]
+    row = order_row(db, "rest")
+    assert row["quantity"] == 100 and row["filled_quantity"] == filled and broker.submitted == [coid]
+    assert working.intent.quantity == 100
 
 
 def test_amending_a_filled_or_cancelled_order_is_refused_and_changes_nothing(db):
@@ -219,7 +223,7 @@ def test_reprice_walks_toward_the_touch_step_by_step_and_stops_at_the_fill(db):
 def test_reprice_stops_at_max_move(db):
     broker = MockBroker(prices={"AAPL": 190.0})
     rule = Reprice(step=10, unit="bps", interval=0.02, max_move=25)  # 0.185 a step, 0.4625 at most
-    run = resting(db, broker, limit=185.0, timeout=0.5, reprice=rule)
+    run = resting(db, broker, limit=185.0, timeout=1.5, reprice=rule)
     assert run.orders["status"].iloc[0] == "SUBMITTED"
     steps = [d["changes"]["limit_price"] for k, d in events(db, "rest") if k == "amend_requested"]
     assert steps == [185.18, 185.37, 185.46]
@@ -241,12 +245,12 @@ def requested(db, run_key: str = "rest") -> list[float]:
 
 def test_reprice_ends_with_the_run(db):
     broker = MockBroker(prices={"AAPL": 190.0})
-    rule = Reprice(step=0.01, interval=0.05, max_move=5)
-    resting(db, broker, limit=185.0, timeout=0.18, reprice=rule)  # the timeout ends the run: left working
+    rule = Reprice(step=0.01, interval=0.02, max_move=5)
+    resting(db, broker, limit=185.0, timeout=1.0, reprice=rule)  # the timeout ends the run: left working
     stopped = [d for k, d in events(db, "rest") if k == "reprice_stopped"]
     assert [s["why"] for s in stopped] == ["the run ended or was stopped"]
     steps = stopped[0]["steps"]
-    assert 1 <= steps <= 3 and requested(db) == [round(185 + 0.01 * n, 2) for n in range(1, steps + 1)]
+    assert 1 <= steps <= 50 and requested(db) == [round(185 + 0.01 * n, 2) for n in range(1, steps + 1)]
     assert order_row(db, "rest")["amendments"] == steps and len(broker.submitted) == 1
     resting(db, broker, timeout=0.1)  # a resume without reprice= walks nothing and undoes nothing
     assert len(requested(db)) == steps and order_row(db, "rest")["limit_price"] == requested(db)[-1]
