@@ -337,8 +337,8 @@ class Book:
         existing = self.find(client_id, req.order_id)
         if existing is not None and existing.is_working:
             return self._modify(existing, req)
-        if existing is not None and existing.status == "Filled":  # a modify of a filled order
-            return Rejection(104, "Can't modify a filled order")
+        if existing is not None and existing.status == "Filled" and self._same_order(existing, req):
+            return Rejection(104, "Can't modify a filled order")  # else a new order on a used id: 103
         self.placements[req.order_ref] += 1
         if existing is not None or req.order_id <= self._max_ids.get(client_id, 0):
             return Rejection(103, "Duplicate order id")
@@ -477,6 +477,12 @@ class Book:
                 "Configuration/API."
             )
         return None
+
+    def _same_order(self, order: Order, req: OrderRequest) -> bool:
+        """A request for this order (a modify), not a new order reusing its id: same contract, side, type
+        and orderRef."""
+        return (self.market.resolve(req.contract) == order.instrument and req.action == order.action
+                and req.order_type == order.order_type and req.order_ref == order.order_ref)
 
     def _modify(self, order: Order, req: OrderRequest) -> Order | Rejection:
         """Change a working order's quantity, limit, tif or transmit flag, as IB's modify does (never its
