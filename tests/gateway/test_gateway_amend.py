@@ -112,23 +112,33 @@ def test_the_gateway_refuses_modifies_as_ib_does():
     run(body())
 
 
-def test_a_500_order_basket_never_trips_ibs_pacing(tmp_path):
-    """kit's token bucket keeps every one-second window at or under IB's 50 messages."""
-    import kit
-    from kit.brokers.ib import IBBroker
-    from kit.config import IBSettings
+PACING_TARGETS = {"symbol": [f"P{i % 20:02d}" for i in range(500)], "side": ["BUY"] * 500,
+                  "quantity": [1 + i // 20 for i in range(500)], "primary_exchange": ["NASDAQ"] * 500}
+
+
+@pytest.mark.parametrize("library", ["ib_async", "ib_insync"])
+def test_a_500_order_basket_never_trips_ibs_pacing(library, tmp_path):
+    """kit's Pacer keeps every one-second window at or under IB's 50 messages, with either library."""
     from kit.gateway import Instrument
+    from tests.ib_driver import execute
 
     instruments = tuple(Instrument(f"P{i:02d}", 7_000_000 + i, "NASDAQ", "USD", 20.0 + i, f"PACING {i}")
                         for i in range(20))
-    targets = pd.DataFrame({"symbol": [f"P{i % 20:02d}" for i in range(500)], "side": "BUY",
-                            "quantity": [1 + i // 20 for i in range(500)], "primary_exchange": "NASDAQ"})
     with run_gateway_in_thread(GatewayConfig(instruments=instruments, partial_fills=1)) as gw:
-        broker = IBBroker(IBSettings(port=gw.port, client_id=41, connect_timeout=10), ack_timeout=30)
-        done = kit.execute(targets, broker=broker, run_key="pacing", db=tmp_path / "kit.duckdb", timeout=120,
-                           risk={"max_order_notional": None, "max_gross_notional": None}, progress=False)
+        spec = {"port": gw.port, "client_id": 41, "library": library, "run_key": f"pacing-{library}",
+                "db": str(tmp_path / "kit.duckdb"), "targets": PACING_TARGETS, "timeout": 120,
+                "ack_timeout": 30, "connect_timeout": 10}
+        if library == "ib_async":
+            report = execute(spec)
+        else:
+            command = [str(require_insync()), "-m", "tests.ib_driver", json.dumps(spec)]
+            done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  capture_output=True, text=True, timeout=300, check=False)
+            assert done.returncode == 0, done.stderr[-3000:]
+            report = json.loads(done.stdout.splitlines()[-1])
         paced, busiest = gw.call(lambda: dict(gw.state.paced)), gw.call(gw.state.max_inbound_rate)
-    assert done.status == "done" and len(done.fills) == 500
+    assert report["library"] == library
+    assert report["status"] == "done" and len(report["fills"]) == 500
     assert paced == {} and busiest <= 50
 
 
