@@ -112,19 +112,31 @@ def _refuse(engine: Engine, order: Order, changes: dict[str, Any], reason: str) 
     engine.recorder.flush()
 
 
-async def request(engine: Engine, order: Order, changes: dict[str, Any], why: str) -> bool:
-    """Record the request (write-ahead), then hand it to the broker; its answer arrives as an event.
-    False when kit refused it itself."""
+def ask(engine: Engine, order: Order, changes: dict[str, Any], why: str) -> int | None:
+    """Record the request (write-ahead, before the broker sees it); its revision, or None when kit
+    refused it itself (recorded as amend_refused) or could not record it."""
     reason = refusal(order, changes)
     if reason is not None:
         _refuse(engine, order, changes, reason)
-        return False
+        return None
     revision = order.amendments + 1
     engine._apply(AmendRequested(order.client_order_id, utcnow(), dict(changes), revision, why))
     if not engine.recorder.flush():  # not durable: a resume could not know what was asked
         order.amend_pending = 0
-        return False
+        return None
+    return revision
+
+
+async def send(engine: Engine, order: Order, changes: dict[str, Any], revision: int) -> None:
+    """Hand a recorded request to the broker; its answer arrives as an event."""
     await engine.broker.amend(replace(order.intent, **changes), dict(changes), revision)
+
+
+async def request(engine: Engine, order: Order, changes: dict[str, Any], why: str) -> bool:
+    revision = ask(engine, order, changes, why)
+    if revision is None:
+        return False
+    await send(engine, order, changes, revision)
     return True
 
 
@@ -194,7 +206,8 @@ class Walker:
     engine: Engine
     rule: Reprice
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
-    tasks: set[asyncio.Task[bool]] = field(default_factory=set)
+    # requests recorded and on their way to the broker: (order, changes, revision) by task
+    sending: dict[asyncio.Task[None], tuple[Order, dict[str, Any], int]] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     asked: dict[str, int] = field(default_factory=dict)  # the revision of the latest step asked for
     stopped: bool = False
@@ -213,8 +226,11 @@ class Walker:
             order = self.engine.book.orders[coid]
             self._finish(order, _ended(order) or "the run ended or was stopped")
         self.timers.clear()
-        for task in self.tasks:
-            task.cancel()
+        for task, (order, changes, revision) in list(self.sending.items()):
+            if not task.done():  # recorded, never handed over: say so, so the ledger does not wait for it
+                task.cancel()
+                self.engine._apply(AmendRefused(order.client_order_id, utcnow(), "not sent: the run stopped",
+                                                revision, changes))
 
     def _later(self, coid: str) -> None:
         loop = asyncio.get_running_loop()
@@ -238,12 +254,16 @@ class Walker:
         if price is None:
             self._finish(order, why_not)
             return
+        changes = {"limit_price": price}
+        revision = ask(self.engine, order, changes, f"reprice step {self.steps[coid] + 1}")
+        if revision is None:
+            self._finish(order, order.amend_refusal or "not sent: the ledger could not record it")
+            return
         self.steps[coid] += 1
-        self.asked[coid] = order.amendments + 1
-        why = f"reprice step {self.steps[coid]}"
-        task = asyncio.ensure_future(request(self.engine, order, {"limit_price": price}, why))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.asked[coid] = revision
+        task = asyncio.ensure_future(send(self.engine, order, changes, revision))
+        self.sending[task] = (order, changes, revision)
+        task.add_done_callback(lambda done: self.sending.pop(done, None))
         self._later(coid)
 
     def _next_price(self, order: Order) -> tuple[float | None, str]:

@@ -384,7 +384,10 @@ class Engine:
                 return False
             idle = self.ledger.connected and remaining > IDLE_RELEASE
             try:
-                event = await asyncio.wait_for(self.queue.get(), IDLE_RELEASE if idle else remaining)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel (the user's stop)
+                # that lands in the loop iteration where the event arrives.
+                async with asyncio.timeout(IDLE_RELEASE if idle else remaining):
+                    event = await self.queue.get()
             except TimeoutError:
                 if idle:  # quiet for a while: let a notebook or another run at the ledger meanwhile
                     self.ledger.release()

@@ -102,6 +102,9 @@ def _start(kernel, tmp_path, deaf: bool) -> tuple[str, Path]:
 
 def _reply_error(client, msg_id: str) -> dict:
     reply = client.get_shell_msg(timeout=10)
+    # On a slow start jupyter_client asks kernel_info twice and reads one answer: skip the other.
+    while reply["msg_type"] == "kernel_info_reply":
+        reply = client.get_shell_msg(timeout=10)
     assert reply["parent_header"]["msg_id"] == msg_id
     return reply["content"]
 
