@@ -1,10 +1,12 @@
-"""IB pacing: a 500-order basket over 20 symbols through kit's simulated IB gateway, with the real ib_async
-client's throttle on, measured against IB's limit of 50 messages per second.
+"""IB pacing: a 500-order basket over 20 symbols through kit's simulated IB gateway with the real ib_async
+client, measured against IB's limit of 50 messages per second.
 
-kit.execute runs the basket on an IBBroker whose `max_messages_per_second` sets ib_async's client throttle
-(`client.MaxRequests` per `client.RequestsInterval` = 1 s). The gateway, in a thread of this process,
-timestamps each message it receives (once it has handled it):
+kit.execute runs the basket on an IBBroker whose Pacer (kit.brokers.pacing: at most 48 in any second, 2
+at a time) paces every message the client sends. The gateway, in a thread of this process, timestamps each
+message it receives (once it has handled it):
 
+- `message_share`: every message kit sent from the moment it began submitting to the 500th order, per
+  second, as a share of IB's 50: the issue's goal (>= 0.95) is this figure;
 - `orders_per_s`: 500 / (arrival of the 500th placeOrder - the moment kit began submitting, i.e. called
   `prepare`, which first qualifies the 20 contracts and takes their market-data snapshots: 40 messages);
 - `sustained_orders_per_s`: the least-squares slope of order number against arrival time over orders
@@ -12,10 +14,9 @@ timestamps each message it receives (once it has handled it):
 - `max_inbound_rate`: the gateway's own count of the most messages from this client in any one-second
   window, handshake and requests included. Above 50 is a pacing violation.
 
-Two configurations, interleaved: kit's pacing (IBBroker's default: 3 messages every 3/47 s, 47 a second,
-at most 50 in any second) and, as the baseline, ib_async's own throttle as it ships (45 messages at once
-per 1-s window), which lets two bursts a hair under a second apart land in one second at IB. The
-theoretical reference is 50 orders per second, a client sending nothing but orders exactly at IB's limit.
+Two configurations, interleaved: kit's pacing (IBBroker's default token bucket) and, as the baseline,
+ib_async's own throttle as it ships (45 messages at once per 1-s window, each wait counted from the last
+actual send). The floor is IB's limit itself: 50 messages every second, nothing lost to pacing.
 `python -m bench.ib_pacing sweep 45/5 45/45 35/35` runs the basket 3 times per `throttle/burst` setting.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import sys
 import time
@@ -35,9 +37,9 @@ NAME = "ib_pacing"
 ORDERS = 500
 SYMBOLS = 20
 IB_LIMIT = 50
-KIT = (47, None)  # IBBroker's defaults: max_messages_per_second=47, burst=3
+KIT = (48, None)  # IBBroker's defaults: at most 48 messages in any second, 2 at a time
 BASELINE = (45, 45)  # ib_async's throttle as it ships: client.MaxRequests=45 per RequestsInterval=1 s
-GOAL_SHARE = 0.90
+GOAL_SHARE = 0.95
 _client_ids = itertools.count(101)
 
 
@@ -57,23 +59,26 @@ def _targets() -> pd.DataFrame:
 def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float = 30.0) -> dict[str, Any]:
     """One 500-order run at `throttle` messages per second, on a fresh gateway.
 
-    burst=None is kit as it is (IBBroker's own pacing); burst=k sets the client's throttle to k messages per
-    k/throttle seconds (k=throttle: ib_async's throttle as it ships).
+    burst=None is kit as it is (IBBroker's Pacer: `throttle` in any second); burst=k replaces it by the
+    client library's own throttle of k messages per k/throttle seconds (k=throttle: ib_async's as shipped).
     """
     import kit
     from bench._common import NO_FAT_FINGER
     from kit.brokers.ib import IBBroker
+    from kit.brokers.pacing import Pacer
     from kit.config import IBSettings
     from kit.gateway import GatewayConfig, run_gateway_in_thread
 
     class TimedIB(IBBroker):
         prepare_started: float | None = None
 
-        def _tap_wrapper(self) -> None:  # called by connect() right after the client's throttle is set
-            if burst is not None:
-                self.ib.client.MaxRequests = burst
-                self.ib.client.RequestsInterval = burst / throttle
-            super()._tap_wrapper()
+        def _pace(self, client: Any) -> None:
+            if burst is None:
+                super()._pace(client)
+                return
+            self._pacer = Pacer(throttle)  # cleared on a disconnect; never installed
+            client.MaxRequests = burst
+            client.RequestsInterval = burst / throttle
 
         async def prepare(self, orders: list[Any]) -> None:
             if self.prepare_started is None:
@@ -91,9 +96,9 @@ def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float
             placed.append(time.monotonic())  # the gateway's loop clock is time.monotonic() too
             return place(*args, **kwargs)
 
-        def timed_inbound(client_id: int, t: float) -> None:
+        def timed_inbound(client_id: int, t: float) -> int:
             inbound.append(t)
-            record_inbound(client_id, t)
+            return record_inbound(client_id, t)
 
         book.place, book.record_inbound = timed_place, timed_inbound  # type: ignore[method-assign]
         client_id = next(_client_ids)
@@ -103,18 +108,26 @@ def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float
                           risk=NO_FAT_FINGER)
         max_rate = gw.call(book.max_inbound_rate)
         total = gw.call(lambda: book.inbound[client_id].count)
-    if run.status != "done" or len(placed) != ORDERS or broker.prepare_started is None:
+        refused = gw.call(lambda: book.paced[client_id])
+    # The baseline may trip IB's limit (error 100: those orders are refused); kit's pacing never may.
+    failed = run.status != "done" or len(placed) != ORDERS
+    if broker.prepare_started is None or (burst is None and failed) or not placed:
         raise AssertionError(f"pacing run at {throttle}: {run.status}, {len(placed)} orders placed, "
                              f"notes {run.notes}")
     placed.sort()
     start = broker.prepare_started
+    sent = sum(1 for t in inbound if start <= t <= placed[-1])
     return {
+        "message_share": sent / (placed[-1] - start) / IB_LIMIT,
+        "messages_in_basket": sent,
         "orders_per_s": ORDERS / (placed[-1] - start),
-        "sustained_orders_per_s": _slope(placed[50:450]),
+        "sustained_orders_per_s": _slope(placed[50:450]) if len(placed) >= 450 else math.nan,
         "max_inbound_rate": max_rate,
         "inbound_messages": total,
         "messages_before_first_order": sum(1 for t in inbound if start <= t < placed[0]),
         "unacknowledged_notes": sum("unacknowledged" in note for note in run.notes),
+        "refused_by_pacing": refused,  # messages the gateway answered with error 100
+        "orders_placed": len(placed),
     }
 
 
@@ -131,12 +144,15 @@ def _fold(runs: list[dict[str, Any]]) -> dict[str, Any]:
     from bench._common import summary
 
     return {
+        "message_share": summary([r["message_share"] for r in runs], 3),
         "orders_per_s": summary([r["orders_per_s"] for r in runs], 2),
         "sustained_orders_per_s": summary([r["sustained_orders_per_s"] for r in runs], 2),
         "max_inbound_rate": max(r["max_inbound_rate"] for r in runs),
         "max_inbound_rate_per_rep": [r["max_inbound_rate"] for r in runs],
         "inbound_messages": statistics.median(r["inbound_messages"] for r in runs),
         "messages_before_first_order": statistics.median(r["messages_before_first_order"] for r in runs),
+        "refused_by_pacing": sum(r["refused_by_pacing"] for r in runs),
+        "orders_placed_per_rep": [r["orders_placed"] for r in runs],
     }
 
 
@@ -157,20 +173,22 @@ def run(reps: int = 2) -> dict[str, Any]:
     return {
         "benchmark": NAME,
         "what": f"{ORDERS} orders over {SYMBOLS} symbols, kit.execute -> ib_async -> simulated gateway; "
-                "IBBroker's pacing: 3 messages every 3/47 s",
+                "IBBroker's pacing: at most 48 messages in any second, 2 at a time",
         "throttle": KIT[0],
         **mine,
         "share_of_limit": share(mine),
         "sustained_share_of_limit": round(mine["sustained_orders_per_s"]["median"] / IB_LIMIT, 3),
         "baseline": {"what": "ib_async's throttle as it ships: 45 messages at once per 1-s window",
                      "throttle": BASELINE[0], **base, "share_of_limit": share(base)},
+        "floor": {"what": "IB's limit itself: 50 messages every second", "message_share": 1.0,
+                  "max_inbound_rate": IB_LIMIT},
         "theoretical": {"what": "only orders, exactly at IB's limit", "orders_per_s": IB_LIMIT},
         "ratio": share(mine),  # against the theoretical 50 orders per second
         "ratio_to_baseline": round(mine["orders_per_s"]["median"] / base["orders_per_s"]["median"], 3),
-        "goal": {"share_of_limit": GOAL_SHARE, "max_inbound_rate": IB_LIMIT},
-        "met": {"share_of_limit": share(mine) >= GOAL_SHARE,
+        "goal": {"message_share": GOAL_SHARE, "max_inbound_rate": IB_LIMIT},
+        "met": {"message_share": mine["message_share"]["median"] >= GOAL_SHARE,
                 "sustained_share_of_limit": mine["sustained_orders_per_s"]["median"] / IB_LIMIT >= GOAL_SHARE,
-                "no_violation": mine["max_inbound_rate"] <= IB_LIMIT,
+                "no_violation": mine["max_inbound_rate"] <= IB_LIMIT and not mine["refused_by_pacing"],
                 "baseline_no_violation": base["max_inbound_rate"] <= IB_LIMIT},
     }
 

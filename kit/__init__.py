@@ -14,7 +14,7 @@ _EXPORTS = {
     "tca": "kit.api", "cancel": "kit.api", "cancel_async": "kit.api",
     "Plan": "kit.planner", "Run": "kit.engine", "RunInfo": "kit.engine",
     "MockBroker": "kit.brokers.mock", "CommissionModel": "kit.brokers.mock", "Broker": "kit.brokers.base",
-    "Ledger": "kit.store",
+    "Ledger": "kit.store", "amend": "kit.api", "amend_async": "kit.api", "Reprice": "kit.amending",
     "KitError": "kit.errors", "ValidationError": "kit.errors", "ConfigError": "kit.errors",
     "PayloadConflictError": "kit.errors",
     "LiveAccountError": "kit.errors", "Skip": "kit.runner",
@@ -23,11 +23,13 @@ __all__ = [  # noqa: RUF022 (grouped by layer, like _EXPORTS)
     "plan", "execute", "execute_async", "ledger", "tca", "cancel", "cancel_async",
     "Plan", "Run", "RunInfo", "MockBroker", "CommissionModel", "Broker", "Ledger",
     "KitError", "ValidationError", "ConfigError", "PayloadConflictError", "LiveAccountError", "Skip",
+    "amend", "amend_async", "Reprice",
     "__version__",
 ]
 
 if TYPE_CHECKING:
-    from kit.api import cancel, cancel_async, execute, execute_async, ledger, plan, tca
+    from kit.amending import Reprice
+    from kit.api import amend, amend_async, cancel, cancel_async, execute, execute_async, ledger, plan, tca
     from kit.brokers.base import Broker
     from kit.brokers.mock import CommissionModel, MockBroker
     from kit.engine import Run, RunInfo

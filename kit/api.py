@@ -1,4 +1,5 @@
-"""The notebook-facing API: kit.plan, kit.execute, kit.execute_async, kit.cancel, kit.ledger, kit.tca.
+"""The notebook-facing API: kit.plan, kit.execute, kit.execute_async, kit.cancel, kit.amend, kit.ledger,
+kit.tca.
 
 `execute` must work in a script, in a Jupyter kernel and under papermill, and stop when the user presses
 stop. The blocking calls run their coroutine on a private loop in a worker thread (a kernel's thread already
@@ -16,6 +17,7 @@ import sys
 import threading
 from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,6 +38,7 @@ from kit.runlock import RunLock
 from kit.store import Ledger
 
 if TYPE_CHECKING:
+    from kit.amending import Reprice
     from kit.costs import TcaResult
 
 log = logging.getLogger("kit")
@@ -268,6 +271,7 @@ async def execute_async(
     info: RunInfo | None = None,
     cancel_timeout: float = 10.0,
     progress: Progress | None = None,
+    reprice: Reprice | None = None,
     **plan_options: Any,
 ) -> Run:
     """Plan (if given a frame), check risk, send, follow every order to a final state, record it all.
@@ -277,6 +281,8 @@ async def execute_async(
     KIT_ALLOW_LIVE=1 and approve=<the plan's hash>. Cancelling the task that awaits this cancels the working
     orders, waits up to cancel_timeout seconds for the broker's confirmations (a second cancel stops the
     wait) and raises kit.errors.RunInterrupted, whose `run` is the run as recorded.
+    reprice=kit.Reprice(step=, interval=, max_move=) walks resting limit orders toward the touch by
+    amendments while the run follows them (docs/amend.md).
     """
     if isinstance(targets, Plan):
         the_plan = targets
@@ -301,7 +307,7 @@ async def execute_async(
             engine = Engine(the_plan, the_broker, ledger, timeout=timeout,
                             on_timeout=on_timeout, cancel_timeout=cancel_timeout,
                             allow_live=settings().allow_live, approve=approve, dry_run=dry_run, info=info,
-                            observer=progress.observe if progress else None)
+                            observer=progress.observe if progress else None, reprice=reprice)
             return await engine.run()
 
 
@@ -340,6 +346,77 @@ async def cancel_async(run: str | None = None, *, all_runs: bool = False, broker
 
 def cancel(run: str | None = None, **options: Any) -> list[Run]:
     return _run(cancel_async(run, **options))
+
+
+@dataclass
+class Amendment:
+    """What kit.amend did: accepted (the broker works the order on the new terms), refused (it works on as
+    it was; `reason` says why) or unconfirmed (no answer in time: the ledger keeps the confirmed terms)."""
+
+    run_key: str
+    client_order_id: str
+    outcome: str
+    reason: str
+    changes: dict[str, Any]
+    run: Run
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == "accepted"
+
+    @property
+    def order(self) -> pd.Series:
+        """The order's row as it is now: working terms, and the planned ones in original_*."""
+        orders = self.run.orders
+        return orders[orders["client_order_id"] == self.client_order_id].iloc[0]
+
+    def __repr__(self) -> str:
+        change = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                           for name, value in self.changes.items())
+        why = f": {self.reason}" if self.reason else ""
+        return f"amend {self.client_order_id} ({change}): {self.outcome}{why}"
+
+
+def _order_of(orders: list[Any], order: str, run_key: str) -> Any:
+    """An order of the run by client_order_id, or by symbol when the run has exactly one order in it."""
+    by_id = [o for o in orders if o.client_order_id == order]
+    by_symbol = [o for o in orders if o.intent.symbol == order]
+    found = by_id or by_symbol
+    if len(found) != 1:
+        ids = ", ".join(o.client_order_id for o in found)
+        how = f"{len(found)} orders ({ids})" if found else "no order"
+        raise KitError(f"run {run_key!r} has {how} matching {order!r}: name it by its client_order_id")
+    return found[0]
+
+
+async def amend_async(run: str | None, order: str, *, limit: float | None = None, stop: float | None = None,
+                      quantity: float | None = None, broker: str | Broker | None = None,
+                      db: str | Path | None = None, timeout: float = 10.0) -> Amendment:
+    """Change a working order's limit price, stop price or quantity through the broker (IB: its modify,
+    the same order id) and wait `timeout` seconds for its answer. Refused before sending: an order that
+    no longer works, a quantity not above what has filled. Every request and answer is in order_events."""
+    from kit.amending import check_changes
+
+    ledger = Ledger(db)
+    await asyncio.to_thread(ledger.open)
+    with ledger:
+        run_id = ledger.resolve_run(run)
+        row = ledger.run_row(run_id)
+        if row is None:
+            raise KitError(f"run {run_id} is not in the ledger {ledger.path}")
+        target = _order_of(ledger.load_orders(run_id), order, row["run_key"])
+        changes = check_changes(target.intent, {"limit_price": limit, "stop_price": stop,
+                                                "quantity": quantity})
+        with RunLock(row["run_key"]):  # refuses at once while the run key executes elsewhere
+            engine = Engine(Plan(row["run_key"], ()), make_broker(broker or row["broker"] or "mock"), ledger)
+            result = await engine.amend_working(target.client_order_id, changes, timeout)
+    outcome, reason = engine.amend_outcome
+    return Amendment(row["run_key"], target.client_order_id, outcome, reason, changes, result)
+
+
+def amend(run: str | None, order: str, **options: Any) -> Amendment:
+    """Blocking form of amend_async: kit.amend("run-key", "AAPL", limit=187.5)."""
+    return _run(amend_async(run, order, **options))
 
 
 def tca(run_id: str | None = None, db: str | Path | None = None,

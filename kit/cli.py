@@ -205,6 +205,32 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 1 if still else 0
 
 
+def cmd_amend(args: argparse.Namespace) -> int:
+    """`kit amend RUN ORDER --limit X`: exit 0 when the broker accepted, 1 when it refused or did not
+    answer (the order then works on as the ledger shows it)."""
+    from kit.api import amend
+
+    broker = args.broker
+    if broker is None:
+        ledger = _ledger(args)
+        try:
+            broker = _run_row(ledger, ledger.resolve_run(args.run))["broker"] or "mock"
+        finally:
+            ledger.close()
+    if broker == "mock":
+        raise KitError("the mock broker lives in the process that ran the order: amend it with kit.amend "
+                       "there (a new process's mock has no orders)")
+    done = amend(args.run, args.order, limit=args.limit, stop=args.stop, quantity=args.quantity,
+                 broker=broker, db=args.db, timeout=args.timeout)
+    print(done)
+    row = done.order
+    print(f"  now: {row['status']}, quantity {row['quantity']:g}, limit {row['limit_price']}; "
+          f"amendments accepted: {row['amendments']}")
+    if not done.accepted:
+        print(f"kit: amendment {done.outcome}: {done.reason}", file=sys.stderr)
+    return 0 if done.accepted else 1
+
+
 def cmd_halt(args: argparse.Namespace) -> int:
     from kit.config import halt_file, halted
 
@@ -509,6 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--run", help="run id or run key")
     kill.add_argument("--all", action="store_true", help="every run with working orders")
     kill.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for confirmations")
+    change = add("amend", cmd_amend, "change a working order's limit, stop price or quantity at the broker")
+    change.add_argument("run", help="run id or run key")
+    change.add_argument("order", help="client_order_id, or the symbol of the run's only order in it")
+    change.add_argument("--limit", type=float, help="the new limit price")
+    change.add_argument("--stop", type=float, help="the new stop price")
+    change.add_argument("--quantity", type=float, help="the new total quantity (above what has filled)")
+    change.add_argument("--broker", choices=BROKERS, help="default: the run's broker")
+    change.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the answer")
     halt = add("halt", cmd_halt, "stop every new submission until cleared (a file, so it survives restarts)")
     halt.add_argument("reason", nargs="*", help="why, recorded in the halt file")
     halt.add_argument("--clear", action="store_true", help="allow submissions again")

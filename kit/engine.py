@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from kit.amending import Reprice, amend_one, start_repricing
 from kit.brokers.base import RUN_NOTICES, Broker, Notice
 from kit.clock import utcnow
 from kit.config import halted
@@ -97,7 +98,7 @@ class Engine:
     def __init__(self, plan: Plan, broker: Broker, ledger: Ledger, *, timeout: float = 60.0,
                  on_timeout: OnTimeout = "cancel", cancel_timeout: float = 10.0, allow_live: bool = False,
                  approve: str | None = None, dry_run: bool = False, info: RunInfo | None = None,
-                 observer: Callable[[Iterable[Order]], None] | None = None):
+                 observer: Callable[[Iterable[Order]], None] | None = None, reprice: Reprice | None = None):
         if on_timeout not in ("cancel", "leave"):
             raise ValueError(f"on_timeout must be 'cancel' or 'leave', not {on_timeout!r}")
         self.plan, self.broker, self.ledger = plan, broker, ledger
@@ -119,6 +120,8 @@ class Engine:
         self.stopping = False  # an interrupt (or a cancel wait it cut short) is being dealt with
         self.lost = False  # the broker went away and did not come back within its reconnect window
         self.not_working: set[str] = set()  # orders the broker says it can no longer cancel (e.g. IB: Filled)
+        self.reprice = reprice  # walks resting limit orders toward the touch (kit.amending)
+        self.amend_outcome: tuple[str, str] = ("", "")  # kit.amend: accepted/refused/unconfirmed, and why
 
     # ---- the run -------------------------------------------------------------------------------------
     async def run(self) -> Run:
@@ -151,6 +154,11 @@ class Engine:
                 self.recorder.flush()
         self.recorder.flush()
         return await self._guarded(self._what_if() if self.dry_run else self._trade())
+
+    async def amend_working(self, client_order_id: str, changes: dict[str, Any], timeout: float) -> Run:
+        """kit.amend: change one working order's terms through the broker and wait for its answer."""
+        self._open_run(self.ledger.load_orders(self.run_id), "amend")
+        return await self._guarded(amend_one(self, client_order_id, changes, timeout))
 
     async def cancel_working(self) -> Run:
         """The kill switch: cancel this run's working orders through the broker and wait for its word."""
@@ -250,7 +258,9 @@ class Engine:
                     await self.broker.prepare([o.intent for o in to_send])
                     await self._submit(to_send)
                 loop = asyncio.get_running_loop()
-                if not await self._follow(loop.time() + self.timeout) and not self.lost:
+                with start_repricing(self):
+                    followed = await self._follow(loop.time() + self.timeout)
+                if not followed and not self.lost:
                     await self._on_timeout()
             except asyncio.CancelledError:
                 if not self.stopping:
@@ -517,7 +527,8 @@ class Engine:
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def _check_payloads(self, previous: list[Order]) -> None:
-        known = {o.client_order_id: o.intent for o in previous if o.at_broker}
+        # The plan is compared with the plan: an amended order's working terms are not a new payload.
+        known = {o.client_order_id: o.planned for o in previous if o.at_broker}
         conflicts = []
         for intent in self.plan.intents:
             old = known.get(intent.client_order_id)

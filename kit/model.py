@@ -231,9 +231,51 @@ class ArrivalPrice:
     kind = "arrival"
 
 
+# ---- amendments: a working order's terms changed through the broker (IB: placeOrder again, same id) ----
+# The fields an amendment may change; IB lets a modify change price, quantity and tif, never the side,
+# the contract or the order type. stop_price counts once OrderIntent has it.
+AMENDABLE_FIELDS = ("quantity", "limit_price", "stop_price", "tif")
+
+
+@dataclass(frozen=True, slots=True)
+class AmendRequested:
+    """kit asks the broker to change a working order. Written before the broker sees the request, like
+    Submitted; `revision` numbers the order's amendments, so a broker's replayed answer is applied once."""
+
+    client_order_id: str
+    at: datetime
+    changes: dict
+    revision: int
+    why: str = ""
+    kind = "amend_requested"
+
+
+@dataclass(frozen=True, slots=True)
+class AmendAccepted:
+    """The broker works the order on the new terms (IB: an openOrder carrying them)."""
+
+    client_order_id: str
+    at: datetime
+    changes: dict
+    revision: int
+    kind = "amend_accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class AmendRefused:
+    """The broker (or kit, before sending) refused the change: the order works on as it was."""
+
+    client_order_id: str
+    at: datetime
+    reason: str
+    revision: int
+    changes: dict = field(default_factory=dict)
+    kind = "amend_refused"
+
+
 BrokerEvent = (Accepted | StatusUpdate | Execution | Commission | Rejected | Cancelled | BrokerNotice
-               | ArrivalPrice)
-Event = Submitted | BrokerEvent
+               | ArrivalPrice | AmendAccepted | AmendRefused)
+Event = Submitted | AmendRequested | BrokerEvent
 
 
 class Fills(dict):
@@ -298,6 +340,17 @@ class Order:
     def __post_init__(self) -> None:
         if type(self.fills) is not Fills:
             self.fills = Fills(self.fills)
+    # Amendments (kit.amending): `intent` is what works at the broker now; `original` the intent as planned,
+    # kept once an amendment changed it. Payload checks and TCA read the plan, the broker the current terms.
+    original: OrderIntent | None = None
+    amendments: int = 0  # amendments the broker accepted
+    amend_pending: int = 0  # the revision of an amendment asked for and not answered yet (0: none)
+    amend_refusal: str = ""  # the broker's (or kit's) words on the latest refused amendment
+
+    @property
+    def planned(self) -> OrderIntent:
+        """The intent as planned: what a re-run of the same run key is compared with."""
+        return self.original or self.intent
 
     @property
     def client_order_id(self) -> str:

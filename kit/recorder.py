@@ -45,7 +45,17 @@ def order_row(order: Order, updated_at: datetime | None = None) -> Row:
         **order_type_columns(intent),
         "expiry": intent.expiry, "strike": intent.strike, "right": intent.right,
         "multiplier": intent.multiplier, "con_id": intent.con_id, "local_symbol": intent.local_symbol,
+        **_original_terms(order),
     }
+
+
+def _original_terms(order: Order) -> Row:
+    """The planned terms of an amended order next to its working ones; NULL while it was never amended."""
+    planned = order.original
+    return {"original_quantity": planned.quantity if planned else None,
+            "original_limit_price": planned.limit_price if planned else None,
+            "original_stop_price": getattr(planned, "stop_price", None) if planned else None,
+            "amendments": order.amendments}
 
 
 def fill_row(order: Order, fill: Fill) -> Row:

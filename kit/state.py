@@ -6,12 +6,15 @@ cannot disagree about what a fill, a duplicate, a correction or a late commissio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from operator import attrgetter
 
 from kit.model import (
     Accepted,
+    AmendAccepted,
+    AmendRefused,
+    AmendRequested,
     ArrivalPrice,
     BrokerNotice,
     Cancelled,
@@ -36,6 +39,7 @@ class Signal(StrEnum):
     FILL_ALL = "fill_all"  # a fill that completes the quantity
     CANCEL = "cancel"
     REJECT = "reject"
+    AMEND = "amend"  # the broker accepted new terms (price, quantity) for a working order
 
 
 N, S, P, F, C, R = Status
@@ -51,12 +55,19 @@ TRANSITIONS: dict[tuple[Status, Signal], Status] = {
     # Only a correction (a higher revision of an execution) can lower the filled quantity of a FILLED
     # order; the status follows the quantity, as if the corrected execution had arrived first.
     (F, Signal.FILL_PART): P,
+    # An amendment changes terms, not status: only an order in one of these may be amended at all.
+    (S, Signal.AMEND): S, (P, Signal.AMEND): P,
 }  # fmt: skip
 del N, S, P, F, C, R
 
 
 def next_status(status: Status, signal: Signal) -> Status:
     return TRANSITIONS.get((status, signal), status)
+
+
+def amendable(order: Order) -> bool:
+    """Working at the broker in a status the table lets an amendment through."""
+    return order.working and (order.status, Signal.AMEND) in TRANSITIONS
 
 
 class Effect(StrEnum):
@@ -121,6 +132,8 @@ class OrderBook:
                 if isinstance(event, Accepted):
                     changed |= self._move(order, Signal.ACCEPT)
                 return self._touch(order, event, Effect.APPLIED if changed else Effect.NOTED)
+            case AmendRequested() | AmendAccepted() | AmendRefused():
+                return self._amendment(order, event)
             case Rejected() | Cancelled():
                 signal = Signal.REJECT if isinstance(event, Rejected) else Signal.CANCEL
                 if not self._move(order, signal):
@@ -151,6 +164,26 @@ class OrderBook:
         if current is None:
             return Outcome(Effect.APPLIED, order, fill)
         return Outcome(Effect.CORRECTION, order, fill, replaced_exec_id=current.exec_id)
+
+    def _amendment(self, order: Order, event: AmendRequested | AmendAccepted | AmendRefused) -> Outcome:
+        """A request waits for its answer; an accepted one changes the order's working terms (once per
+        revision: a broker's replay of an older answer changes nothing); a refusal leaves them."""
+        if isinstance(event, AmendRequested):
+            order.amend_pending = event.revision
+            return self._touch(order, event, Effect.APPLIED)
+        if order.amend_pending == event.revision:
+            order.amend_pending = 0
+        if isinstance(event, AmendRefused):
+            order.amend_refusal = event.reason
+            return self._touch(order, event, Effect.NOTED)
+        if event.revision <= order.amendments:
+            return Outcome(Effect.DUPLICATE, order)
+        order.original = order.original or order.intent
+        order.intent = replace(order.intent, **event.changes)
+        order.amendments = event.revision
+        done = order.filled_quantity >= order.intent.quantity
+        self._move(order, Signal.FILL_ALL if done else Signal.AMEND)
+        return self._touch(order, event, Effect.APPLIED)
 
     def _commission(self, event: Commission) -> Outcome:
         coid, key = self.exec_owner.get(event.exec_id, (None, None))

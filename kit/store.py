@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime
 from itertools import islice
 from operator import itemgetter
@@ -30,7 +30,7 @@ from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
 from kit.instruments import Contract, cache_valid_until, instrument_key
 from kit.journal import Journal
-from kit.model import OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
+from kit.model import AMENDABLE_FIELDS, OPEN_STATUSES, Fill, Order, OrderIntent, Side, Status
 from kit.order_types import order_type_fields
 
 log = logging.getLogger("kit.ledger")
@@ -110,6 +110,14 @@ MIGRATIONS: list[list[str]] = [
             trading_class VARCHAR, min_tick DOUBLE, time_zone VARCHAR, trading_hours VARCHAR,
             fetched_at TIMESTAMP, valid_until TIMESTAMP, PRIMARY KEY (broker, request_key))""",
     ],
+    [
+        # Migration 6 (h-amend): an amended order's row shows its working terms in quantity, limit_price
+        # (and stop_price); the planned ones stay here, NULL while the order was never amended.
+        "ALTER TABLE orders ADD COLUMN original_quantity DOUBLE",
+        "ALTER TABLE orders ADD COLUMN original_limit_price DOUBLE",
+        "ALTER TABLE orders ADD COLUMN original_stop_price DOUBLE",
+        "ALTER TABLE orders ADD COLUMN amendments BIGINT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
@@ -129,6 +137,7 @@ ORDER_COLUMNS = (
     "stop_price", "trail_amount", "trail_percent", "offset", "outside_rth", "good_till", "algo",
     "algo_params",
     "expiry", "strike", "right", "multiplier", "con_id", "local_symbol",
+    "original_quantity", "original_limit_price", "original_stop_price", "amendments",
 )
 FILL_COLUMNS = (
     "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
@@ -148,9 +157,10 @@ RUN_COLUMNS = (
 _TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "ended_at", "good_till"}
 _NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", "avg_fill_price",
             "commission", "decision_price", "arrival_price", "price", "stop_price", "trail_amount",
-            "trail_percent", "offset", "strike", "multiplier"}
+            "trail_percent", "offset", "strike", "multiplier", "original_quantity", "original_limit_price",
+            "original_stop_price"}
 _BOOLEANS = {"outside_rth"}
-_INTEGERS = {"revision", "seq"}
+_INTEGERS = {"revision", "seq", "amendments"}
 Row = dict[str, Any]  # one row of a table, by column name
 
 
@@ -217,12 +227,21 @@ def _order_from_row(row: dict[str, Any], fills: list[Fill]) -> Order:
         multiplier=_none(row.get("multiplier")), con_id=_none(row.get("con_id")),
         local_symbol=row.get("local_symbol") or "",
     )
+    amendments = int(_none(row.get("amendments")) or 0)
     return Order(
         intent=intent, run_id=row["run_id"], created_at=row["created_at"], updated_at=row["updated_at"],
         status=Status(row["status"]), broker_order_id=row["broker_order_id"], perm_id=row["perm_id"],
         reason=row["reason"] or "", arrival_price=_none(row["arrival_price"]),
         submitted_at=row["submitted_at"], fills={f.execution_key: f for f in fills},
+        original=_original_intent(intent, row) if amendments else None, amendments=amendments,
     )
+
+
+def _original_intent(intent: OrderIntent, row: dict[str, Any]) -> OrderIntent:
+    """The planned intent of an amended order: its row's original_<field> columns over the working terms."""
+    names = {f.name for f in fields(OrderIntent)}
+    planned = {name: _none(row.get(f"original_{name}")) for name in AMENDABLE_FIELDS if name in names}
+    return replace(intent, **{name: value for name, value in planned.items() if value is not None})
 
 
 @dataclass

@@ -233,7 +233,9 @@ def test_fills_written_before_execution_keys_existed_get_them_from_the_migration
     schema_1 = kit.store.ORDER_COLUMNS[:kit.store.ORDER_COLUMNS.index("updated_at") + 1]
     monkeypatch.setattr(kit.store, "ORDER_COLUMNS", schema_1)  # the orders columns schema 1 had
     with Ledger(db) as ledger:
-        write(ledger, [an_order()])
+        row, first = order_row(an_order()), kit.store.ORDER_COLUMNS[:25]  # the orders columns of schema 1
+        ledger.con.execute(f"INSERT INTO orders ({', '.join(first)}) VALUES ({', '.join('?' * len(first))})",
+                           [row[column] for column in first])
         for exec_id in ("0001.5f.01.02", "plain"):
             ledger.con.execute("INSERT INTO fills VALUES (?, 'k-AAPL-BUY', 'r1', 'AAPL', 'BUY', 10, 1.0, "
                                "0.5, 'USD', 'NYSE', ?)", [exec_id, T0])

@@ -12,8 +12,9 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
+from kit.clock import utcnow
 from kit.instruments import Contract, Spec
-from kit.model import BrokerEvent, Order, OrderIntent
+from kit.model import AmendRefused, BrokerEvent, Order, OrderIntent, Side
 
 EventSink = Callable[[BrokerEvent], None]
 
@@ -86,6 +87,17 @@ class Broker(ABC):
         Called before anything is sent, on a first run as on a resume, with every order of the run: an order
         the broker already has is followed, never sent again, whatever the ledger holds.
         """
+
+    async def amend(self, order: OrderIntent, changes: dict, revision: int) -> None:
+        """Ask the broker to work the order on new terms (`order` is the intent with `changes` applied).
+        Its answer arrives as AmendAccepted or AmendRefused carrying `revision`."""
+        self.emit(AmendRefused(order.client_order_id, utcnow(), f"the {self.name} broker cannot amend "
+                               "orders", revision, changes))
+
+    def touch(self, symbol: str, side: Side) -> float | None:
+        """The price a marketable order on this side would meet (a BUY the ask, a SELL the bid): where
+        kit.Reprice walks a resting limit toward. The reference price where the broker knows no quote."""
+        return self.reference_price(symbol)
 
     def reference_price(self, symbol: str) -> float | None:
         """The price at submission, recorded as the arrival price for TCA; None when unknown. `symbol` is

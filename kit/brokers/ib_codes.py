@@ -155,3 +155,14 @@ def log_level(code: int) -> int:
         return LOG_LEVELS[code]
     found = meaning(code)
     return _MEANING_LEVELS[found] if found is not None else logging.WARNING
+
+
+#: What IB answers a modification it refuses, besides the codes that refuse an order outright: 103 (the
+#: order id is no longer live: a cancelled order's id is a used id), 104 "Can't modify a filled order",
+#: 105 "Order being modified does not match original order", 106, 134 "Modify order failed". While kit
+#: awaits the answer to a modify, these and every REFUSED code refuse the modification, not the order.
+MODIFY_REFUSALS = frozenset({103, 104, 105, 106, 134})
+
+
+def refuses_modify(code: int) -> bool:
+    return code in MODIFY_REFUSALS or meaning(code) is Meaning.REFUSED

@@ -19,10 +19,12 @@ from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kit.brokers.base import Notice
-from kit.brokers.ib_codes import REQUEST_CODES, Meaning, meaning
+from kit.brokers.ib_codes import REQUEST_CODES, Meaning, meaning, refuses_modify
 from kit.errors import UntranslatableMessage
 from kit.model import (
     Accepted,
+    AmendAccepted,
+    AmendRefused,
     BrokerEvent,
     BrokerNotice,
     Cancelled,
@@ -158,6 +160,7 @@ class Figures:
     counted: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     cum_qty: float | None = None  # execDetails cumQty of the latest execution IB sent
     filled: float | None = None  # orderStatus filled, latest
+    filled_final: bool = False  # that orderStatus called the order done (an openOrder carries no figures)
     remaining: float | None = None
     status: str = ""  # IB's latest status word
     why_held: str = ""
@@ -185,7 +188,7 @@ class Figures:
         if self.cum_qty is not None and abs(self.cum_qty - total) > QUANTITY_TOLERANCE:
             return f"execDetails cumQty {self.cum_qty:g}"
         if self.filled is not None and (self.filled > total + QUANTITY_TOLERANCE or (
-                self.final and abs(self.filled - total) > QUANTITY_TOLERANCE)):
+                self.filled_final and abs(self.filled - total) > QUANTITY_TOLERANCE)):
             return f"orderStatus {self.status or '?'} filled {self.filled:g}"
         return None
 
@@ -217,6 +220,12 @@ class Translator:
     exec_keys: dict[str, tuple[str, int]] = field(default_factory=dict)  # exec_id -> (key, revision)
     foreign_perm_ids: set[int] = field(default_factory=set)  # orders IB listed under another orderRef
     highest_order_id: int = 0  # the highest orderId IB showed for this clientId, whoever placed it
+    # Modifications awaiting IB's answer: client_order_id -> (the terms as IB lists them, kit's changes,
+    # the amendment's revision). An openOrder with those terms accepts it; an error about it refuses it.
+    amending: dict[str, tuple[dict[str, float], dict, int]] = field(default_factory=dict)
+    # The terms kit last knew each order to work on, and how many amendments that took: an openOrder listing
+    # other terms (a modify whose answer a crash lost, or one made in TWS) is adopted as an amendment.
+    known_terms: dict[str, tuple[dict[str, float], int]] = field(default_factory=dict)
 
     def track(self, client_order_ids: set[str] | list[str]) -> None:
         self.tracked.update(client_order_ids)
@@ -265,6 +274,9 @@ class Translator:
             raise UntranslatableMessage(f"IB status {word!r} of order {coid} is not one IB documents")
         figures = self.of(coid)
         figures.status = word
+        done: Translated = []
+        if coid in self.amending and word in FINAL_AT_IB:  # it ended before IB took the modify
+            done = self._modify_refused(coid, at, f"the order is {word} at IB")
         ids = {"broker_order_id": _id(self.order_id_of.get(coid)), "perm_id": _id(self.perm_id_of.get(coid))}
         events: Translated = [StatusUpdate(coid, at, word, **ids)]
         if word in ACKNOWLEDGED:
@@ -274,16 +286,53 @@ class Translator:
             events.append(Cancelled(coid, at, reason or f"IB status {word}"))
         elif word == "Inactive" and figures.refusal:  # Inactive after an error: IB refused the order
             events.append(Rejected(coid, at, figures.refusal))
-        return events + self._check(coid)
+        return done + events + self._check(coid)
 
     def open_order(self, order_id: int, client_id: int, perm_id: int, order_ref: str, status: str,
-                   at: datetime) -> Translated:
+                   at: datetime, terms: dict[str, float] | None = None) -> Translated:
+        """`terms`: the order's quantity and prices as IB lists them now (what a modify changed)."""
         coid = self._resolve(order_ref, order_id, perm_id, client_id)
         if coid is None:
             return []
         self.seen.add(coid)
         self._learn(coid, order_id, perm_id, client_id)
-        return self._status(coid, status, at)
+        return self._amended(coid, terms or {}, at) + self._status(coid, status, at)
+
+    def amend_requested(self, coid: str, order_id: int, terms: dict[str, float], changes: dict,
+                        revision: int) -> None:
+        """kit sends a modify (placeOrder under the order's own id): IB's answer names that id."""
+        self.by_order_id[order_id] = coid
+        self.amending[coid] = (terms, changes, revision)
+
+    def expect(self, coid: str, terms: dict[str, float], amendments: int) -> None:
+        """The terms the ledger has this order working on, after `amendments` accepted amendments."""
+        self.known_terms[coid] = (dict(terms), amendments)
+
+    def _amended(self, coid: str, terms: dict[str, float], at: datetime) -> Translated:
+        pending = self.amending.get(coid)
+        if not terms:
+            return []
+        if pending is not None:
+            wanted, changes, revision = pending
+            if not all(name in terms and _same(terms[name], value) for name, value in wanted.items()):
+                return []
+            del self.amending[coid]
+            known, _ = self.known_terms.get(coid, ({}, 0))
+            self.known_terms[coid] = ({**known, **wanted}, revision)
+            return [AmendAccepted(coid, at, changes, revision)]
+        if coid not in self.known_terms:
+            return []
+        known, revision = self.known_terms[coid]
+        moved = {name: value for name, value in terms.items()
+                 if name in known and not _same(known[name], value)}
+        if not moved:
+            return []
+        self.known_terms[coid] = ({**known, **moved}, revision + 1)
+        return [AmendAccepted(coid, at, moved, revision + 1)]
+
+    def _modify_refused(self, coid: str, at: datetime, reason: str) -> Translated:
+        _, changes, revision = self.amending.pop(coid)
+        return [AmendRefused(coid, at, reason, revision, changes)]
 
     def completed_order(self, perm_id: int, order_ref: str, status: str, reason: str,
                         at: datetime) -> Translated:
@@ -307,6 +356,9 @@ class Translator:
         self._learn(coid, order_id, perm_id, client_id)
         figures = self.of(coid)
         figures.filled, figures.remaining = _quantity(filled), _quantity(remaining)
+        # IB sends the openOrder of a filled order before its orderStatus Filled: only the figures that came
+        # with a final status are final (else every fill would ask for its executions again).
+        figures.filled_final = status in FINAL_AT_IB
         figures.why_held = why_held or figures.why_held
         return self._status(coid, status, at, why_held)
 
@@ -397,6 +449,8 @@ class Translator:
         if coid is None:
             return [notice]
         effect, text = meaning(code), f"IB error {code}: {message}"
+        if coid in self.amending and refuses_modify(code):  # about the modify: the order works on as it was
+            return [notice, *self._modify_refused(coid, at, text)]
         figures = self.of(coid)
         if effect is Meaning.REFUSED and code in REQUEST_CODES and coid in self.acknowledged:
             return [notice]  # a refused modification or cancel: the order works on
@@ -421,6 +475,10 @@ class Translator:
         if refusal is None or coid in self.seen:
             return []
         return [Rejected(coid, at, refusal)]
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _quantity(value: float | None) -> float | None:

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 import pandas as pd
@@ -26,6 +26,8 @@ from kit.clock import utcnow
 from kit.instruments import Contract, Spec, choose, key_of, quarterly_expiries
 from kit.model import (
     Accepted,
+    AmendAccepted,
+    AmendRefused,
     BrokerEvent,
     BrokerNotice,
     Cancelled,
@@ -305,6 +307,39 @@ class MockBroker(Broker):
         if intent.sec_type == "STK" or not isinstance(self.commission, CommissionModel):
             return self.commission(quantity, price)
         return contract_fee(intent.sec_type, quantity, quantity * price * (intent.multiplier or 1.0))
+
+    async def amend(self, order: OrderIntent, changes: dict, revision: int) -> None:
+        """IB's modify rules: a filled or cancelled order cannot change, nor can its side, contract or
+        type; a quantity must stay above what has filled. An accepted change re-slices what is left."""
+        coid = order.client_order_id
+        working = self.orders.get(coid)
+        filled = 0.0 if working is None else sum(working.chunks[:working.fills_sent])
+        reason = None
+        if working is None:
+            reason = "no such order at the mock broker"
+        elif working.done:
+            reason = "the order is cancelled" if working.cancelled else "cannot modify a filled order"
+        elif (order.symbol, order.side, order.order_type) != (working.intent.symbol, working.intent.side,
+                                                              working.intent.order_type):
+            reason = "the order being modified does not match the original order"
+        elif order.quantity <= filled:
+            reason = f"{filled:g} are already filled"
+        if reason is not None:
+            self._call(0, self.emit, AmendRefused(coid, utcnow(), reason, revision, changes))
+            return
+        assert working is not None
+        rng = random.Random(f"{self.seed}:{coid}:{revision}")
+        left = len(working.chunks) - working.fills_sent
+        working.chunks = working.chunks[:working.fills_sent] + split(order.quantity - filled, left, rng)
+        working.intent = replace(working.intent, **changes)
+        if "limit_price" in changes:  # the trigger holds the terms the order works on (docs/orders.md)
+            working.trigger.limit = changes["limit_price"]
+        if "stop_price" in changes and not working.trigger.triggered:
+            working.trigger.stop = changes["stop_price"]
+        working.scheduled = False
+        working.generation += 1  # fills scheduled on the old terms are retired
+        self._tell(working, AmendAccepted(coid, utcnow(), changes, revision))
+        self._maybe_fill(working)
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         # A limit order's notional at its limit (as the risk check takes it), any other at the reference.

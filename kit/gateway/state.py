@@ -371,6 +371,8 @@ class Book:
         existing = self.find(client_id, req.order_id)
         if existing is not None and existing.is_working:
             return self._modify(existing, req)
+        if existing is not None and existing.status == "Filled" and self._same_order(existing, req):
+            return Rejection(104, "Can't modify a filled order")  # else a new order on a used id: 103
         self.placements[req.order_ref] += 1
         if existing is not None or req.order_id <= self._max_ids.get(client_id, 0):
             return Rejection(103, "Duplicate order id")
@@ -521,11 +523,22 @@ class Book:
             )
         return refusal(order, self.faults, self.auctions_done, self.clock())
 
+    def _same_order(self, order: Order, req: OrderRequest) -> bool:
+        """A request for this order (a modify), not a new order reusing its id: same contract, side, type
+        and orderRef."""
+        return (self.market.resolve(req.contract) == order.instrument and req.action == order.action
+                and req.order_type == order.order_type and req.order_ref == order.order_ref)
+
     def _modify(self, order: Order, req: OrderRequest) -> Order | Rejection:
-        """Change a working order's quantity, limit, tif or transmit flag; the same checks apply."""
+        """Change a working order's quantity, limit, tif or transmit flag, as IB's modify does (never its
+        contract, side or type: 105); the same checks apply, and a quantity must stay above what has filled
+        (201). A cancelled order's id is a used id (103, in place())."""
         inst = self.market.resolve(req.contract)
         if inst != order.instrument or req.action != order.action or req.order_type != order.order_type:
             return Rejection(105, "Order being modified does not match original order")
+        refused = self._refusal(req, inst)  # 110 off the tick, 321 a fractional size: as on a new order
+        if refused is not None:
+            return refused
         changes = {"quantity": req.quantity, "limit_price": req.limit_price, "tif": req.tif or order.tif}
         problem = self._check(dataclasses.replace(order, **changes))
         if problem is None and req.quantity < order.filled:

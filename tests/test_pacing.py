@@ -1,0 +1,56 @@
+"""kit's pacing of IB messages (kit.brokers.pacing.Pacer): never more than its limit in any window, a few
+at a time, in order, and nothing left over from a connection that is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+
+from kit.brokers.pacing import Pacer
+
+
+class Client:
+    """The part of an ib_async/ib_insync Client the pacer uses: its sendMsg and its throttle knob."""
+
+    MaxRequests = 45
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, str]] = []
+
+    def sendMsg(self, msg: str) -> None:
+        self.sent.append((asyncio.get_running_loop().time(), msg))
+
+
+def test_no_window_holds_more_than_the_limit_and_messages_leave_a_few_at_a_time_in_order():
+    async def scenario() -> Client:
+        client = Client()
+        pacer = Pacer(limit=10, window=0.2, catch_up=100, burst=2)
+        pacer.install(client)
+        assert client.MaxRequests == 0  # the library's own throttle is off: the pacer decides
+        for n in range(60):
+            client.sendMsg(f"m{n}")
+        while len(client.sent) < 60:  # the test waits for the pacer's sends; kit itself never polls
+            await asyncio.sleep(0.05)
+        return client
+
+    client = asyncio.run(scenario())
+    times = [t for t, _ in client.sent]
+    assert [m for _, m in client.sent] == [f"m{n}" for n in range(60)]
+    for i, start in enumerate(times):
+        assert bisect.bisect_left(times, start + 0.2) - i <= 10  # any 0.2 s from a send holds 10 at most
+        assert bisect.bisect_right(times, start) - i <= 2  # never more than the burst at one moment
+    assert times[-1] - times[0] >= 5 * 0.2 - 0.01  # 60 messages at 10 per 0.2 s take five windows
+
+
+def test_a_lost_connection_drops_what_was_still_queued():
+    async def scenario() -> Client:
+        client = Client()
+        pacer = Pacer(limit=2, window=10, catch_up=100, burst=2)
+        pacer.install(client)
+        for n in range(5):
+            client.sendMsg(f"m{n}")
+        pacer.clear()  # the connection dropped: m2.. never left, and must not go out on the next one
+        await asyncio.sleep(0.05)
+        return client
+
+    assert [m for _, m in asyncio.run(scenario()).sent] == ["m0", "m1"]
