@@ -109,6 +109,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.many_writers  # 8 writers on one PostgreSQL ledger next to DuckDB (needs postgresql)
 
 clean:
 	rm -rf $(VENV) $(INSYNC) $(IBAPI) $(IBAPI10) $(LOCK) $(LOCK)-insync $(LOWEST) .pytest_cache .ruff_cache .hypothesis

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from kit.errors import LedgerIdentityError, RunKeyBusyError
+from kit.errors import LedgerBusyError, LedgerIdentityError, RunKeyBusyError
 
 if TYPE_CHECKING:
     from kit.store_pg import PgLedger
@@ -55,7 +55,7 @@ class RunLease(AbstractContextManager["RunLease"]):
             con = self.ledger.connect(application_name=f"kit run {os.getpid()}@{socket.gethostname()}"[:63],
                                       options=f"-c idle_session_timeout=0 {options}")
         except psycopg.OperationalError as exc:
-            raise RunKeyBusyError(f"cannot take the lease on run_key {self.run_key!r}: the ledger "
+            raise LedgerBusyError(f"cannot take the lease on run_key {self.run_key!r}: the ledger "
                                   f"{self.ledger.shown} does not answer ({self.ledger._reason(exc)}); "
                                   "nothing was sent") from None
         try:

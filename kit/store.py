@@ -81,6 +81,12 @@ MIGRATIONS: list[list[str]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
+_CREATED = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)", re.IGNORECASE)
+
+
+def kit_tables() -> list[str]:
+    """Every table MIGRATIONS creates, in order: what a read of the PostgreSQL ledger may load."""
+    return [m.group(1) for migration in MIGRATIONS for s in migration if (m := _CREATED.match(s))]
 
 # What DuckDB raises when it cannot persist (a full or failing disk, a file it may not write), as opposed
 # to a batch it refuses (a constraint, a type): a batch it could not persist may go to the journal instead.

@@ -58,6 +58,7 @@ from kit.store import (
     Batch,
     Ledger,
     apply_batch,
+    kit_tables,
 )
 
 try:
@@ -88,7 +89,6 @@ LEGACY_FILL_KEYS_PG = r"""UPDATE fills SET
                THEN coalesce(CAST(substring(exec_id from '\.([0-9]{1,18})$') AS BIGINT), 0)
                ELSE 0 END
     WHERE execution_key IS NULL"""
-_CREATED = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)", re.IGNORECASE)
 # Any constant would do; it only has to differ from the run keys' lease ids (kit.runlease hashes those).
 MIGRATION_LOCK = 0x6B6974_6D696772  # "kit migr"
 CONNECT_TIMEOUT = 3  # seconds: a write waits at most this long for an unreachable server before journaling
@@ -110,11 +110,6 @@ def postgres_ddl(statement: str) -> str:
     for pattern, replacement in _DIALECT:
         statement = pattern.sub(replacement, statement)
     return statement
-
-
-def kit_tables() -> list[str]:
-    """Every table kit's migrations create, in the order they create them."""
-    return [m.group(1) for migration in MIGRATIONS for s in migration if (m := _CREATED.match(s))]
 
 
 def _text(value: Any) -> str | None:
@@ -331,6 +326,11 @@ class PgLedger(Ledger):
         """Nothing to let go of: PostgreSQL lets many sessions write at once (DuckDB's file does not)."""
 
     def close(self) -> None:
+        """Disconnect; a run that journaled tries the server once more first, so that its batches are not
+        left waiting for the next writer or reader when the server is back already."""
+        if self._opened and not self.connected and self.journal.pending():
+            with contextlib.suppress(psycopg.OperationalError):
+                self._connect()
         self._drop()
         self._opened = False
 
