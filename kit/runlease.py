@@ -48,6 +48,7 @@ class RunLease(AbstractContextManager["RunLease"]):
         self.run_key = run_key
         self.id = lease_id(run_key)
         self._con: psycopg.Connection | None = None
+        self.backend_pid = 0
 
     def acquire(self) -> RunLease:
         options = " ".join(f"-c {name}={value}" for name, value in KEEPALIVE.items())
@@ -69,8 +70,20 @@ class RunLease(AbstractContextManager["RunLease"]):
             con.close()
             raise
         self._con = con
+        self.backend_pid = con.info.backend_pid
         self.ledger._lease = self
         return self
+
+    def held_sql(self) -> tuple[str, list[int]]:
+        """A query any session can run, inside its own transaction, that is true while this lease's session
+        still holds the lock: the fence every batch of the run checks before it commits."""
+        return ("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1)",
+                [self.backend_pid, *self._halves()])
+
+    def _halves(self) -> list[int]:
+        return [(self.id >> 32) & 0xFFFFFFFF, self.id & 0xFFFFFFFF]
 
     def _holder(self, con: psycopg.Connection) -> str:
         row = con.execute(
@@ -78,7 +91,7 @@ class RunLease(AbstractContextManager["RunLease"]):
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
             "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1",
-            [(self.id >> 32) & 0xFFFFFFFF, self.id & 0xFFFFFFFF]).fetchone()
+            self._halves()).fetchone()
         if row is None:
             return "holder unknown: it let go just now; try again"
         name, started, address = row

@@ -103,6 +103,10 @@ _REFUSED = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError,
 _SNAPSHOT_REFUSED = (duckdb.Error, KeyError, TypeError, ValueError, AttributeError)
 
 
+class LeaseLost(Exception):
+    """The run's lease was not held when a batch was about to commit (the batch was rolled back)."""
+
+
 def postgres_ddl(statement: str) -> str:
     """One statement of kit.store.MIGRATIONS in PostgreSQL's dialect."""
     if statement == LEGACY_FILL_KEYS:
@@ -391,8 +395,24 @@ class PgLedger(Ledger):
         return False
 
     def _apply(self, batch: Batch) -> None:
+        try:
+            self._apply_fenced(batch)
+        except LeaseLost:
+            self._lease.ensure()  # its session alone dropped (a network blip): take it again, or stop
+            try:
+                self._apply_fenced(batch)
+            except LeaseLost:
+                key = self._lease.run_key
+                raise LedgerIdentityError(f"this run no longer holds its lease on run_key {key!r}; kit stops "
+                                          "writing (and sending)") from None
+
+    def _apply_fenced(self, batch: Batch) -> None:
+        """The batch in one transaction that commits only while the run's lease is still held, so a run
+        whose lease ended (and that another process may have taken) records no send and so sends nothing."""
         con = self.con
         with con.transaction(), con.cursor() as cur:
+            if self._lease is not None and not cur.execute(*self._lease.held_sql()).fetchone()[0]:
+                raise LeaseLost
             for row in batch.new_runs.values():
                 columns = [c for c in RUN_COLUMNS if c in row]
                 marks = ", ".join(["%s"] * len(columns))

@@ -170,7 +170,8 @@ def test_the_password_is_never_printed(postgres_server, tmp_path, caplog, capsys
     assert cli.main(["--db", gone, "runs"]) == 2
     assert cli.main(["--db", url, "runs", "--json"]) == 0
     shown = [str(refused.value), capsys.readouterr().err, caplog.text, " ".join(run.notes),
-             kit.ledger(url).runs().to_json(date_format="iso"), str(kit.ledger(url).path), str(Ledger(url).journal.path)]
+             kit.ledger(url).runs().to_json(date_format="iso"), str(kit.ledger(url).path),
+             str(Ledger(url).journal.path)]
     assert "kit@127.0.0.1" in shown[0]  # the URL is named, without its password
     assert not [text for text in shown if secret in text]
 
@@ -282,3 +283,50 @@ def test_eight_writers_with_2000_fills_each_lose_and_double_nothing(url, tmp_pat
     assert per_run == {key: 400 * FILLS_PER_ORDER for key in keys}
     assert (doubled, seqs, unfilled, shares) == (0, 0, 0, 8 * 400 * 100)
     assert json.dumps(reports)  # each writer reported its span (the bench's figures)
+
+
+def lease_session_killed(url: str, take_it: bool) -> tuple[Ledger, object]:
+    """A run's ledger and lease, then the lease's session ended from outside (and the key taken, if told)."""
+    from kit.runlease import lease_id
+
+    ledger = Ledger(url)
+    lease = ledger.lease("fenced").acquire()
+    ledger.open()
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [lease.backend_pid])
+    thief = None
+    if take_it:
+        thief = psycopg.connect(url, autocommit=True)
+        thief.execute("SELECT pg_advisory_lock(%s)", [lease_id("fenced")])
+    return ledger, thief
+
+
+def batch_of(event_id: str):
+    from datetime import datetime
+
+    from kit.recorder import event_row
+    from kit.store import Batch
+
+    at = datetime(2026, 1, 2)
+    return Batch(events=[event_row(event_id, "r-fenced", None, 1, at, "submitted", None, {})])
+
+
+def test_a_run_that_lost_its_lease_to_another_process_writes_and_sends_nothing(url):
+    ledger, thief = lease_session_killed(url, take_it=True)
+    try:
+        with pytest.raises(LedgerIdentityError, match=r"no longer holds its lease|lost its lease"):
+            ledger.write(batch_of("e-after"))
+        assert kit.ledger(url).events().empty  # the fenced write-ahead was rolled back
+    finally:
+        thief.close()
+        ledger.close()
+
+
+def test_a_lease_whose_session_alone_dropped_is_taken_again(url):
+    ledger, _ = lease_session_killed(url, take_it=False)
+    try:
+        assert ledger.write(batch_of("e-again")) is True
+        assert kit.ledger(url).events()["event_id"].tolist() == ["e-again"]
+    finally:
+        ledger._lease.release()
+        ledger.close()
