@@ -330,3 +330,40 @@ def test_a_lease_whose_session_alone_dropped_is_taken_again(url):
     finally:
         ledger._lease.release()
         ledger.close()
+
+
+def test_kit_run_records_a_notebook_in_postgresql_and_keeps_the_password_out_of_it(postgres_server, tmp_path,
+                                                                                   monkeypatch):
+    secret = "n0tebook-pw"
+    url = fresh_database(postgres_server, "run").replace("kit@", f"kit:{secret}@")
+    monkeypatch.chdir(tmp_path)
+    momentum = ROOT / "notebooks" / "momentum.ipynb"
+    for _ in range(2):  # the second run of the key resumes it: nothing sent twice
+        assert cli.main(["--db", url, "run", str(momentum), "-p", "broker", "mock", "--run-key", "nb"]) == 0
+    ledger = kit.ledger(url)
+    (run,) = ledger.runs().to_dict("records")
+    assert run["run_key"] == "nb" and run["status"] == "done"
+    orders = ledger.orders(run["run_id"])
+    assert len(orders) > 0 and (ledger.events(run["run_id"])["kind"] == "submitted").sum() == len(orders)
+    assert json.loads(run["parameters"])["db"] == url.replace(f":{secret}", "")  # the kernel's KIT_DB
+    output = Path(run["output_path"]).read_text()
+    assert secret not in output and secret not in run["parameters"]
+
+
+def test_reconcile_and_cancel_say_the_same_on_both_ledgers(url, tmp_path, capsys):
+    """A run left with a working order: `kit reconcile` and `kit cancel` read either ledger alike."""
+    said = []
+    for db in (str(tmp_path / "kit.duckdb"), url):
+        targets = {"symbol": ["AAPL", "MSFT"], "side": ["BUY", "SELL"], "quantity": [10, 5],
+                   "order_type": ["LMT", "MKT"], "limit_price": [50.0, None]}
+        run = kit.execute(pd.DataFrame(targets), broker=MockBroker(PRICES), run_key="left", db=db,
+                          progress=False, timeout=0.3, on_timeout="leave")
+        assert sorted(run.orders["status"]) == ["FILLED", "SUBMITTED"]
+        capsys.readouterr()
+        codes = [cli.main(["--db", db, "reconcile", "--run", "left"]),
+                 cli.main(["--db", db, "cancel", "--all"])]
+        captured = capsys.readouterr()
+        said.append((codes, captured.out.replace(db, "DB"), captured.err.replace(db, "DB")))
+        assert kit.ledger(db).orders()["status"].tolist() == ["SUBMITTED", "FILLED"]  # never called cancelled
+    assert said[0] == said[1]
+    assert "left-AAPL-BUY" in said[0][1]
