@@ -129,6 +129,8 @@ def _text(value: Any) -> str | None:
         return value.isoformat(sep=" ")
     if isinstance(value, dict | list):
         return json.dumps(value, default=str, sort_keys=True)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return str(int(value))  # a whole number read back as float (a nullable column) fits a BIGINT too
     return str(value)
 
 

@@ -259,6 +259,8 @@ def test_kit_ledger_copy_moves_a_ledger_both_ways_without_loss(url, postgres_ser
     assert kit.ledger(back).events()["event_id"].tolist() == kit.ledger(url).events()["event_id"].tolist()
     assert cli.main(["ledger", "copy", str(duck), back]) == 2  # not into a ledger that holds rows
     assert "already holds 2 runs" in capsys.readouterr().err
+    assert cli.main(["ledger", "copy", str(duck), back, "--merge"]) == 0  # told: the same rows again
+    assert capsys.readouterr().out == first and len(kit.ledger(back).fills()) == 12
     assert cli.main(["ledger", "copy", str(tmp_path / "none.duckdb"), back]) == 2
     assert cli.main(["ledger", "copy", back, back]) == 2
     assert "kit: " in capsys.readouterr().err
