@@ -502,10 +502,14 @@ class PgLedger(Ledger):
             con.execute("DELETE FROM kit_ledger")
             con.execute("CREATE TABLE kit_schema (version INTEGER, applied_at TIMESTAMP)")
             self._load(con, [*kit_tables(), "kit_schema"] if tables is None else tables, run_id)
+            journaled: list[str] = []
             for record in self.journal.records():
                 with contextlib.suppress(*_SNAPSHOT_REFUSED):  # the next writer sets such a record aside
-                    apply_batch(con, Batch.from_record(record))
-            con.execute(LEGACY_FILL_KEYS)
+                    batch = Batch.from_record(record)
+                    apply_batch(con, batch)
+                    journaled += batch.fills
+            if journaled:  # fills of a journal older than execution keys (the server's rows have theirs)
+                con.execute(LEGACY_FILL_KEYS + " AND exec_id IN (SELECT unnest(?))", [journaled])
             yield con
         finally:
             con.close()

@@ -369,3 +369,49 @@ def test_reconcile_and_cancel_say_the_same_on_both_ledgers(url, tmp_path, capsys
         assert kit.ledger(db).orders()["status"].tolist() == ["SUBMITTED", "FILLED"]  # never called cancelled
     assert said[0] == said[1]
     assert "left-AAPL-BUY" in said[0][1]
+
+
+@pytest.fixture(scope="module")
+def twin_ledgers(postgres_server, tmp_path_factory) -> tuple[Path, str]:
+    """A DuckDB file and a PostgreSQL database, each a fresh ledger, for the property below."""
+    pair = (tmp_path_factory.mktemp("twin") / "kit.duckdb", fresh_database(postgres_server, "twin"))
+    for db in pair:
+        Ledger(db).open().close()
+    return pair
+
+
+def _fill_rows():
+    import hypothesis.strategies as st
+
+    text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12)
+    number = st.floats(allow_nan=False, allow_infinity=False, width=64)
+    return st.fixed_dictionaries({
+        "exec_id": st.uuids().map(str), "client_order_id": text, "run_id": text, "symbol": text,
+        "side": st.sampled_from(["BUY", "SELL"]), "quantity": number, "price": number,
+        "commission": st.none() | st.just(float("nan")) | number, "currency": st.none() | text,
+        "exchange": text, "time": st.datetimes(), "execution_key": st.none() | text,
+        "revision": st.integers(-(2**63), 2**63 - 1)})
+
+
+@pytest.mark.parametrize("_", [None])  # pytest gives the module fixture to a hypothesis test this way
+def test_a_batch_reads_back_the_same_from_either_ledger(twin_ledgers, _):
+    import hypothesis.strategies as st
+    from hypothesis import HealthCheck, given, settings
+
+    from kit.store import Batch
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(rows=st.lists(_fill_rows(), min_size=1, max_size=6, unique_by=lambda r: r["exec_id"]))
+    def written_alike(rows):
+        read = []
+        for db in twin_ledgers:
+            with Ledger(db).open() as ledger:
+                assert ledger.write(Batch(fills={r["exec_id"]: r for r in rows})) is True
+            every = kit.ledger(db).fills()
+            read.append(every[every["exec_id"].isin([r["exec_id"] for r in rows])].sort_values("exec_id")
+                        .reset_index(drop=True))
+        pd.testing.assert_frame_equal(read[0], read[1])
+        nulls = [r["exec_id"] for r in rows if r["commission"] is None or r["commission"] != r["commission"]]
+        assert sorted(read[1].loc[read[1]["commission"].isna(), "exec_id"]) == sorted(nulls)
+
+    written_alike()
