@@ -95,7 +95,10 @@ CONNECT_TIMEOUT = 3  # seconds: a write waits at most this long for an unreachab
 # Seconds a write waits for a table another session has locked (a maintenance job's LOCK TABLE, a long
 # ALTER) before its batch goes to the journal, as it does while another process holds a DuckDB file.
 WRITE_LOCK_WAIT = 1.0
-RECONNECT_EVERY = 1.0  # seconds between attempts to reach the server again while batches go to the journal
+# Seconds between attempts to reach the server again while batches go to the journal: doubling after each
+# failed attempt up to the maximum, since an attempt at an unreachable host blocks the run for up to
+# CONNECT_TIMEOUT (a stopped server refuses at once).
+RECONNECT_FIRST, RECONNECT_MAX = 1.0, 16.0
 KEYS = {"runs": "run_id", "orders": "client_order_id", "fills": "exec_id", "order_events": "event_id"}
 # Journaled records the server refuses (a record of the wrong shape): set aside, never a reason to stop.
 _REFUSED = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, KeyError, TypeError,
@@ -183,6 +186,7 @@ class PgLedger(Ledger):
         self.journal_reason = ""
         self._con: psycopg.Connection | None = None  # type: ignore[assignment]
         self._next_attempt = 0.0
+        self._retry_in = RECONNECT_FIRST
         self._opened = False
         self._marker: str | None = None  # the ledger's kit_ledger id at first connect
         self._types: dict[str, dict[str, str]] = {}  # table -> column -> PostgreSQL type, for the casts
@@ -254,6 +258,7 @@ class PgLedger(Ledger):
             self._drop()
             raise
         self.journal_reason = ""
+        self._retry_in = RECONNECT_FIRST
         return True
 
     def _kind(self, con: psycopg.Connection) -> int:  # type: ignore[override]
@@ -369,7 +374,8 @@ class PgLedger(Ledger):
             except psycopg.OperationalError as exc:
                 failure = self._reason(exc)
                 self._drop()
-                self._next_attempt = time.monotonic() + RECONNECT_EVERY
+                self._next_attempt = time.monotonic() + self._retry_in
+                self._retry_in = min(self._retry_in * 2, RECONNECT_MAX)
         if self.connected:
             try:
                 self._apply(batch)
@@ -383,7 +389,7 @@ class PgLedger(Ledger):
             except psycopg.OperationalError as exc:  # the commit's fate may be unknown: replay is idempotent
                 failure = self._reason(exc)
                 self._drop()
-                self._next_attempt = time.monotonic() + RECONNECT_EVERY
+                self._next_attempt = time.monotonic() + RECONNECT_FIRST
         if failure:
             held = failure.startswith("is held")
             self.journal_reason = failure if held else f"could not be reached ({failure})"
