@@ -281,6 +281,7 @@ class PgLedger(Ledger):
         """Every missing migration in one transaction, under a lock: a second process migrating at the same
         moment waits, then finds the schema current and applies nothing."""
         with con.transaction():
+            con.execute("SET LOCAL lock_timeout = '60s'")  # ALTER TABLE waits for running batches to commit
             con.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
             current = self._kind(con)
             con.execute("CREATE TABLE IF NOT EXISTS kit_schema (version INTEGER, applied_at TIMESTAMP)")
@@ -340,7 +341,7 @@ class PgLedger(Ledger):
         """Disconnect; a run that journaled tries the server once more first, so that its batches are not
         left waiting for the next writer or reader when the server is back already."""
         if self._opened and not self.connected and self.journal.pending():
-            with contextlib.suppress(psycopg.OperationalError):
+            with contextlib.suppress(psycopg.OperationalError, KitError):  # they wait for the next writer
                 self._connect()
         self._drop()
         self._opened = False
