@@ -109,6 +109,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.many_writers  # 8 writers on one PostgreSQL ledger next to DuckDB (needs postgresql)
 
 clean:
 	rm -rf $(VENV) $(INSYNC) $(IBAPI) $(IBAPI10) $(LOCK) $(LOCK)-insync $(LOWEST) .pytest_cache .ruff_cache .hypothesis
@@ -124,7 +125,7 @@ $(AIRFLOW)/.installed: pyproject.toml tests/airflow/constraints.txt
 	$(AIRFLOW)/bin/python -m pip install --quiet --upgrade pip
 	$(AIRFLOW)/bin/python -m pip install --quiet -c tests/airflow/constraints.txt apache-airflow==3.1.8 \
 		ib_async==2.1.0 pandas==3.1.1 duckdb==2.0.0 papermill==2.7.0 ipykernel==7.4.0 croniter==7.0.0 \
-		exchange_calendars==4.13.2
+		exchange_calendars==4.13.2 "psycopg[binary]==3.3.9"
 	$(AIRFLOW)/bin/python -m pip install --quiet --no-deps -e .
 	$(AIRFLOW)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@

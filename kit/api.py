@@ -299,7 +299,9 @@ async def execute_async(
     if dry_run is None:
         dry_run = settings().dry_run
     ledger = Ledger(db)
-    with RunLock(the_plan.run_key):  # before the ledger: a second process refuses before it writes anything
+    # Before the ledger: a second process refuses before it writes anything (on this machine by the lock
+    # file; across machines, with a PostgreSQL ledger, by the database's lease).
+    with RunLock(the_plan.run_key), ledger.lease(the_plan.run_key):
         await asyncio.to_thread(ledger.open)  # may wait for another process to let go of the file
         with ledger:
             the_broker = make_broker(broker, prices)

@@ -577,11 +577,40 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--broker", choices=BROKERS, help="default: the run's broker")
     check.add_argument("--adopt", action="store_true", help="take the broker's truth; audit every change")
 
+    ledger = add("ledger", cmd_ledger_copy, "move a ledger: kit ledger copy SRC DST")
+    ledger_actions = ledger.add_subparsers(dest="action", required=True, metavar="ACTION")
+    copy = ledger_actions.add_parser(
+        "copy", parents=[common], help="copy every run, order, fill and event to another ledger",
+        description="Copy a ledger (a DuckDB file or a postgresql:// URL) into an empty one, either way, in "
+                    "one transaction; prints each table's row count and checksum on both sides.")
+    copy.add_argument("source", metavar="SRC", help="the ledger to copy from")
+    copy.add_argument("destination", metavar="DST", help="the ledger to copy into (created if new)")
+    copy.add_argument("--merge", action="store_true",
+                      help="copy into a ledger that holds rows already (rows with the same key are replaced)")
+    copy.set_defaults(handler=cmd_ledger_copy)
+
     add("gateway", cmd_gateway, "the simulated IB gateway: kit gateway [--port N] [--seed N] [-- CMD ...]",
         add_help=False)
     completion = add("completion", cmd_completion, "print a shell completion script (bash or zsh)")
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
+
+
+def cmd_ledger_copy(args: argparse.Namespace) -> int:
+    """`kit ledger copy SRC DST`: per table, rows and checksum of the source and of the copy; exit 1 if any
+    differs."""
+    from kit.ledger_copy import copy_ledger
+
+    report = copy_ledger(args.source, args.destination, merge=args.merge)
+    print(f"{'table':<13} {'source rows':>11}  {'source checksum':<16}  {'copied rows':>11}  "
+          f"{'copied checksum':<16}")
+    for line in report:
+        print(f"{line.table:<13} {line.source_rows:>11}  {line.source_checksum:<16}  {line.copied_rows:>11}  "
+              f"{line.copied_checksum:<16}{'' if line.same else '  DIFFERS'}")
+    if all(line.same for line in report):
+        return 0
+    print("kit: the copy differs from its source (see DIFFERS above)", file=sys.stderr)
+    return 1
 
 
 def _command_index(argv: Sequence[str]) -> int | None:

@@ -132,6 +132,46 @@ def db_path(db: str | os.PathLike[str] | None = None) -> Path:
     return Path(db) if db is not None else project_path(settings().db)
 
 
+LEDGER_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_ledger_url(db: object) -> bool:
+    """Whether `db` names a PostgreSQL ledger (a libpq URL) rather than a DuckDB file."""
+    return isinstance(db, str) and db.startswith(LEDGER_URL_SCHEMES)
+
+
+def ledger_target(db: str | os.PathLike[str] | None = None) -> str | Path:
+    """The ledger `db` (or KIT_DB) names: a PostgreSQL URL kept as given, else db_path's file."""
+    chosen = settings().db if db is None else db
+    if is_ledger_url(chosen):
+        return str(chosen)
+    return db_path(db)
+
+
+def redacted(url: str) -> str:
+    """A ledger URL without its password (in the authority or as a `password=` parameter): what kit prints,
+    logs and keys its journal by."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_password(url: str) -> str | None:
+    """The password a ledger URL carries, if any (so a child process can get it from PGPASSWORD instead)."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return unquote(parts.password)
+    return dict(parse_qsl(parts.query)).get("password")
+
+
 def runs_dir() -> Path:
     """Where `kit run` keeps output notebooks (one folder per UTC date)."""
     return project_path(settings().runs_dir)
@@ -145,6 +185,11 @@ def schedule_state_path() -> Path:
 def lock_dir() -> Path:
     """Per-job (and per-run-key) lock files."""
     return project_path(settings().lock_dir)
+
+
+def journal_dir() -> Path:
+    """Where a PostgreSQL ledger keeps this machine's journal while the server cannot be reached."""
+    return project_path(settings().journal_dir)
 
 
 def halt_file() -> Path:

@@ -65,6 +65,7 @@ class Settings(_Strict):
     runs_dir: str = "data/runs"
     schedule_state: str = "data/schedule.json"
     lock_dir: str = "data/locks"
+    journal_dir: str = "data/journals"  # a PostgreSQL ledger's local journals, one per server and database
     debug: bool = False
     risk: RiskSettings = RiskSettings()
     # Only in the environment: where the file is. (kit's own test suite uses KITTEST_* variables, which are

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kit.clock import utcnow
-from kit.config import db_path
+from kit.config import ledger_target, redacted, url_password
 from kit.config import runs_dir as default_runs_dir
 from kit.errors import Interrupted, KitError
 from kit.ids import RESERVED, check_run_key, run_id_for
@@ -185,9 +185,12 @@ def execute_notebook(
     # None: the notebook's default key; an explicit key, even an empty one, must be usable.
     run_key = check_run_key(default_run_key(path, started, dry_run) if run_key is None else run_key)
     run_id = run_id_for(run_key)
-    ledger_path = db_path(db).resolve()
+    ledger_path = ledger_target(db)  # a PostgreSQL URL stays a URL; its password reaches the kernel apart
+    ledger_path = ledger_path if isinstance(ledger_path, str) else ledger_path.resolve()
+    shown, password = (redacted(ledger_path), url_password(ledger_path)) if isinstance(ledger_path, str) \
+        else (ledger_path, None)
     declared = notebook_parameters(path)
-    injected = _kernel_parameters(declared, parameters or {}, run_key, ledger_path, dry_run)
+    injected = _kernel_parameters(declared, parameters or {}, run_key, shown, dry_run)
     if "run_key" not in declared:
         log.warning("%s has no run_key parameter: its orders are not tied to run %s, and a retry may send "
                     "them again", path.name, run_key)
@@ -201,7 +204,8 @@ def execute_notebook(
         "parameters": json.dumps(recorded, default=str, sort_keys=True), "broker": broker,
         "git_revision": git_revision(path.parent), "kit_version": version("kit"), "output_path": str(output),
     })
-    environment = {"KIT_DB": str(ledger_path)} | ({"KIT_DRY_RUN": "1"} if dry_run else {})
+    environment = {"KIT_DB": str(shown)} | ({"KIT_DRY_RUN": "1"} if dry_run else {}) \
+        | ({"PGPASSWORD": password} if password else {})
     from kit.kernel import ENGINE, Interrupts
 
     interrupts = Interrupts()

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime
 from itertools import islice
@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import duckdb
 import pandas as pd
 
-from kit.config import db_path, setting
+from kit.config import db_path, is_ledger_url, ledger_target, setting
 from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
 from kit.instruments import Contract, cache_valid_until, instrument_key
@@ -121,6 +121,12 @@ MIGRATIONS: list[list[str]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
+_CREATED = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)", re.IGNORECASE)
+
+
+def kit_tables() -> list[str]:
+    """Every table MIGRATIONS creates, in order: what a read of the PostgreSQL ledger may load."""
+    return [m.group(1) for migration in MIGRATIONS for s in migration if (m := _CREATED.match(s))]
 
 # What DuckDB raises when it cannot persist (a full or failing disk, a file it may not write), as opposed
 # to a batch it refuses (a constraint, a type): a batch it could not persist may go to the journal instead.
@@ -432,6 +438,15 @@ class Ledger:
     _writers: ClassVar[dict[Path, duckdb.DuckDBPyConnection]] = {}
     _writers_lock: ClassVar[threading.Lock] = threading.Lock()
 
+    def __new__(cls, db: str | Path | None = None) -> Ledger:
+        """Ledger(db) is this DuckDB ledger, or the PostgreSQL one (kit.store_pg) when db or KIT_DB is a
+        postgresql:// URL: every caller makes its ledger the same way."""
+        if cls is Ledger and is_ledger_url(ledger_target(db)):
+            from kit.store_pg import PgLedger
+
+            cls = PgLedger
+        return super().__new__(cls)
+
     def __init__(self, db: str | Path | None = None):
         self.path = db_path(db).resolve()
         self.journal = Journal(self.path.with_name(self.path.name + ".journal"))
@@ -613,6 +628,11 @@ class Ledger:
     def close(self) -> None:
         self.release()
         self._opened = False
+
+    def lease(self, run_key: str) -> AbstractContextManager[Any]:
+        """What keeps a run key to one process beyond kit.runlock's file lock: nothing more for a DuckDB file,
+        which lives on one machine (the PostgreSQL ledger's lease is the database's)."""
+        return contextlib.nullcontext()
 
     def __enter__(self) -> Ledger:
         return self if self._opened else self.open()

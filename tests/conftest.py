@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Every test may ask for `ledger_db` (a DuckDB file, then a PostgreSQL database) or `postgres_server`.
+from tests.ledgers import ledger_db, ledger_kind, postgres_server  # noqa: F401
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_config(tmp_path_factory: pytest.TempPathFactory):
@@ -17,6 +20,7 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory):
         patch.setenv("KIT_DB", str(home / "default.duckdb"))
         patch.setenv("KIT_CONFIG", str(home / "kit.toml"))
         patch.setenv("KIT_LOCK_DIR", str(home / "locks"))  # run-key locks of this session only
+        patch.setenv("KIT_JOURNAL_DIR", str(home / "journals"))  # a PostgreSQL ledger's local journals
         patch.delenv("KIT_ALLOW_LIVE", raising=False)
         yield
 

@@ -108,6 +108,16 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
 
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: clients are cut off) but keep its cluster, to start it again."""
+        self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(START_TIMEOUT), "stop")
+
+    def resume(self) -> None:
+        """Start a paused server again, on the same port, with everything it had committed."""
+        options = " ".join(f"-c {name}={value}" for name, value in SETTINGS.items())
+        self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.root / "server.log"), "-w", "-t",  # type: ignore[operator]
+                 str(START_TIMEOUT), "-o", f"-p {self.port} -k {self.root} {options}", "start")
+
     def create_database(self, name: str) -> str:
         """A new, empty database on this server, for a test that needs its own; returns its DSN."""
         self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, name)

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 import kit
 from kit.model import Accepted, Cancelled, Commission, Execution, Fill, Rejected, StatusUpdate
+from tests.ledgers import fresh_database
 from tests.support import ScriptedBroker
 
 AT = datetime(2026, 11, 20, 15, 0)
@@ -61,10 +62,14 @@ SYMBOLS = ["AAPL", "MSFT"]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_the_ledger_invariants_hold_whatever_the_broker_sends(tmp_path_factory, monkeypatch, data):
+@given(data=st.data())
+def test_the_ledger_invariants_hold_whatever_the_broker_sends(tmp_path_factory, monkeypatch, data,
+                                                             ledger_kind, request):
     monkeypatch.setattr("kit.engine.LATE_FILL_GRACE", 0.01)  # the scripted broker sends nothing late
-    db = tmp_path_factory.mktemp("adv") / "kit.duckdb"
+    if ledger_kind == "duckdb":
+        db = tmp_path_factory.mktemp("adv") / "kit.duckdb"
+    else:  # a new database per example, on the session's server
+        db = fresh_database(request.getfixturevalue("postgres_server"), "adv")
     scripts, expected = {}, {}
     for symbol in SYMBOLS:
         coid = f"adv-{symbol}-BUY"

@@ -15,6 +15,7 @@ import pytest
 
 import kit
 from kit.gateway import GatewayConfig, run_gateway_in_thread
+from tests.ledgers import fresh_database
 from tests.support import FAR_LIMIT, IB_BASKET
 from tests.test_ib_broker import by_id, drive, gateway_executions
 
@@ -52,25 +53,35 @@ def on_first(gw: Any, name: str, action, orders: int = 0) -> None:
     gw.call(setattr, server, "send", send)
 
 
-def test_a_ledger_deleted_mid_run_or_replaced_never_resends(gateway, tmp_path):
-    deleted: list[Path] = []
+def test_a_ledger_deleted_mid_run_or_replaced_never_resends(gateway, tmp_path, ledger_db, request):
+    deleted: list[Path | str] = []
 
     def delete_ledger(server: Any) -> None:
+        if isinstance(ledger_db, str):  # PostgreSQL: every table of the ledger dropped
+            import psycopg
+
+            with psycopg.connect(ledger_db, autocommit=True) as con:
+                con.execute("DROP SCHEMA public CASCADE")
+                con.execute("CREATE SCHEMA public")
+            deleted.append(ledger_db)
+            return
         deleted.extend(tmp_path.glob("kit.duckdb*"))
         for path in deleted:
             path.unlink()
 
     on_first(gateway, "execDetails", delete_ledger)
-    first = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, on_timeout="leave")
+    first = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, on_timeout="leave", db=str(ledger_db))
     # The run notices the ledger is gone when it next reconnects to it and fails loudly (issue 15); if it
     # never let go of the file meanwhile, it finishes on the unlinked file. Either way, nothing is resent.
     assert "error" not in first or "LedgerIdentityError" in first["error"], first
-    assert tmp_path / "kit.duckdb" in deleted  # the ledger went away while the run was trading
+    assert ledger_db in deleted  # the ledger went away while the run was trading
     # the same key again on what is left of the ledger, then on a ledger from another folder
-    again = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, on_timeout="leave")
+    again = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, on_timeout="leave", db=str(ledger_db))
     elsewhere = tmp_path / "other"
     elsewhere.mkdir()
-    wrong = drive("ib_async", gateway, elsewhere, MIXED, timeout=1.0, on_timeout="leave")
+    other = str(elsewhere / "kit.duckdb") if isinstance(ledger_db, Path) else fresh_database(
+        request.getfixturevalue("postgres_server"))
+    wrong = drive("ib_async", gateway, elsewhere, MIXED, timeout=1.0, on_timeout="leave", db=other)
     assert placements(gateway) == {coid: 1 for coid in by_id(again)}  # 0 orders sent twice
     for result in (again, wrong):
         orders = by_id(result)
@@ -81,18 +92,18 @@ def test_a_ledger_deleted_mid_run_or_replaced_never_resends(gateway, tmp_path):
         assert {f["exec_id"]: f["quantity"] for f in result["fills"]} == gateway_executions(gateway)
 
 
-def test_after_an_id_rollback_a_new_run_on_the_same_client_id_places_everything(gateway, tmp_path):
-    first = drive("ib_async", gateway, tmp_path, IB_BASKET, run_key="early")
+def test_after_an_id_rollback_a_new_run_on_the_same_client_id_places_everything(gateway, tmp_path, ledger_db):
+    first = drive("ib_async", gateway, tmp_path, IB_BASKET, run_key="early", db=str(ledger_db))
     assert first["status"] == "done"
     gateway.restart(roll_back_ids=True)  # nextValidId back to 1, the ids used stay used (103)
-    second = drive("ib_async", gateway, tmp_path, IB_BASKET, run_key="later")
+    second = drive("ib_async", gateway, tmp_path, IB_BASKET, run_key="later", db=str(ledger_db))
     orders = by_id(second)
     assert second["status"] == "done", second["notes"]
     assert {o["status"] for o in orders.values()} == {"FILLED"}
     assert any("id_collision" in note for note in second["notes"]), second["notes"]
     owner = gateway.call(lambda: {e.exec_id: e.order.order_ref for e in gateway.state.effective_executions()})
     assert all(owner[f["exec_id"]] == f["client_order_id"] for f in second["fills"])  # 0 booked across runs
-    ledger = kit.ledger(tmp_path / "kit.duckdb")
+    ledger = kit.ledger(ledger_db)
     early = ledger.fills(ledger.resolve_run("early"))
     assert sorted(early["exec_id"]) == sorted(f["exec_id"] for f in first["fills"])  # the first run intact
     assert all(owner[e] == c for e, c in zip(early["exec_id"], early["client_order_id"], strict=True))
@@ -118,14 +129,15 @@ def test_a_duplicate_order_id_is_placed_again_under_a_fresh_id_never_rejected(ga
     assert all(placements(gateway)[coid] == 1 for coid in orders)
 
 
-def test_a_gateway_that_never_comes_back_ends_the_run_with_orders_left_as_they_were(gateway, tmp_path):
+def test_a_gateway_that_never_comes_back_ends_the_run_with_orders_left_as_they_were(gateway, tmp_path,
+                                                                                    ledger_db):
     timeout, window = 3.0, 1.0  # the gateway goes away before the timeout
     stopping: list[asyncio.Future] = []  # held: the loop keeps only a weak reference to a task
     on_first(gateway, "orderStatus", lambda server: stopping.append(asyncio.ensure_future(server.stop())),
              orders=len(MIXED["symbol"]))
     started = time.monotonic()
     result = drive("ib_async", gateway, tmp_path, MIXED, timeout=timeout, reconnect_for=window,
-                   connect_timeout=1.0)
+                   connect_timeout=1.0, db=str(ledger_db))
     assert time.monotonic() - started < timeout + window + 5
     orders = by_id(result)
     assert result["status"] == "disconnected", result["notes"]
@@ -133,7 +145,7 @@ def test_a_gateway_that_never_comes_back_ends_the_run_with_orders_left_as_they_w
     assert orders["ib-test-IBM-BUY"]["status"] == "SUBMITTED"
     notes = " ".join(result["notes"])
     assert "may still be working" in notes and "kit reconcile" in notes and "ib-test" in notes
-    runs = kit.ledger(tmp_path / "kit.duckdb").runs()
+    runs = kit.ledger(ledger_db).runs()
     assert runs.iloc[0]["status"] == "disconnected" and runs.iloc[0]["ended_at"] is not None
 
 
@@ -169,7 +181,7 @@ def test_a_listener_that_never_answers_the_handshake_is_reported_within_the_conn
     assert took < 1.0 + 3  # the connect timeout, and kit's own start-up
 
 
-def ledger_is_unique(db: Path, run_key: str) -> None:
+def ledger_is_unique(db: Path | str, run_key: str) -> None:
     ledger = kit.ledger(db)
     events = ledger.events(ledger.resolve_run(run_key))
     assert events["seq"].is_unique
@@ -209,13 +221,13 @@ def second_process(**spec: Any) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_two_processes_on_one_run_key_at_ib(gateway, tmp_path):
+def test_two_processes_on_one_run_key_at_ib(gateway, tmp_path, ledger_db):
     """The second process refuses at once, naming the holder, while the first follows its orders."""
-    db = tmp_path / "kit.duckdb"
+    db = ledger_db
     answers: list[str] = []
     on_first(gateway, "execDetails", lambda server: answers.append(second_process(
         broker="ib", port=gateway.port, client_id=12, targets=MIXED, run_key="ib-test", db=str(db))))
-    result = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0)
+    result = drive("ib_async", gateway, tmp_path, MIXED, timeout=1.0, db=str(db))
     assert answers and answers[0].startswith("refused:"), answers
     assert f"pid {os.getpid()}" in answers[0] and "started" in answers[0]
     assert placements(gateway) == {coid: 1 for coid in by_id(result)}
@@ -224,10 +236,10 @@ def test_two_processes_on_one_run_key_at_ib(gateway, tmp_path):
     ledger_is_unique(db, "ib-test")
 
 
-def test_two_processes_on_one_run_key_with_the_mock(tmp_path):
+def test_two_processes_on_one_run_key_with_the_mock(ledger_db):
     from kit.brokers.mock import MockBroker
 
-    db = tmp_path / "kit.duckdb"
+    db = ledger_db
     answers: list[str] = []
 
     class Watched(MockBroker):
@@ -296,15 +308,20 @@ def test_messages_match_by_order_ref_then_perm_id_and_order_id_only_for_this_con
     assert mine.order_status(1, "Submitted", 600, 17, "", at)
 
 
-def test_the_mock_adopts_what_it_already_has_when_the_ledger_is_new(tmp_path):
+def test_the_mock_adopts_what_it_already_has_when_the_ledger_is_new(tmp_path, ledger_kind, request):
     import pandas as pd
 
     from kit.brokers.mock import MockBroker
 
+    def new_ledger(name: str) -> Path | str:
+        if ledger_kind == "duckdb":
+            return tmp_path / f"{name}.duckdb"
+        return fresh_database(request.getfixturevalue("postgres_server"))
+
     broker = MockBroker({"AAPL": 190.0, "MSFT": 410.0, "IBM": 185.0})
-    first = kit.execute(pd.DataFrame(MIXED), broker=broker, run_key="m", db=tmp_path / "a.duckdb",
+    first = kit.execute(pd.DataFrame(MIXED), broker=broker, run_key="m", db=new_ledger("a"),
                         timeout=0.3, on_timeout="leave")
-    again = kit.execute(pd.DataFrame(MIXED), broker=broker, run_key="m", db=tmp_path / "b.duckdb",
+    again = kit.execute(pd.DataFrame(MIXED), broker=broker, run_key="m", db=new_ledger("b"),
                         timeout=0.3, on_timeout="leave")
     assert sorted(broker.submitted) == sorted(first.orders["client_order_id"])  # nothing sent twice
     assert any("adopted from the broker's record" in note for note in again.notes), again.notes

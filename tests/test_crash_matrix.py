@@ -65,7 +65,7 @@ def gateway():
         yield gw
 
 
-def start_kit(gw: Any, db: Path, crash_at: str | None = None) -> subprocess.Popen[str]:
+def start_kit(gw: Any, db: Path | str, crash_at: str | None = None) -> subprocess.Popen[str]:
     """kit in a child process; with `crash_at`, through the launcher that arms that crash point."""
     spec = json.dumps({"port": gw.port, "db": str(db), "run_key": "crash", "targets": BASKET,
                        "client_id": 21})
@@ -109,7 +109,7 @@ def kill_on_the_wire(gw: Any, direction: str, name: str, nth: int, victim: list[
         gw.call(setattr, handlers, "dispatch", patched_dispatch)
 
 
-def check_invariants(gw: Any, db: Path) -> None:
+def check_invariants(gw: Any, db: Path | str) -> None:
     import kit
 
     ledger = kit.ledger(db)
@@ -131,7 +131,7 @@ def check_invariants(gw: Any, db: Path) -> None:
 BASKET_IDS = [f"crash-{s}-{side}" for s, side in zip(BASKET["symbol"], BASKET["side"], strict=True)]
 
 
-def crash_then_resume(gw: Any, db: Path, crash_at: str | None = None,
+def crash_then_resume(gw: Any, db: Path | str, crash_at: str | None = None,
                       wire: tuple[str, str, int] | None = None) -> None:
     victim: list[int] = []
     if wire:
@@ -151,13 +151,13 @@ def crash_then_resume(gw: Any, db: Path, crash_at: str | None = None,
 
 
 @pytest.mark.parametrize("crash_at", INSIDE_KIT)
-def test_crash_inside_kit(gateway, tmp_path, crash_at):
-    crash_then_resume(gateway, tmp_path / "kit.duckdb", crash_at=crash_at)
+def test_crash_inside_kit(gateway, ledger_db, crash_at):
+    crash_then_resume(gateway, ledger_db, crash_at=crash_at)
 
 
 @pytest.mark.parametrize("wire", ON_THE_WIRE, ids=lambda w: f"{w[0]}-{w[1]}-{w[2]}")
-def test_crash_on_the_wire(gateway, tmp_path, wire):
-    crash_then_resume(gateway, tmp_path / "kit.duckdb", wire=wire)
+def test_crash_on_the_wire(gateway, ledger_db, wire):
+    crash_then_resume(gateway, ledger_db, wire=wire)
 
 
 @pytest.mark.skipif(not os.environ.get("KITTEST_CRASH_SOAK"), reason="the long randomized run: crash-soak")

@@ -14,13 +14,13 @@ except ImportError:  # psycopg[binary] belongs in pyproject's test extra; CI mus
         raise
     pytest.skip("needs psycopg[binary]==3.3.9: pip install psycopg[binary]==3.3.9", allow_module_level=True)
 
-from tests.pg_server import PostgresServer, postgres_bin, postgres_server  # noqa: F401  (the fixture)
+from tests.pg_server import PostgresServer, postgres_bin  # postgres_server: tests/conftest.py
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None and os.environ.get("CI") != "true",
                                 reason="needs PostgreSQL's server binaries: apt-get install -y postgresql")
 
 
-def test_a_table_one_connection_creates_is_seen_by_another(postgres_server: PostgresServer):  # noqa: F811
+def test_a_table_one_connection_creates_is_seen_by_another(postgres_server: PostgresServer):
     dsn = postgres_server.dsn
     assert dsn == f"postgresql://kit@127.0.0.1:{postgres_server.port}/kit"
     with psycopg.connect(dsn) as writer:
@@ -37,7 +37,7 @@ def test_a_table_one_connection_creates_is_seen_by_another(postgres_server: Post
         reader.execute("DROP TABLE greetings")
 
 
-def test_a_test_can_have_a_database_of_its_own(postgres_server: PostgresServer):  # noqa: F811
+def test_a_test_can_have_a_database_of_its_own(postgres_server: PostgresServer):
     dsn = postgres_server.create_database("isolated")
     assert dsn == f"postgresql://kit@127.0.0.1:{postgres_server.port}/isolated"
     with psycopg.connect(dsn) as own:

@@ -18,6 +18,7 @@ import pytest
 import kit
 from kit.schedule import load_jobs
 from kit.slots import due, next_slot, run_key, slots
+from tests.ledgers import fresh_database, missing_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -36,10 +37,15 @@ def airflow_python() -> Path:
     return AIRFLOW_PYTHON
 
 
-@pytest.fixture
-def ledger_url(tmp_path: Path) -> str:
-    """The ledger the DAG's tasks write to. DuckDB today; the PostgreSQL backend adds its URL here."""
-    return str(tmp_path / "ledger" / "kit.duckdb")
+@pytest.fixture(params=["duckdb", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The ledger the DAG's tasks write to: a DuckDB file, or a database on the suite's PostgreSQL server
+    (the shared ledger several Airflow workers would use)."""
+    if request.param == "duckdb":
+        return str(tmp_path / "ledger" / "kit.duckdb")
+    if (why := missing_postgres()) and os.environ.get("CI") != "true":
+        pytest.skip(why)
+    return fresh_database(request.getfixturevalue("postgres_server"), "airflow")
 
 
 def drive(python: Path, home: Path, *args: str, env: dict[str, str] | None = None,
