@@ -153,6 +153,7 @@ FILL_COLUMNS = (
 CONTRACT_FIELDS = ("symbol", "sec_type", "currency", "exchange", "con_id", "local_symbol", "primary_exchange",
                    "expiry", "last_trade_date", "strike", "right", "multiplier", "trading_class", "min_tick",
                    "time_zone", "trading_hours")
+CACHE_COLUMNS = ("broker", "request_key", *CONTRACT_FIELDS, "fetched_at", "valid_until")
 EVENT_COLUMNS = ("event_id", "run_id", "client_order_id", "seq", "at", "kind", "status", "detail")
 RUN_COLUMNS = (
     "run_id", "run_key", "notebook", "notebook_hash", "parameters", "broker", "account", "status",
@@ -910,18 +911,20 @@ class Ledger:
         rows = [[broker, key, *(getattr(c, f) for f in CONTRACT_FIELDS), fetched,
                  datetime.combine(cache_valid_until(c, fetched.date()), datetime.min.time())]
                 for key, c in learned.items()]
+        return self._write_cache(broker, list(learned), rows)
+
+    def _write_cache(self, broker: str, keys: list[str], rows: list[list[Any]]) -> bool:
         opened_here = self._con is None
         try:
             if opened_here and not self._connect():
                 return False
             con = self.con
-            columns = ("broker", "request_key", *CONTRACT_FIELDS, "fetched_at", "valid_until")
             con.execute("BEGIN")
             try:
                 con.execute("DELETE FROM contract_cache WHERE broker = ? AND request_key IN "
-                            "(SELECT unnest(?))", [broker, list(learned)])
-                con.executemany(f"INSERT INTO contract_cache ({_quoted(columns)}) VALUES "
-                                f"({', '.join('?' for _ in columns)})", rows)
+                            "(SELECT unnest(?))", [broker, keys])
+                con.executemany(f"INSERT INTO contract_cache ({_quoted(CACHE_COLUMNS)}) VALUES "
+                                f"({', '.join('?' for _ in CACHE_COLUMNS)})", rows)
                 con.execute("COMMIT")
             except BaseException:
                 _rollback(con)

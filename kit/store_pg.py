@@ -48,6 +48,7 @@ from kit.crashpoints import crash_point
 from kit.errors import KitError, LedgerBusyError, LedgerIdentityError, LedgerWriteError
 from kit.journal import Journal
 from kit.store import (
+    CACHE_COLUMNS,
     EVENT_COLUMNS,
     FILL_COLUMNS,
     LEDGER_TABLES,
@@ -458,6 +459,21 @@ class PgLedger(Ledger):
                     f"ON CONFLICT {conflict}", [[_text(row.get(c)) for row in rows] for c in columns])
 
     # ---- reads the run itself needs, on the server ---------------------------------------------------
+    def _write_cache(self, broker: str, keys: list[str], rows: list[list[Any]]) -> bool:
+        """The contract cache on the server: replaced per request key in one transaction, best effort."""
+        try:
+            with self.con.transaction():
+                self.con.execute("DELETE FROM contract_cache WHERE broker = %s AND request_key = ANY(%s)",
+                                 [broker, keys])
+                names = ", ".join(f'"{c}"' for c in CACHE_COLUMNS)
+                with self.con.cursor() as cur:
+                    cur.executemany(f"INSERT INTO contract_cache ({names}) VALUES "
+                                    f"({', '.join('%s' for _ in CACHE_COLUMNS)})", rows)
+            return True
+        except (psycopg.Error, KitError) as exc:
+            log.info("contract cache not written: %s", self.scrub(str(exc)))
+            return False
+
     def next_seq(self, run_id: str) -> int:
         with self._reading_session() as con:
             seq = con.execute("SELECT coalesce(max(seq), 0) FROM order_events WHERE run_id = %s",

@@ -68,19 +68,23 @@ def test_the_schema_is_the_duckdb_ledgers_with_every_migration(url, tmp_path):
 
 
 def test_a_migration_in_plain_ddl_is_applied_to_both_ledgers(url, tmp_path):
-    """What the other branches append (migrations 4, 5, ...) goes through the translation unchanged."""
+    """The migrations other work appends (order types, instruments and their contract cache, amendments)
+    and any later one in the same plain DDL go through the translation unchanged."""
     MIGRATIONS.append([
-        "CREATE TABLE contract_cache (con_id BIGINT PRIMARY KEY, symbol VARCHAR, multiplier DOUBLE, "
+        "CREATE TABLE later_table (con_id BIGINT PRIMARY KEY, symbol VARCHAR, multiplier DOUBLE, "
         "tradable BOOLEAN, fetched_at TIMESTAMP)",
-        "ALTER TABLE orders ADD COLUMN stop_price DOUBLE",
-        "ALTER TABLE orders ADD COLUMN outside_rth BOOLEAN",
+        "ALTER TABLE orders ADD COLUMN later_price DOUBLE",
+        "ALTER TABLE orders ADD COLUMN later_flag BOOLEAN",
     ])
     try:
         for db in (url, tmp_path / "kit.duckdb"):
             with Ledger(db).open() as ledger:
                 assert ledger.schema_version() == len(MIGRATIONS)
-                assert "stop_price" in ledger.orders().columns
-                assert ledger.query("SELECT count(*) AS n FROM contract_cache")["n"].tolist() == [0]
+                columns = set(ledger.orders().columns)
+                assert {"stop_price", "outside_rth", "multiplier", "original_quantity", "later_price",
+                        "later_flag"} <= columns
+                for table in ("contract_cache", "later_table"):
+                    assert ledger.query(f"SELECT count(*) AS n FROM {table}")["n"].tolist() == [0]
     finally:
         MIGRATIONS.pop()
 
