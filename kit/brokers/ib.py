@@ -35,7 +35,7 @@ from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
 from kit.instruments import FRONT, Contract, Spec, choose, fx_pair, instrument_key, key_of, spec_of
 from kit.model import AmendRefused, ArrivalPrice, BrokerNotice, Order, OrderIntent, Rejected, Side
-from kit.order_types import ib_fields
+from kit.order_types import STOPS, ib_fields
 
 log = logging.getLogger("kit.ib")
 PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
@@ -763,7 +763,8 @@ class IBBroker(Broker):
         ib_order.orderId = order_id
         ib_order.clientId = self.settings.client_id
         ib_order.permId = self.translator.perm_id_of.get(coid, 0)
-        wanted = {name: float(value) for name, value in changes.items() if name in IB_TERMS}
+        compared = _compared(order.order_type)
+        wanted = {name: float(value) for name, value in changes.items() if name in compared}
         self.translator.amend_requested(coid, order_id, wanted, changes, revision)
         await self._ready()
         self.ib.client.placeOrder(order_id, contract, ib_order)
@@ -868,15 +869,22 @@ class IBBroker(Broker):
 IB_TERMS = {"quantity": "totalQuantity", "limit_price": "lmtPrice", "stop_price": "auxPrice"}
 
 
+def _compared(order_type: str) -> dict[str, str]:
+    """The terms an openOrder is compared on. auxPrice is the stop only of a STP or STP LMT: a trailing
+    order's is its trailing amount and a REL's its offset, and a trailing stop's trailStopPrice moves with
+    the market, so neither tells whether an amendment of stop_price went through."""
+    return IB_TERMS if order_type in STOPS else {k: v for k, v in IB_TERMS.items() if k != "stop_price"}
+
+
 def _intent_terms(intent: OrderIntent) -> dict[str, float]:
-    values = {name: getattr(intent, name, None) for name in IB_TERMS}
+    values = {name: getattr(intent, name, None) for name in _compared(intent.order_type)}
     return {name: float(value) for name, value in values.items() if value is not None}
 
 
 def _terms(order: Any) -> dict[str, float]:
     """An openOrder's quantity and prices, in kit's names; IB's unset values left out."""
     terms = {}
-    for name, field in IB_TERMS.items():
+    for name, field in _compared(getattr(order, "orderType", "")).items():
         value = _price(getattr(order, field, None))
         if value is not None and value < 1e300:
             terms[name] = value

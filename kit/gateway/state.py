@@ -530,16 +530,19 @@ class Book:
                 and req.order_type == order.order_type and req.order_ref == order.order_ref)
 
     def _modify(self, order: Order, req: OrderRequest) -> Order | Rejection:
-        """Change a working order's quantity, limit, tif or transmit flag, as IB's modify does (never its
-        contract, side or type: 105); the same checks apply, and a quantity must stay above what has filled
-        (201). A cancelled order's id is a used id (103, in place())."""
+        """Change a working order's quantity, prices (limit; auxPrice: a stop's stop; the trail fields), tif
+        or transmit flag, as IB's modify does (never its contract, side or type: 105); the same checks
+        apply, and a quantity must stay above what has filled (201). A stop not yet elected is re-armed on
+        its new terms; one already elected stays elected. A cancelled order's id is a used id (103, in
+        place())."""
         inst = self.market.resolve(req.contract)
         if inst != order.instrument or req.action != order.action or req.order_type != order.order_type:
             return Rejection(105, "Order being modified does not match original order")
         refused = self._refusal(req, inst)  # 110 off the tick, 321 a fractional size: as on a new order
         if refused is not None:
             return refused
-        changes = {"quantity": req.quantity, "limit_price": req.limit_price, "tif": req.tif or order.tif}
+        changes = {"quantity": req.quantity, "limit_price": req.limit_price, "tif": req.tif or order.tif,
+                   "type_fields": req.type_fields}  # the whole order again: stop (auxPrice), trail, GTD...
         problem = self._check(dataclasses.replace(order, **changes))
         if problem is None and req.quantity < order.filled:
             problem = 201, f"Order rejected - reason:{order.filled:.12g} are already filled"
@@ -549,6 +552,12 @@ class Book:
             setattr(order, name, value)
         order.transmit = req.transmit
         order.status = "Submitted" if req.transmit else "PreSubmitted"
+        if order.trigger is not None and order.trigger.is_stop and not order.trigger.triggered:
+            order.trigger = trigger_of(order)  # a stop not yet elected waits on its new stop
+            if req.transmit:
+                order.status = "PreSubmitted"  # until the price reaches it (Handlers._schedule elects it)
+        elif order.trigger is not None:
+            order.trigger.limit = order.limit_price  # an elected STP LMT works at its new limit
         order.slices = split(order.remaining, max(1, len(order.slices)), order.rng)
         order.rested = not self.marketable(order)
         return order
