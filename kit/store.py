@@ -557,20 +557,28 @@ class Ledger:
                 f"the ledger {self.path} is not the one this run opened (its marker was {self._identity[0]}, "
                 f"now {marker}); kit stops rather than write this run into another ledger")
 
-    def _kind(self, con: duckdb.DuckDBPyConnection) -> int:
-        """The file's ledger schema version (0: a new, empty database). Refuses, before anything is written,
-        a database that is not a kit ledger and a ledger newer than this kit."""
-        tables = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables "
-                                                 "WHERE table_catalog = current_database()").fetchall()}
+    # How the identity check names this backend's databases (PgLedger says its own).
+    KIND = ("a DuckDB database", "a new file")
+
+    @staticmethod
+    def _table_names(con: Any) -> set[str]:
+        return {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables "
+                                                "WHERE table_catalog = current_database()").fetchall()}
+
+    def _kind(self, con: Any) -> int:
+        """The database's ledger schema version (0: a new, empty database). Refuses, before anything is
+        written, a database that is not a kit ledger and a ledger newer than this kit."""
+        tables = self._table_names(con)
         version = 0
         if "kit_schema" in tables:
             version = con.execute("SELECT coalesce(max(version), 0) FROM kit_schema").fetchone()[0]
         others = sorted(tables - {"kit_schema"})
         if version == 0 and others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            what, instead = self.KIND
             raise LedgerIdentityError(
-                f"{self.path} is a DuckDB database but not a kit ledger (it has {shown} and no kit schema); "
-                "kit leaves it untouched: point KIT_DB (or db=) at a kit ledger or a new file")
+                f"{self.path} is {what} but not a kit ledger (it has {shown} and no kit schema); "
+                f"kit leaves it untouched: point KIT_DB (or db=) at a kit ledger or {instead}")
         latest = len(MIGRATIONS)  # read now, not at import, so the list stays the one source of truth
         if version > latest:
             raise LedgerIdentityError(f"{self.path} has ledger schema {version}; this kit knows {latest}: "

@@ -262,21 +262,11 @@ class PgLedger(Ledger):
         self._retry_in = RECONNECT_FIRST
         return True
 
-    def _kind(self, con: psycopg.Connection) -> int:  # type: ignore[override]
-        tables = _tables(con)
-        version = 0
-        if "kit_schema" in tables:
-            version = con.execute("SELECT coalesce(max(version), 0) FROM kit_schema").fetchone()[0]
-        others = sorted(tables - {"kit_schema"})
-        if version == 0 and others:
-            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-            raise LedgerIdentityError(
-                f"{self.shown} is a PostgreSQL database but not a kit ledger (it has {shown} and no kit "
-                "schema); kit leaves it untouched: point KIT_DB (or db=) at a kit ledger or a new database")
-        if version > len(MIGRATIONS):
-            raise LedgerIdentityError(f"{self.shown} has ledger schema {version}; this kit knows "
-                                      f"{len(MIGRATIONS)}: upgrade kit to use it (it was left untouched)")
-        return version
+    KIND = ("a PostgreSQL database", "a new database")
+
+    @staticmethod
+    def _table_names(con: Any) -> set[str]:
+        return _tables(con)
 
     def _migrate(self, con: psycopg.Connection) -> None:  # type: ignore[override]
         """Every missing migration in one transaction, under a lock: a second process migrating at the same
