@@ -13,7 +13,6 @@ import logging
 import queue
 import secrets
 import signal
-import sys
 import threading
 from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -31,7 +30,7 @@ from kit.errors import Interrupted, KitError, RiskError, RunInterrupted
 from kit.ids import check_run_key, run_id_for
 from kit.instruments import odd_lot
 from kit.planner import Plan, is_positions_frame, make_plan, row_key
-from kit.progress import TICK, Mode, Progress
+from kit.progress import TICK, Mode, Progress, say
 from kit.qualify import qualify_frame
 from kit.risk import RiskLimits, order_price
 from kit.runlock import RunLock
@@ -111,7 +110,7 @@ def _run(coroutine: Coroutine[Any, Any, T], progress: Progress | None = None) ->
             try:
                 if notice:
                     said, notice = notice, ""
-                    print(said, file=sys.stderr, flush=True)
+                    say(said)
                 try:  # with a timeout even without progress: an interrupt is taken between two waits
                     item = inbox.get(timeout=TICK)
                 except queue.Empty:  # nothing from the worker for a while: show the time passing

@@ -113,10 +113,17 @@ class LogView:
     def update(self, snapshot: Snapshot) -> None:
         if self.last is None or snapshot.elapsed - self.last >= LOG_EVERY:
             self.last = snapshot.elapsed
-            print(f"kit: following orders: {snapshot.line()}", file=sys.stderr, flush=True)
+            say(f"kit: following orders: {snapshot.line()}")
 
     def close(self, snapshot: Snapshot, status: str) -> None:
-        print(f"kit: {status}: {snapshot.line()}", file=sys.stderr, flush=True)
+        say(f"kit: {status}: {snapshot.line()}")
+
+
+def say(line: str) -> None:
+    """One write per line: print() writes the text and its newline apart, and a log line from the engine's
+    thread landing between them would join kit's line."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def in_notebook() -> bool:
