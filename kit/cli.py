@@ -294,6 +294,9 @@ def _print_result(result: NotebookRun, db: str | None) -> None:
         if result.traceback:
             print("  last lines of its traceback:")
             print("\n".join(f"    {line}" for line in result.traceback))
+        if result.kernel_said:
+            print(f"  last lines of the kernel's own stderr ({result.kernel_log}):")
+            print("\n".join(f"    {line}" for line in result.kernel_said))
     if result.output_path:
         print(f"  output notebook: {result.output_path}")
 

@@ -35,7 +35,7 @@ from nbformat.v4 import new_output
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.log import logger
-from traitlets import Instance
+from traitlets import Instance, Unicode
 
 ENGINE = "kit"  # papermill's name for the engine below
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -56,6 +56,17 @@ class KernelManager(AsyncKernelManager):
     busy = False  # a cell was sent to the kernel and its reply has not come
     loop: asyncio.AbstractEventLoop | None = None  # the loop waiting for that reply
     _interrupting: asyncio.Future[None] | None = None
+    stderr_log: str | None = None  # the kernel process's own standard error goes there, not to kit run's
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        """What a cell writes, C-level output included, reaches the output notebook (ipykernel watches the
+        kernel's descriptors 1 and 2 while it runs). The process's own stderr then holds only its start-up
+        and shutdown lines, e.g. libzmq's abort in ipykernel's shutdown race (`Assertion failed: pfd.revents
+        & POLLIN`, after the last reply): kept in a file, shown by kit run when the kernel dies."""
+        if self.stderr_log is None:
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        with open(self.stderr_log, "ab") as stderr:  # the kernel holds its own copy of the descriptor
+            return await super()._async_launch_kernel(kernel_cmd, **kw | {"stderr": stderr})
 
     def interrupt_cell(self) -> bool:
         """Interrupt the running cell, from a signal handler: the interrupt is sent by the loop that waits
@@ -126,11 +137,14 @@ class NotebookClient(PapermillNotebookClient):
     an interrupt."""
 
     interrupts = Instance(Interrupts, allow_none=True)
+    kernel_stderr = Unicode(None, allow_none=True, help="the file the kernel process's stderr goes to")
 
     def create_kernel_manager(self) -> Any:
         manager = super().create_kernel_manager()
-        if self.interrupts is not None and isinstance(manager, KernelManager):
-            self.interrupts.kernel = manager
+        if isinstance(manager, KernelManager):
+            manager.stderr_log = self.kernel_stderr
+            if self.interrupts is not None:
+                self.interrupts.kernel = manager
         return manager
 
     async def async_execute_cell(self, cell: NotebookNode, cell_index: int, *args: Any, **kwargs: Any) -> Any:

@@ -75,6 +75,8 @@ class NotebookRun:
     cell: int | None = None  # the failing cell, counted from 1 as Jupyter shows cells
     traceback: tuple[str, ...] = ()  # the last lines of the failing cell's traceback
     interrupted: str | None = None  # the signal that interrupted the run (SIGINT, SIGTERM), if one did
+    kernel_said: tuple[str, ...] = ()  # a dead kernel's last lines on its own stderr (kept in kernel_log)
+    kernel_log: Path | None = None  # that stderr, next to the output notebook, when it wrote anything
 
     @property
     def ok(self) -> bool:
@@ -209,20 +211,22 @@ def execute_notebook(
     from kit.kernel import ENGINE, Interrupts
 
     interrupts = Interrupts()
+    kernel_log = output.with_name(output.stem + ".kernel.log")
     try:
         with (_environment(environment), tempfile.TemporaryDirectory(prefix="kit-kernel-") as sockets,
               interrupts.installed()):
             papermill.execute_notebook(str(path), str(output), injected, progress_bar=False,
                                        execution_timeout=execution_timeout, engine_name=ENGINE,
-                                       interrupts=interrupts, config=_kernel_config(Path(sockets)))
+                                       interrupts=interrupts, config=_kernel_config(Path(sockets)),
+                                       kernel_stderr=str(kernel_log))
     except Exception as exc:
-        result = _finish(ledger_path, run_id, run_key, output, exc, interrupts.first)
+        result = _finish(ledger_path, run_id, run_key, output, exc, interrupts.first, kernel_log)
     except BaseException as exc:  # a third interrupt, or one before the kernel ran: record it, then stop
-        result = _finish(ledger_path, run_id, run_key, output, exc, interrupts.first)
+        result = _finish(ledger_path, run_id, run_key, output, exc, interrupts.first, kernel_log)
         if interrupts.first is None:
             raise
     else:
-        result = _finish(ledger_path, run_id, run_key, output, None, interrupts.first)
+        result = _finish(ledger_path, run_id, run_key, output, None, interrupts.first, kernel_log)
     if result.interrupted:
         raise Interrupted(f"{result.interrupted}: run {run_key} ended {result.status}", result)
     return result
@@ -330,7 +334,7 @@ def _begin(db: Path, run_id: str, run_key: str, started: datetime, info: dict[st
 
 
 def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseException | None,
-            interrupted: str | None = None) -> NotebookRun:
+            interrupted: str | None = None, kernel_log: Path | None = None) -> NotebookRun:
     """Settle the run's status: the notebook's error or Skip wins; a clean end keeps what kit.execute set.
 
     papermill records a notebook's own exception in the output notebook, but not a cell timeout or a dead
@@ -343,6 +347,11 @@ def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseExcept
         if interrupted is not None and interrupted not in values["error"]:
             values["error"] = f"{values['error']} (kit run received {interrupted})"
     cell, lines = _where(error, output)
+    if kernel_log is not None and kernel_log.exists() and not kernel_log.stat().st_size:
+        kernel_log.unlink()
+    kept = kernel_log if kernel_log is not None and kernel_log.exists() else None
+    # a dead kernel or a timeout (no cell to blame): what the kernel process last said
+    said = _last_lines(kept) if error is not None and cell is None and kept is not None else ()
     with _open(db) as ledger:
         status = ledger.run_row(run_id)["status"]
         if error is not None:
@@ -352,7 +361,7 @@ def _finish(db: Path, run_id: str, run_key: str, output: Path, error: BaseExcept
         ledger.update_run(run_id, status=status, **values)
         row = ledger.run_row(run_id)
     return NotebookRun(run_id, run_key, status, Path(row["output_path"]) if row["output_path"] else None,
-                       row["error_name"], row["error"], cell, lines, interrupted)
+                       row["error_name"], row["error"], cell, lines, interrupted, said, kept)
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
@@ -374,6 +383,13 @@ def _where(error: BaseException | None, output: Path) -> tuple[int | None, tuple
     lines = [line for text in error.traceback for line in strip_color(text).splitlines()
              if line.strip(" -")]  # IPython's rule of dashes says nothing
     return error.cell_index + 1 - _injected_before(output, error.cell_index), tuple(lines[-TRACEBACK_LINES:])
+
+
+def _last_lines(path: Path) -> tuple[str, ...]:
+    """The end of the kernel process's own stderr: why it died, when it did (a C library's abort, a fatal
+    Python error)."""
+    text = path.read_bytes()[-16384:].decode(errors="replace")
+    return tuple(line for line in text.splitlines() if line.strip())[-TRACEBACK_LINES:]
 
 
 def _injected_before(output: Path, index: int) -> int:

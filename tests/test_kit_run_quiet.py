@@ -32,6 +32,20 @@ def test_the_demo_prints_kits_lines_only(tmp_path: Path, attempt: int) -> None:
     assert rest and all(line.startswith("  ") for line in rest), done.stdout  # kit's summary, indented
 
 
+def test_what_the_kernel_process_writes_as_it_exits_stays_off_the_terminal(tmp_path: Path) -> None:
+    """libzmq may abort the kernel after its last reply (ipykernel's shutdown race) with a line on the
+    kernel's own stderr: kit run keeps that stderr next to the output notebook instead of printing it."""
+    notebook = Path(__file__).resolve().parent / "notebooks" / "noisy_exit.ipynb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_")} | {
+        "KIT_LOCK_DIR": str(tmp_path / "locks")}
+    done = subprocess.run([str(KIT), "--db", str(tmp_path / "kit.duckdb"), "run", str(notebook), "--run-key",
+                           "noisy"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == ""
+    kept = list((tmp_path / "data" / "runs").glob("*/noisy_exit-*.kernel.log"))
+    assert [log.read_text() for log in kept] == ["Assertion failed: pfd.revents & POLLIN (src/signaler.cpp:238)\n"]
+
+
 PROBE = """
 import sys
 from kit.cli import main

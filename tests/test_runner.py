@@ -113,11 +113,19 @@ def test_a_cell_timeout_is_recorded_by_kit(db: Path):
     assert "timed out" in timed_out["error"]
 
 
-def test_a_dead_kernel_is_recorded_by_kit(db: Path):
+def test_a_dead_kernel_is_recorded_by_kit_with_its_last_words(db: Path, capsys: pytest.CaptureFixture):
     assert kit("--db", db, "run", NOTEBOOKS / "dying.ipynb", "--run-key", "dying-1") == 1
 
     died = row(db, "dying-1")
     assert (died["status"], died["error_name"]) == ("failed", "DeadKernelError")
+    said = capsys.readouterr().out  # the kernel process's own stderr, kept in a file, shown because it died
+    assert "last lines of the kernel's own stderr" in said and "a C library gives up" in said
+
+
+def test_a_kernel_that_wrote_nothing_to_its_own_stderr_leaves_no_log(db: Path):
+    assert kit("--db", db, "run", NOTEBOOKS / "closed.ipynb", "--run-key", "quiet-kernel") == 0
+    assert not list(Path("data", "runs").glob("*/*.kernel.log"))
+    assert list(Path("data", "runs").glob("*/closed-*.ipynb"))  # where it would have been
 
 
 def test_a_notebook_that_raises_skip_is_skipped_with_exit_zero(db: Path, capsys: pytest.CaptureFixture):
