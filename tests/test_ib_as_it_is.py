@@ -273,7 +273,7 @@ def test_a_message_kit_cannot_translate_fails_the_run_with_the_message(gateway, 
         return say(order, status="Bogus" if word == "Submitted" else status)
 
     monkeypatch.setattr(gateway_messages, "order_status", bogus)
-    result = drive("ib_async", gateway, tmp_path, AAPL, timeout=2)
+    result = drive("ib_async", gateway, tmp_path, AAPL, timeout=20)  # the message ends the run, not the time
     assert "UntranslatableMessage" in result["error"] and "Bogus" in result["error"]
 
 
