@@ -142,7 +142,8 @@ def test_a_gateway_that_never_comes_back_ends_the_run_with_orders_left_as_they_w
     orders = by_id(result)
     assert result["status"] == "disconnected", result["notes"]
     assert "CANCELLED" not in {o["status"] for o in orders.values()}  # kit never calls one cancelled
-    assert orders["ib-test-IBM-BUY"]["status"] == "SUBMITTED"
+    # sent, and working or not yet acknowledged: IB's Submitted may be the message the gateway died before
+    assert orders["ib-test-IBM-BUY"]["status"] in {"NEW", "SUBMITTED"}
     notes = " ".join(result["notes"])
     assert "may still be working" in notes and "kit reconcile" in notes and "ib-test" in notes
     runs = kit.ledger(ledger_db).runs()
