@@ -171,17 +171,22 @@ async def amend_one(engine: Engine, client_order_id: str, changes: dict[str, Any
 def _answer(engine: Engine, order: Order, revision: int, timeout: float) -> tuple[str, str]:
     coid = order.client_order_id
     if order.amend_pending:
-        engine.recorder.order(order, "amend_unconfirmed", utcnow(), revision=order.amend_pending,
-                              timeout=timeout)
-        engine.recorder.flush()
-        engine.notes.append(f"{coid}: the broker did not answer the amendment within {timeout:g}s; the "
-                            "ledger keeps the terms it last confirmed (see `kit reconcile`)")
+        _unconfirmed(engine, order, f"within {timeout:g}s", timeout=timeout)
         return "unconfirmed", f"no answer within {timeout:g}s"
     if order.amendments < revision:
         engine.notes.append(f"{coid}: amendment refused by the broker: {order.amend_refusal}")
         return "refused", order.amend_refusal
     engine.notes.append(f"{coid}: amendment {revision} accepted")
     return "accepted", ""
+
+
+def _unconfirmed(engine: Engine, order: Order, when: str, **detail: Any) -> None:
+    """An amendment sent and not answered: the ledger keeps the terms last confirmed, and says so; the
+    broker's answer, when the order is next followed or reconciled, settles it."""
+    engine.recorder.order(order, "amend_unconfirmed", utcnow(), revision=order.amend_pending, **detail)
+    engine.recorder.flush()
+    engine.notes.append(f"{order.client_order_id}: the broker did not answer the amendment {when}; the "
+                        "ledger keeps the terms it last confirmed (see `kit reconcile`)")
 
 
 # ---- reprice: walking a resting limit order toward the touch ------------------------------------------
@@ -231,6 +236,10 @@ class Walker:
                 task.cancel()
                 self.engine._apply(AmendRefused(order.client_order_id, utcnow(), "not sent: the run stopped",
                                                 revision, changes))
+        for coid, revision in self.asked.items():  # sent, and the run ended before the broker's answer
+            order = self.engine.book.orders[coid]
+            if order.amend_pending == revision:
+                _unconfirmed(self.engine, order, "before the run ended")
 
     def _later(self, coid: str) -> None:
         loop = asyncio.get_running_loop()

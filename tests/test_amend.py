@@ -251,9 +251,40 @@ def test_reprice_ends_with_the_run(db):
     assert [s["why"] for s in stopped] == ["the run ended or was stopped"]
     steps = stopped[0]["steps"]
     assert 1 <= steps <= 50 and requested(db) == [round(185 + 0.01 * n, 2) for n in range(1, steps + 1)]
-    assert order_row(db, "rest")["amendments"] == steps and len(broker.submitted) == 1
+    # the last step's answer may not have come before the run ended: then it is said, not assumed
+    unconfirmed = [d for _, d in events(db, "rest", ("amend_unconfirmed",))]
+    assert [d["revision"] for d in unconfirmed] in ([], [steps])
+    assert order_row(db, "rest")["amendments"] == steps - len(unconfirmed) and len(broker.submitted) == 1
     resting(db, broker, timeout=0.1)  # a resume without reprice= walks nothing and undoes nothing
     assert len(requested(db)) == steps and order_row(db, "rest")["limit_price"] == requested(db)[-1]
+
+
+class AnswersLate(MockBroker):
+    """Takes every amendment, but answers only when the next run asks it to replay (sync)."""
+
+    replaying = False
+
+    def emit(self, event) -> None:
+        if self.replaying or not isinstance(event, AmendAccepted):
+            super().emit(event)
+
+    async def sync(self, orders):
+        self.replaying = True
+        try:
+            return await super().sync(orders)
+        finally:
+            self.replaying = False
+
+
+def test_a_reprice_step_unanswered_when_the_run_ends_is_said_then_settled_by_the_broker(db):
+    broker = AnswersLate(prices={"AAPL": 190.0})
+    run = resting(db, broker, timeout=0.5, reprice=Reprice(step=0.01, interval=0.02, max_move=5))
+    assert requested(db) == [185.01]  # one step: the next waits for its answer
+    assert [d["revision"] for _, d in events(db, "rest", ("amend_unconfirmed",))] == [1]
+    assert any("did not answer the amendment before the run ended" in note for note in run.notes)
+    assert order_row(db, "rest")["limit_price"] == 185.0  # what the broker last confirmed
+    resting(db, broker, timeout=0.1)  # the broker's answer comes with the next run's replay
+    assert order_row(db, "rest")["limit_price"] == 185.01 and order_row(db, "rest")["amendments"] == 1
 
 
 class AmendWatched(MockBroker):
