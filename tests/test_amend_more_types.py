@@ -127,6 +127,18 @@ def check_row(c: Case, row: pd.Series, status: str) -> None:
         assert row["filled_quantity"] == row["quantity"]
 
 
+def checked_row(db, run_key: str, c: Case, end: str) -> tuple[Any, str, pd.Series]:
+    """The ledger, the run id and the case's order row, with its terms and amendment events checked."""
+    ledger = kit.ledger(db)
+    run_id = ledger.resolve_run(run_key)
+    [row] = [r for _, r in ledger.orders(run_id).iterrows() if r["symbol"] == c.symbol]
+    check_row(c, row, "FILLED" if end == "fill" else "CANCELLED")
+    coid = row["client_order_id"]
+    assert amend_kinds(db, run_key)[coid] == ["amend_requested", "amend_accepted"]
+    assert accepted_changes(db, run_key, coid) == {NAMES[k]: v for k, v in c.changes.items()}
+    return ledger, run_id, row
+
+
 def accepted_changes(db, run_key: str, coid: str) -> dict[str, Any]:
     ledger = kit.ledger(db)
     events = ledger.events(ledger.resolve_run(run_key))
@@ -197,14 +209,9 @@ def check_case(amended, group: str, c: Case, end: str) -> None:
     assert outcomes[group + end, c.name].outcome == "accepted", outcomes[group + end, c.name].reason
     if end == "fill":
         assert followed[group].status == "done", followed[group].notes
-    ledger = kit.ledger(db)
-    run_id = ledger.resolve_run(group + end)
-    [row] = [r for _, r in ledger.orders(run_id).iterrows() if r["symbol"] == c.symbol]
+    ledger, run_id, row = checked_row(db, group + end, c, end)
     coid = row["client_order_id"]
-    check_row(c, row, "FILLED" if end == "fill" else "CANCELLED")
     assert broker.submitted.count(coid) == 1  # amended at the broker, never sent again
-    assert amend_kinds(db, group + end)[coid] == ["amend_requested", "amend_accepted"]
-    assert accepted_changes(db, group + end, coid) == {NAMES[k]: v for k, v in c.changes.items()}
     working = broker.orders[coid].intent
     for keyword in c.changes:
         assert getattr(working, NAMES[keyword]) == row[NAMES[keyword]]  # the broker works the ledger's terms
