@@ -314,3 +314,41 @@ def test_an_elected_trailing_stop_keeps_its_stop_when_amended():
     assert not trigger.observe(100.0) and trigger.observe(97.5)
     trigger.amend({"trail_amount": 5.0, "offset": 1.0})
     assert (trigger.stop, trigger.working_limit()) == (98.0, 97.0)  # the limit follows the new offset
+
+
+# ---- reading IB's answer (pure: kit.brokers.ib_terms) -----------------------------------------------------
+def open_order(**fields: Any) -> Any:
+    from types import SimpleNamespace
+
+    unset = 1.7976931348623157e308
+    base = {"orderType": "TRAIL", "action": "SELL", "totalQuantity": 10.0, "lmtPrice": unset, "auxPrice": 2.0,
+            "trailingPercent": unset, "trailStopPrice": unset, "lmtPriceOffset": unset, "tif": "DAY"}
+    return SimpleNamespace(**{**base, **fields})
+
+
+@pytest.mark.parametrize(("action", "reported", "shown"), [
+    ("SELL", 198.5, 198.0), ("SELL", 198.0, 198.0), ("SELL", 197.5, 197.5),
+    ("BUY", 197.5, 198.0), ("BUY", 198.5, 198.5),
+])
+def test_a_trailing_stop_amendment_is_taken_once_ibs_stop_is_at_or_past_it(action, reported, shown):
+    """IB's trailStopPrice moves with the market: a SELL's stop at or above the one asked for (a BUY's at
+    or below) shows the amendment taken; short of it, not yet."""
+    from kit.brokers.ib_terms import terms, wanted_terms
+
+    pending = wanted_terms("TRAIL", {"stop_price": 198.0})
+    assert terms(open_order(action=action, trailStopPrice=reported), pending)["stop_price"] == shown
+
+
+def test_each_type_is_compared_on_its_own_ib_fields_and_a_moving_stop_only_while_amending():
+    from kit.brokers.ib_terms import TIF_CODES, intent_terms, terms, wanted_terms
+
+    moving = open_order(trailStopPrice=150.0, tif="GTC")
+    assert terms(moving) == {"quantity": 10.0, "trail_amount": 2.0}  # a moved stop is never an amendment
+    assert terms(moving, wanted_terms("TRAIL", {"tif": "GTC"}))["tif"] == TIF_CODES["GTC"]
+    limit = open_order(orderType="TRAIL LIMIT", lmtPrice=147.5, lmtPriceOffset=0.5, auxPrice=3.0)
+    assert terms(limit) == {"quantity": 10.0, "trail_amount": 3.0, "offset": 0.5}  # lmtPrice follows the stop
+    assert terms(open_order(orderType="REL", auxPrice=0.05, lmtPrice=114.0)) == \
+        {"quantity": 10.0, "limit_price": 114.0, "offset": 0.05}
+    assert terms(open_order(orderType="STP", auxPrice=185.0)) == {"quantity": 10.0, "stop_price": 185.0}
+    assert intent_terms(intent(order_type="TRAIL", trail_percent=1.5, stop_price=90.0)) == \
+        {"quantity": 10.0, "trail_percent": 1.5}
