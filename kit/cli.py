@@ -536,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--run", help="run id or run key")
     kill.add_argument("--all", action="store_true", help="every run with working orders")
     kill.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for confirmations")
-    change = add("amend", cmd_amend, "change a working order's limit, stop price or quantity at the broker")
+    change = add("amend", cmd_amend, "change a working order's price, quantity, tif or trail at the broker")
     change.add_argument("run", help="run id or run key")
     change.add_argument("order", help="client_order_id, or the symbol of the run's only order in it")
     change.add_argument("--limit", type=float, help="the new limit price")
