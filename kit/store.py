@@ -176,6 +176,7 @@ _NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", 
             "trail_percent", "offset", "strike", "multiplier", "original_quantity", "original_limit_price",
             "original_stop_price", "original_trail_amount", "original_trail_percent", "original_offset"}
 _BOOLEANS = {"outside_rth"}
+_NULLABLE_TEXT = {"original_tif"}  # text that is NULL on most rows (never amended)
 _INTEGERS = {"revision", "seq", "amendments"}
 Row = dict[str, Any]  # one row of a table, by column name
 
@@ -197,6 +198,9 @@ def frame(rows: Iterable[Row], columns: tuple[str, ...]) -> pd.DataFrame:
     dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else
               "int64" if c in _INTEGERS else "Int64" if c == "con_id" else "bool" if c in _BOOLEANS else "str"
               for c in columns}
+    for c in _NULLABLE_TEXT.intersection(columns):  # all NULL: a ledger read gives object, not str
+        if result[c].isna().all():
+            dtypes[c] = "object"
     return result.astype(dtypes)
 
 
