@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from kit.clock import utcnow
 from kit.errors import InputError
 from kit.model import AMENDABLE_FIELDS, AmendRefused, AmendRequested, Order, OrderIntent, Side
+from kit.order_types import CAPPED, CLOSE_AUCTION, OFFSET, STOPS, TRAILING
 from kit.state import amendable
 
 if TYPE_CHECKING:
@@ -62,28 +63,76 @@ class Reprice:
 
 
 # ---- what may change, and when -------------------------------------------------------------------------
+# The tifs a modify may move between: IB's modify changes a tif (its docs name DAY -> IOC), but OPG makes
+# an auction order and GTD needs its good-till date, so those are a new order, not an amendment.
+AMENDABLE_TIFS = ("DAY", "GTC", "IOC")
+
+
 def check_changes(intent: OrderIntent, changes: dict[str, Any]) -> dict[str, Any]:
     """Bad input is an InputError naming the order and the field; nothing is recorded or sent."""
     coid = intent.client_order_id
     known = {f.name for f in fields(OrderIntent)}
     wanted = {name: value for name, value in changes.items() if value is not None}
     if not wanted:
-        raise _bad(coid, "say what to change (limit price, stop price or quantity)")
+        raise _bad(coid, "say what to change (limit, stop, quantity, tif, trail_amount, trail_percent or "
+                         "offset)")
     for name, value in wanted.items():
         if name not in AMENDABLE_FIELDS or name not in known:
             raise _bad(coid, f"{name} cannot be amended (IB's modify changes "
                              f"{', '.join(n for n in AMENDABLE_FIELDS if n in known)})")
         if name == "tif":
             continue
+        low = 0.0 if name == "offset" else None  # a peg or limit offset may be zero; prices are positive
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                or value <= 0:
-            raise _bad(coid, f"{name} must be a positive number, not {value!r}")
-    if "limit_price" in wanted and intent.limit_price is None:
-        raise _bad(coid, f"a {intent.order_type} order has no limit price to change (a modify "
-                         "cannot change the order type: cancel it and send a limit order)")
-    if "stop_price" in wanted and getattr(intent, "stop_price", None) is None:
-        raise _bad(coid, f"a {intent.order_type} order has no stop price to change")
+                or (value < low if low is not None else value <= 0):
+            what = "a number >= 0" if low is not None else "a positive number"
+            raise _bad(coid, f"{name} must be {what}, not {value!r}")
+    if "tif" in wanted:
+        wanted["tif"] = _checked_tif(intent, wanted["tif"])
+    problem = _type_problem(intent, wanted)
+    if problem is not None:
+        raise _bad(coid, problem)
     return {name: float(value) if name != "tif" else value for name, value in wanted.items()}
+
+
+def _checked_tif(intent: OrderIntent, tif: Any) -> str:
+    coid, kind = intent.client_order_id, intent.order_type
+    word = tif.strip().upper() if isinstance(tif, str) else tif
+    if word not in AMENDABLE_TIFS:
+        raise _bad(coid, f"tif {tif!r} cannot be amended to: a modify moves a tif among "
+                         f"{', '.join(AMENDABLE_TIFS)} (OPG and GTD: cancel and send a new order)")
+    if intent.tif not in AMENDABLE_TIFS:
+        raise _bad(coid, f"a tif {intent.tif} order keeps its tif (OPG is an opening-auction order, GTD has "
+                         "its good-till date): cancel it and send a new order")
+    if kind in CLOSE_AUCTION and word != "DAY":
+        raise _bad(coid, f"a {kind} order needs tif DAY, not {word} (IB 113)")
+    if intent.algo and word != "DAY":
+        raise _bad(coid, f"an {intent.algo} algo order is a day order: tif must stay DAY, not {word}")
+    return word
+
+
+def _type_problem(intent: OrderIntent, wanted: dict[str, Any]) -> str | None:
+    """Why the order's type has no such field to change (a modify never changes the order type), or None."""
+    kind = intent.order_type
+    if "limit_price" in wanted and intent.limit_price is None and kind not in CAPPED:
+        hint = " (its limit follows its stop by the offset: amend offset)" if kind == "TRAIL LIMIT" else \
+            " (a modify cannot change the order type: cancel it and send a limit order)"
+        return f"a {kind} order has no limit price to change{hint}"
+    if "stop_price" in wanted and kind not in STOPS | TRAILING:
+        return f"a {kind} order has no stop price to change"
+    for name, other in (("trail_amount", "trail_percent"), ("trail_percent", "trail_amount")):
+        if name not in wanted:
+            continue
+        if kind not in TRAILING:
+            return f"a {kind} order has no {name} to change (TRAIL and TRAIL LIMIT orders trail)"
+        if getattr(intent, name) is None:
+            return (f"the order trails by {other.split('_')[1]}: amend {other} (IB's modify does not "
+                    "switch a trailing amount and a trailing percent: cancel it and send a new order)")
+    if wanted.get("trail_percent", 0) >= 100:
+        return f"trail_percent {wanted['trail_percent']:g} must be below 100"
+    if "offset" in wanted and kind not in OFFSET:
+        return f"a {kind} order has no offset to change (REL and TRAIL LIMIT orders have one)"
+    return None
 
 
 def _bad(coid: str, reason: str) -> InputError:

@@ -391,11 +391,16 @@ def _order_of(orders: list[Any], order: str, run_key: str) -> Any:
 
 
 async def amend_async(run: str | None, order: str, *, limit: float | None = None, stop: float | None = None,
-                      quantity: float | None = None, broker: str | Broker | None = None,
-                      db: str | Path | None = None, timeout: float = 10.0) -> Amendment:
-    """Change a working order's limit price, stop price or quantity through the broker (IB: its modify,
-    the same order id) and wait `timeout` seconds for its answer. Refused before sending: an order that
-    no longer works, a quantity not above what has filled. Every request and answer is in order_events."""
+                      quantity: float | None = None, tif: str | None = None,
+                      trail_amount: float | None = None, trail_percent: float | None = None,
+                      offset: float | None = None,
+                      broker: str | Broker | None = None, db: str | Path | None = None,
+                      timeout: float = 10.0) -> Amendment:
+    """Change a working order's limit price, stop price, quantity, tif (DAY, GTC, IOC), trailing amount or
+    percent, or offset (a TRAIL LIMIT's limit offset, a REL's peg offset) through the broker (IB: its
+    modify, the same order id) and wait `timeout` seconds for its answer. Refused before sending: an order
+    that no longer works, a quantity not above what has filled. Every request and answer is in
+    order_events (docs/amend.md lists what each order type lets you change)."""
     from kit.amending import check_changes
 
     ledger = Ledger(db)
@@ -407,7 +412,9 @@ async def amend_async(run: str | None, order: str, *, limit: float | None = None
             raise KitError(f"run {run_id} is not in the ledger {ledger.path}")
         target = _order_of(ledger.load_orders(run_id), order, row["run_key"])
         changes = check_changes(target.intent, {"limit_price": limit, "stop_price": stop,
-                                                "quantity": quantity})
+                                                "quantity": quantity, "tif": tif,
+                                                "trail_amount": trail_amount, "trail_percent": trail_percent,
+                                                "offset": offset})
         with RunLock(row["run_key"]):  # refuses at once while the run key executes elsewhere
             engine = Engine(Plan(row["run_key"], ()), make_broker(broker or row["broker"] or "mock"), ledger)
             result = await engine.amend_working(target.client_order_id, changes, timeout)

@@ -220,7 +220,8 @@ def cmd_amend(args: argparse.Namespace) -> int:
     if broker == "mock":
         raise KitError("the mock broker lives in the process that ran the order: amend it with kit.amend "
                        "there (a new process's mock has no orders)")
-    done = amend(args.run, args.order, limit=args.limit, stop=args.stop, quantity=args.quantity,
+    done = amend(args.run, args.order, limit=args.limit, stop=args.stop, quantity=args.quantity, tif=args.tif,
+                 trail_amount=args.trail_amount, trail_percent=args.trail_percent, offset=args.offset,
                  broker=broker, db=args.db, timeout=args.timeout)
     print(done)
     row = done.order
@@ -538,12 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--run", help="run id or run key")
     kill.add_argument("--all", action="store_true", help="every run with working orders")
     kill.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for confirmations")
-    change = add("amend", cmd_amend, "change a working order's limit, stop price or quantity at the broker")
+    change = add("amend", cmd_amend, "change a working order's price, quantity, tif or trail at the broker")
     change.add_argument("run", help="run id or run key")
     change.add_argument("order", help="client_order_id, or the symbol of the run's only order in it")
     change.add_argument("--limit", type=float, help="the new limit price")
     change.add_argument("--stop", type=float, help="the new stop price")
     change.add_argument("--quantity", type=float, help="the new total quantity (above what has filled)")
+    change.add_argument("--tif", help="the new time in force: DAY, GTC or IOC")
+    change.add_argument("--trail-amount", type=float, help="a trailing stop's new trailing amount")
+    change.add_argument("--trail-percent", type=float, help="a trailing stop's new trailing percent")
+    change.add_argument("--offset", type=float, help="a TRAIL LIMIT's limit offset or a REL's peg offset")
     change.add_argument("--broker", choices=BROKERS, help="default: the run's broker")
     change.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the answer")
     halt = add("halt", cmd_halt, "stop every new submission until cleared (a file, so it survives restarts)")

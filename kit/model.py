@@ -233,8 +233,10 @@ class ArrivalPrice:
 
 # ---- amendments: a working order's terms changed through the broker (IB: placeOrder again, same id) ----
 # The fields an amendment may change; IB lets a modify change price, quantity and tif, never the side,
-# the contract or the order type. stop_price counts once OrderIntent has it.
-AMENDABLE_FIELDS = ("quantity", "limit_price", "stop_price", "tif")
+# the contract or the order type. A trailing stop's prices are its trail (IB's auxPrice or
+# trailingPercent) and a TRAIL LIMIT's or REL's offset (lmtPriceOffset; a REL's auxPrice). Which type takes
+# which is kit.amending.check_changes'.
+AMENDABLE_FIELDS = ("quantity", "limit_price", "stop_price", "tif", "trail_amount", "trail_percent", "offset")
 
 
 @dataclass(frozen=True, slots=True)

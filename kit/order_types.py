@@ -421,7 +421,11 @@ class Trigger:
     (a BUY stop at or above it, a SELL stop at or below). A trailing stop's stop follows the best price
     seen (the highest for a SELL, the lowest for a BUY) by its amount or percent, never moving back; an
     initial stop_price, when given, is where it starts. Once triggered a STP or TRAIL works as MKT, a
-    STP LMT at its limit, a TRAIL LIMIT at the stop moved by its offset (SELL: below, BUY: above)."""
+    STP LMT at its limit, a TRAIL LIMIT at the stop moved by its offset (SELL: below, BUY: above).
+
+    An amendment changes the trail without forgetting the market (`amend`): a new trailing amount or
+    percent puts the stop that far from the best price seen since the order went in, a new stop_price
+    puts the stop there, and the trail goes on from the same best price."""
 
     side: str
     order_type: str
@@ -431,6 +435,7 @@ class Trigger:
     offset: float | None = None
     limit: float | None = None
     triggered: bool = False
+    best: float | None = None  # a trailing stop's best price seen (SELL: the highest, BUY: the lowest)
 
     @property
     def is_stop(self) -> bool:
@@ -447,16 +452,41 @@ class Trigger:
         return self.triggered
 
     def _trail(self, price: float) -> None:
-        if self.trail_amount is not None:
-            candidate = price + self.trail_amount if self.side == "BUY" else price - self.trail_amount
-        else:
-            assert self.trail_percent is not None
-            factor = self.trail_percent / 100
-            candidate = price * (1 + factor) if self.side == "BUY" else price * (1 - factor)
+        if self.best is None or (price < self.best if self.side == "BUY" else price > self.best):
+            self.best = price
+        candidate = self._trailed(price)
         if self.stop is None:
             self.stop = candidate
         else:
             self.stop = min(self.stop, candidate) if self.side == "BUY" else max(self.stop, candidate)
+
+    def _trailed(self, price: float) -> float:
+        """The stop `price` puts a trailing stop at: its amount or percent away, on the side it protects."""
+        if self.trail_amount is not None:
+            return price + self.trail_amount if self.side == "BUY" else price - self.trail_amount
+        assert self.trail_percent is not None
+        factor = self.trail_percent / 100
+        return price * (1 + factor) if self.side == "BUY" else price * (1 - factor)
+
+    def amend(self, changes: Mapping[str, Any]) -> None:
+        """Apply an accepted amendment (kit's names: limit_price, stop_price, trail_amount, trail_percent,
+        offset) to the terms the order works on. A stop already elected keeps its stop: it works as MKT or
+        LMT now, and only its limit (a TRAIL LIMIT's offset) still matters."""
+        if "limit_price" in changes:
+            self.limit = changes["limit_price"]
+        if "offset" in changes:
+            self.offset = changes["offset"]
+        if "trail_amount" in changes:
+            self.trail_amount, self.trail_percent = changes["trail_amount"], None
+        if "trail_percent" in changes:
+            self.trail_amount, self.trail_percent = None, changes["trail_percent"]
+        if self.triggered:
+            return
+        if "stop_price" in changes:
+            self.stop = changes["stop_price"]
+        elif self.order_type in TRAILING and self.best is not None and \
+                ("trail_amount" in changes or "trail_percent" in changes):
+            self.stop = self._trailed(self.best)
 
     def working_limit(self) -> float | None:
         """The limit the order works at once triggered (None: at market)."""

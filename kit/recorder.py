@@ -18,7 +18,7 @@ from operator import attrgetter
 from typing import Any
 
 from kit.errors import LedgerIdentityError, LedgerWriteError
-from kit.model import Event, Execution, Fill, Order
+from kit.model import AMENDABLE_FIELDS, Event, Execution, Fill, Order
 from kit.order_types import order_type_columns
 from kit.state import Effect, Outcome
 from kit.store import Batch, Ledger
@@ -52,9 +52,7 @@ def order_row(order: Order, updated_at: datetime | None = None) -> Row:
 def _original_terms(order: Order) -> Row:
     """The planned terms of an amended order next to its working ones; NULL while it was never amended."""
     planned = order.original
-    return {"original_quantity": planned.quantity if planned else None,
-            "original_limit_price": planned.limit_price if planned else None,
-            "original_stop_price": getattr(planned, "stop_price", None) if planned else None,
+    return {**{f"original_{name}": getattr(planned, name) if planned else None for name in AMENDABLE_FIELDS},
             "amendments": order.amendments}
 
 

@@ -118,6 +118,14 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE orders ADD COLUMN original_stop_price DOUBLE",
         "ALTER TABLE orders ADD COLUMN amendments BIGINT",
     ],
+    [
+        # Migration 7 (h-amend3): the planned tif, trail and offset of an order amended in them (kit.amend's
+        # tif, trail_amount, trail_percent, offset), NULL while never amended, as migration 6's columns.
+        "ALTER TABLE orders ADD COLUMN original_tif VARCHAR",
+        "ALTER TABLE orders ADD COLUMN original_trail_amount DOUBLE",
+        "ALTER TABLE orders ADD COLUMN original_trail_percent DOUBLE",
+        "ALTER TABLE orders ADD COLUMN original_offset DOUBLE",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 LEDGER_TABLES = ("runs", "orders", "fills", "order_events")
@@ -144,6 +152,7 @@ ORDER_COLUMNS = (
     "algo_params",
     "expiry", "strike", "right", "multiplier", "con_id", "local_symbol",
     "original_quantity", "original_limit_price", "original_stop_price", "amendments",
+    "original_tif", "original_trail_amount", "original_trail_percent", "original_offset",
 )
 FILL_COLUMNS = (
     "exec_id", "client_order_id", "run_id", "symbol", "side", "quantity", "price", "commission",
@@ -165,8 +174,9 @@ _TIMES = {"submitted_at", "created_at", "updated_at", "time", "started_at", "end
 _NUMBERS = {"quantity", "limit_price", "filled_quantity", "remaining_quantity", "avg_fill_price",
             "commission", "decision_price", "arrival_price", "price", "stop_price", "trail_amount",
             "trail_percent", "offset", "strike", "multiplier", "original_quantity", "original_limit_price",
-            "original_stop_price"}
+            "original_stop_price", "original_trail_amount", "original_trail_percent", "original_offset"}
 _BOOLEANS = {"outside_rth"}
+_NULLABLE_TEXT = {"original_tif"}  # text that is NULL on most rows (never amended)
 _INTEGERS = {"revision", "seq", "amendments"}
 Row = dict[str, Any]  # one row of a table, by column name
 
@@ -188,6 +198,9 @@ def frame(rows: Iterable[Row], columns: tuple[str, ...]) -> pd.DataFrame:
     dtypes = {c: "datetime64[us]" if c in _TIMES else "float64" if c in _NUMBERS else
               "int64" if c in _INTEGERS else "Int64" if c == "con_id" else "bool" if c in _BOOLEANS else "str"
               for c in columns}
+    for c in _NULLABLE_TEXT.intersection(columns):  # all NULL: a ledger read gives object, not str
+        if result[c].isna().all():
+            dtypes[c] = "object"
     return result.astype(dtypes)
 
 
@@ -248,7 +261,14 @@ def _original_intent(intent: OrderIntent, row: dict[str, Any]) -> OrderIntent:
     """The planned intent of an amended order: its row's original_<field> columns over the working terms."""
     names = {f.name for f in fields(OrderIntent)}
     planned = {name: _none(row.get(f"original_{name}")) for name in AMENDABLE_FIELDS if name in names}
-    return replace(intent, **{name: value for name, value in planned.items() if value is not None})
+    return replace(intent, **{name: value for name, value in planned.items()
+                              if value is not None or name in _PLANNED_EMPTY})
+
+
+# Terms a plan may leave empty and an amendment set (a MIDPRICE or REL cap, a trailing stop's stop): their
+# original_* NULL is the plan's None. Any other NULL is a term never amended (tif, trail and offset before
+# migration 7): the working one.
+_PLANNED_EMPTY = frozenset({"limit_price", "stop_price"})
 
 
 @dataclass

@@ -152,6 +152,17 @@ def amended(tmp_path_factory):
     return db, broker, outcomes, followed
 
 
+def recorded_and_told(ledger, run_id: str, broker: MockBroker, coid: str) -> tuple[pd.DataFrame, dict]:
+    """The order's fills in the ledger, and the executions the mock told: the same, exec id by exec id."""
+    fills = ledger.fills(run_id)
+    fills = fills[fills["client_order_id"] == coid]
+    told = {e.fill.exec_id: (e.fill.quantity, e.fill.price) for e in broker.orders[coid].sent
+            if isinstance(e, Execution)}
+    assert dict(zip(fills["exec_id"], zip(fills["quantity"], fills["price"], strict=True), strict=True)) \
+        == told
+    return fills, told
+
+
 @pytest.mark.parametrize("end", ["fill", "cancel"])
 @pytest.mark.parametrize("c", CASES, ids=IDS)
 def test_each_type_and_instrument_is_amended_then_filled_or_cancelled_on_the_mock(amended, c, end):
@@ -169,12 +180,7 @@ def test_each_type_and_instrument_is_amended_then_filled_or_cancelled_on_the_moc
     working = broker.orders[coid].intent
     for name in c.planned:
         assert getattr(working, name) == row[name]  # the broker works what the ledger shows
-    fills = ledger.fills(run_id)
-    fills = fills[fills["client_order_id"] == coid]
-    told = {e.fill.exec_id: (e.fill.quantity, e.fill.price) for e in broker.orders[coid].sent
-            if isinstance(e, Execution)}
-    assert dict(zip(fills["exec_id"], zip(fills["quantity"], fills["price"], strict=True), strict=True)) \
-        == told
+    fills, told = recorded_and_told(ledger, run_id, broker, coid)
     if end == "cancel":
         assert told == {}
         return

@@ -29,13 +29,15 @@ from kit.brokers.ib_events import (
     naive_utc,
     zone,
 )
+from kit.brokers.ib_terms import intent_terms, terms, wanted_terms
+from kit.brokers.ib_terms import price as _price
 from kit.brokers.pacing import Pacer
 from kit.clock import utcnow
 from kit.config import IBSettings, setting
 from kit.errors import BrokerUnavailableError, KitError
 from kit.instruments import FRONT, Contract, Spec, choose, fx_pair, instrument_key, key_of, spec_of
 from kit.model import AmendRefused, ArrivalPrice, BrokerNotice, Order, OrderIntent, Rejected, Side
-from kit.order_types import STOPS, ib_fields
+from kit.order_types import ib_fields
 
 log = logging.getLogger("kit.ib")
 PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
@@ -407,7 +409,12 @@ class IBBroker(Broker):
         if getattr(order, "whatIf", False):
             return []
         return self.translator.open_order(order_id, order.clientId, order.permId, order.orderRef or "",
-                                          state.status, utcnow(), terms=_terms(order))
+                                          state.status, utcnow(), terms=terms(order, self._pending(order)))
+
+    def _pending(self, order: Any) -> dict[str, float]:
+        """The terms an amendment of this order awaiting IB's answer wants (none: {})."""
+        pending = self.translator.amending.get(order.orderRef or "")
+        return pending[0] if pending else {}
 
     def _completed_order(self, contract: Any, order: Any, state: Any) -> Translated:
         return self.translator.completed_order(order.permId, order.orderRef or "", state.status,
@@ -763,8 +770,7 @@ class IBBroker(Broker):
         ib_order.orderId = order_id
         ib_order.clientId = self.settings.client_id
         ib_order.permId = self.translator.perm_id_of.get(coid, 0)
-        compared = _compared(order.order_type)
-        wanted = {name: float(value) for name, value in changes.items() if name in compared}
+        wanted = wanted_terms(order.order_type, changes)
         self.translator.amend_requested(coid, order_id, wanted, changes, revision)
         await self._ready()
         self.ib.client.placeOrder(order_id, contract, ib_order)
@@ -829,7 +835,7 @@ class IBBroker(Broker):
             if order.perm_id:
                 self.translator.by_perm_id[int(order.perm_id)] = order.client_order_id
             if order.at_broker:  # and the terms it works on: IB listing others is an amendment adopted
-                self.translator.expect(order.client_order_id, _intent_terms(order.intent), order.amendments)
+                self.translator.expect(order.client_order_id, intent_terms(order.intent), order.amendments)
         await self._fetch_orders(executions=True)
         self._continue_ids()
         return coids & self.translator.seen
@@ -863,41 +869,6 @@ class IBBroker(Broker):
             self.sync_is_complete = False
             self.emit(BrokerNotice(utcnow(), Notice.SYNC_INCOMPLETE, "IB did not finish listing orders and "
                                    f"executions within {self.sync_timeout:g}s"))
-
-
-# kit's amendable terms and the IB Order fields carrying them (stop_price: IB's auxPrice).
-IB_TERMS = {"quantity": "totalQuantity", "limit_price": "lmtPrice", "stop_price": "auxPrice"}
-
-
-def _compared(order_type: str) -> dict[str, str]:
-    """The terms an openOrder is compared on. auxPrice is the stop only of a STP or STP LMT: a trailing
-    order's is its trailing amount and a REL's its offset, and a trailing stop's trailStopPrice moves with
-    the market, so neither tells whether an amendment of stop_price went through."""
-    return IB_TERMS if order_type in STOPS else {k: v for k, v in IB_TERMS.items() if k != "stop_price"}
-
-
-def _intent_terms(intent: OrderIntent) -> dict[str, float]:
-    values = {name: getattr(intent, name, None) for name in _compared(intent.order_type)}
-    return {name: float(value) for name, value in values.items() if value is not None}
-
-
-def _terms(order: Any) -> dict[str, float]:
-    """An openOrder's quantity and prices, in kit's names; IB's unset values left out."""
-    terms = {}
-    for name, field in _compared(getattr(order, "orderType", "")).items():
-        value = _price(getattr(order, field, None))
-        if value is not None and value < 1e300:
-            terms[name] = value
-    return terms
-
-
-def _price(value: Any) -> float | None:
-    """IB marks a missing price with nan or -1."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 and number == number else None
 
 
 def _number_or_text(value: Any) -> float | str | None:

@@ -222,14 +222,17 @@ class MockBroker(Broker):
 
     def set_price(self, symbol: str, price: float) -> None:
         """Move the market: resting LMT orders that the new price reaches start filling. While no session
-        is connected the price just moves; the orders it reaches fill when the next session connects.
+        is connected the price just moves (stops and trailing stops still see it); the orders it reaches
+        fill when the next session connects.
         `symbol` is an instrument key, or a future's root for all its months."""
         symbol, self.prices[symbol] = check_price(symbol, price)
-        if self._loop is None:
-            return
         for working in self.orders.values():
-            if symbol in (working.intent.symbol, key_of(working.intent)):
+            if symbol not in (working.intent.symbol, key_of(working.intent)):
+                continue
+            if self._loop is not None:
                 self._maybe_fill(working)
+            elif working.held is None and not working.done:  # a stop sees every price, kit connected or not
+                working.trigger.observe(self.prices[symbol])
 
     def set_close(self, symbol: str, price: float) -> None:
         """The close auction of `symbol` at `price`: its MOC and LOC orders fill there, whole (a LOC whose
@@ -332,10 +335,7 @@ class MockBroker(Broker):
         left = len(working.chunks) - working.fills_sent
         working.chunks = working.chunks[:working.fills_sent] + split(order.quantity - filled, left, rng)
         working.intent = replace(working.intent, **changes)
-        if "limit_price" in changes:  # the trigger holds the terms the order works on (docs/orders.md)
-            working.trigger.limit = changes["limit_price"]
-        if "stop_price" in changes and not working.trigger.triggered:
-            working.trigger.stop = changes["stop_price"]
+        working.trigger.amend(changes)  # the terms the order works on, the trail's best price kept
         working.scheduled = False
         working.generation += 1  # fills scheduled on the old terms are retired
         self._tell(working, AmendAccepted(coid, utcnow(), changes, revision))

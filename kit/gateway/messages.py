@@ -164,7 +164,9 @@ def open_order(order: Order, estimate: WhatIf | None = None, status: str | None 
         *_estimate(order, estimate),  # margins before, change, after; commission ... warningText
         NO, NO,  # randomizeSize, randomizePrice
         NONE,  # conditions
-        "", UNSET, UNSET, fields.lmt_price_offset, UNSET, UNSET, UNSET, 0,  # adjusted order fields
+        # adjusted order fields: adjustedOrderType, triggerPrice, then trailStopPrice again (IB's clients
+        # read it twice, the second last), lmtPriceOffset, adjustedStop(Limit)Price, trailing amount, unit
+        "", UNSET, _trail(order)[0], fields.lmt_price_offset, UNSET, UNSET, UNSET, 0,
         "", "", "",  # softDollarTier
         UNSET, NO, NO, NO, NO,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer, discretionaryUpTo, PMA
         since(158, UNSET), since(160, NO), since(162, NO),  # duration, postToAts, autoCancelParent

@@ -37,7 +37,7 @@ from kit.order_types import (
 
 if TYPE_CHECKING:
     from kit.gateway.faults import Faults
-    from kit.gateway.state import Order
+    from kit.gateway.state import Order, OrderRequest
 
 SUPPORTED = frozenset(ORDER_TYPES)
 #: IB's precautionary error for an order it will not accept (the reason follows).
@@ -55,6 +55,28 @@ def trigger_of(order: Order) -> Trigger:
         stop, amount = fields.trail_stop_price, None if fields.trailing_percent else fields.aux_price
     return Trigger(order.action, order.order_type, stop, amount, fields.trailing_percent,
                    fields.lmt_price_offset, order.limit_price)
+
+
+def trigger_changes(order: Order, req: OrderRequest) -> dict[str, float | None]:
+    """What a modify changes in the order's trigger, in kit's names (Trigger.amend): the request's IB
+    fields against the order's. A trailStopPrice sent again unchanged moves nothing: the stop stays where
+    the trail has taken it, from the best price seen since the order went in."""
+    old, new = order.type_fields, req.type_fields
+    changes: dict[str, float | None] = {}
+    if req.limit_price != order.limit_price:
+        changes["limit_price"] = req.limit_price
+    if order.order_type in STOPS and new.aux_price != old.aux_price:
+        changes["stop_price"] = new.aux_price
+    elif order.order_type in TRAILING:
+        if new.trail_stop_price is not None and new.trail_stop_price != old.trail_stop_price:
+            changes["stop_price"] = new.trail_stop_price
+        if new.trailing_percent and new.trailing_percent != old.trailing_percent:
+            changes["trail_percent"] = new.trailing_percent
+        elif not new.trailing_percent and new.aux_price and new.aux_price != old.aux_price:
+            changes["trail_amount"] = new.aux_price
+        if new.lmt_price_offset != old.lmt_price_offset:
+            changes["offset"] = new.lmt_price_offset
+    return changes
 
 
 def held_for(order: Order) -> str | None:

@@ -30,6 +30,7 @@ from kit.gateway.order_types import (
     held_for,
     is_sliced_algo,
     refusal,
+    trigger_changes,
     trigger_of,
 )
 from kit.order_types import Trigger
@@ -548,18 +549,21 @@ class Book:
             problem = 201, f"Order rejected - reason:{order.filled:.12g} are already filled"
         if problem is not None:
             return Rejection(*problem)
+        moved = trigger_changes(order, req)
         for name, value in changes.items():
             setattr(order, name, value)
         order.transmit = req.transmit
         order.status = "Submitted" if req.transmit else "PreSubmitted"
-        if order.trigger is not None and order.trigger.is_stop and not order.trigger.triggered:
-            order.trigger = trigger_of(order)  # a stop not yet elected waits on its new stop
-            if req.transmit:
+        trigger = order.trigger
+        if trigger is not None:
+            armed = trigger.is_stop and not trigger.triggered
+            trigger.amend(moved)  # new stop, trail or limit; a trailing stop keeps its best price seen
+            if armed and req.transmit:
                 order.status = "PreSubmitted"  # until the price reaches it (Handlers._schedule elects it)
-        elif order.trigger is not None:
-            order.trigger.limit = order.limit_price  # an elected STP LMT works at its new limit
         order.slices = split(order.remaining, max(1, len(order.slices)), order.rng)
         order.rested = not self.marketable(order)
+        if order.tif == "IOC" and order.transmit and not self.marketable(order):
+            self._finish(order, "Cancelled", "Cancelled: IOC order not marketable")  # as a new IOC order
         return order
 
     def marketable(self, order: Order) -> bool:

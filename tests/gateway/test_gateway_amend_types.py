@@ -69,6 +69,16 @@ def amended(request, tmp_path_factory):
             "placements": placements}
 
 
+def recorded_and_executed(ledger, run_id: str, coid: str, executions: list) -> tuple[pd.DataFrame, dict]:
+    """The order's fills in the ledger, and the gateway's executions of it: the same, exec id by exec id."""
+    fills = ledger.fills(run_id)
+    fills = fills[fills["client_order_id"] == coid]
+    at_gateway = {x: (shares, price) for ref, x, shares, price in executions if ref == coid}
+    assert dict(zip(fills["exec_id"], zip(fills["quantity"], fills["price"], strict=True), strict=True)) \
+        == at_gateway
+    return fills, at_gateway
+
+
 @pytest.mark.parametrize("end", ["fill", "cancel"])
 @pytest.mark.parametrize("c", CASES, ids=IDS)
 def test_each_type_and_instrument_is_amended_through_ibs_modify_then_filled_or_cancelled(amended, c, end):
@@ -92,11 +102,7 @@ def test_each_type_and_instrument_is_amended_through_ibs_modify_then_filled_or_c
     if c.row["order_type"] in ("STP", "STP LMT"):
         assert aux == row["stop_price"]  # the stop travels as IB's auxPrice
 
-    fills = ledger.fills(run_id)
-    fills = fills[fills["client_order_id"] == coid]
-    at_gateway = {x: (shares, price) for ref, x, shares, price in amended["executions"] if ref == coid}
-    assert dict(zip(fills["exec_id"], zip(fills["quantity"], fills["price"], strict=True), strict=True)) \
-        == at_gateway
+    fills, at_gateway = recorded_and_executed(ledger, run_id, coid, amended["executions"])
     if end == "fill":
         assert fills["quantity"].sum() == row["quantity"] and within_limit(c, row, fills["price"])
         check_tca(db, end, c, row, fills)

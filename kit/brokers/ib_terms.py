@@ -1,0 +1,80 @@
+"""The terms of an order that an IB modify changes, read back from IB's openOrder: how kit tells that IB
+took an amendment (kit.brokers.ib) and that an order was changed elsewhere (in TWS, or by a modify whose
+answer a crash lost).
+
+Each order type carries its amendable terms in its own IB fields (kit.order_types.ib_fields): a STP's stop
+is auxPrice; a TRAIL's auxPrice is its trailing amount (or trailingPercent its percent) and a TRAIL LIMIT's
+lmtPriceOffset its limit offset; a REL's auxPrice is its peg offset. Two terms are compared only while an
+amendment of them awaits IB's answer: a trailing stop's trailStopPrice, which IB moves with the market
+(the amendment is taken once the stop is where kit put it or beyond it, on the side it trails), and the
+tif, a word among the prices (compared as its place in kit's TIFS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kit.order_types import STOPS, TIFS, TRAILING
+
+# kit's amendable terms and the IB Order fields carrying them, for every order type.
+IB_TERMS = {"quantity": "totalQuantity", "limit_price": "lmtPrice"}
+TIF_CODES = {tif: float(place) for place, tif in enumerate(TIFS, start=1)}
+
+
+def compared(order_type: str) -> dict[str, str]:
+    """The terms an openOrder is always compared on, by order type. A TRAIL LIMIT's lmtPrice is left out:
+    IB derives it from the moving stop and the offset."""
+    if order_type in STOPS:
+        return {**IB_TERMS, "stop_price": "auxPrice"}
+    if order_type in TRAILING:
+        terms = {"quantity": "totalQuantity", "trail_amount": "auxPrice", "trail_percent": "trailingPercent"}
+        return {**terms, "offset": "lmtPriceOffset"} if order_type == "TRAIL LIMIT" else terms
+    if order_type == "REL":
+        return {**IB_TERMS, "offset": "auxPrice"}
+    return IB_TERMS
+
+
+def _while_pending(order_type: str) -> frozenset[str]:
+    return frozenset({"tif", "stop_price"}) if order_type in TRAILING else frozenset({"tif"})
+
+
+def wanted_terms(order_type: str, changes: dict[str, Any]) -> dict[str, float]:
+    """The terms an openOrder must show for IB to have taken these changes."""
+    names = set(compared(order_type)) | _while_pending(order_type)
+    return {name: TIF_CODES[value] if name == "tif" else float(value) for name, value in changes.items()
+            if name in names}
+
+
+def intent_terms(intent: Any) -> dict[str, float]:
+    """The terms the ledger has an order working on, as an openOrder would show them."""
+    values = {name: getattr(intent, name, None) for name in compared(intent.order_type)}
+    return {name: float(value) for name, value in values.items() if value is not None}
+
+
+def terms(order: Any, pending: dict[str, float] | None = None) -> dict[str, float]:
+    """An openOrder's terms, in kit's names; IB's unset values left out. `pending`: the terms an amendment
+    awaiting IB's answer wants, so the ones compared only then are read too."""
+    kind = getattr(order, "orderType", "")
+    found = {}
+    for name, field in compared(kind).items():
+        value = price(getattr(order, field, None))
+        if value is not None:
+            found[name] = value
+    pending = pending or {}
+    if "tif" in pending and getattr(order, "tif", "") in TIF_CODES:
+        found["tif"] = TIF_CODES[order.tif]
+    stop = price(getattr(order, "trailStopPrice", None))
+    if "stop_price" in pending and kind in TRAILING and stop is not None:
+        asked = pending["stop_price"]
+        beyond = stop >= asked if getattr(order, "action", "") == "SELL" else stop <= asked
+        found["stop_price"] = asked if beyond else stop  # the trail may have moved it on since
+    return found
+
+
+def price(value: Any) -> float | None:
+    """IB marks a missing price with nan, -1 or its unset value (1.7976931348623157e308)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0 < number < 1e300 else None
