@@ -183,8 +183,10 @@ def transaction_floor(db: Path, samples: int = 200) -> list[float]:
     row = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
     events = f"INSERT INTO order_events VALUES {row}, {row}"
     fill = f"INSERT INTO fills ({', '.join(FILL_COLUMNS)}) VALUES ({', '.join('?' * len(FILL_COLUMNS))})"
-    state = ORDER_COLUMNS[12:]  # status onwards: what a fill changes
-    order = f"UPDATE orders SET {', '.join(f'{c} = ?' for c in state)} WHERE client_order_id = ?"
+    # What a fill changes: status to updated_at (quoted: "offset" among the later columns is a keyword).
+    state = ORDER_COLUMNS[ORDER_COLUMNS.index("status"):ORDER_COLUMNS.index("updated_at") + 1]
+    assignments = ", ".join(f'"{c}" = ?' for c in state)
+    order = f"UPDATE orders SET {assignments} WHERE client_order_id = ?"
     times = []
     for i in range(samples):
         now = _now()

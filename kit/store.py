@@ -322,6 +322,56 @@ def _quoted(columns: tuple[str, ...]) -> str:
     return ", ".join(f'"{c}"' for c in columns)  # "at" is a DuckDB keyword
 
 
+class Written:
+    """What this process committed through one writer connection lately: a hint that saves statements (a
+    fill's latency is mostly DuckDB's ~1 ms per statement) and work. A fill id it wrote before is replaced,
+    any other one is a plain INSERT: no DELETE first, no INSERT OR REPLACE; an order whose last row it
+    wrote in a small batch is UPDATEd in only the columns that changed. Only a hint: a key the file has
+    after all is refused by the key, and the batch is written again the old way (apply_batch). The Ledger
+    forgets it whenever it lets go of the file, since another process may write the file meanwhile."""
+
+    LIMIT = 100_000  # keys remembered at most per kind; past it the hint starts afresh
+
+    def __init__(self) -> None:
+        self.fills: set[str] = set()
+        self.orders: dict[str, Row] = {}
+
+    def clear(self) -> None:
+        self.fills.clear()
+        self.orders.clear()
+
+    def committed(self, fills: Iterable[str], orders: Mapping[str, Row | None]) -> None:
+        """What a transaction wrote, once its COMMIT returned (an order row None: written, but not kept)."""
+        if len(self.fills) > self.LIMIT:
+            self.fills.clear()
+        self.fills.update(fills)
+        if len(self.orders) > self.LIMIT:
+            self.orders.clear()
+        for key, row in orders.items():
+            if row is None:
+                self.orders.pop(key, None)
+            else:
+                self.orders[key] = row
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or a == b or (a != a and b != b)  # NaN is NULL in the file: two NaNs are the same
+
+
+def _update_changed(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], row: Row,
+                    before: Row) -> None:
+    """One row whose last written version is `before`: only the columns that differ are set."""
+    key = columns[0]
+    changed = [c for c in columns[1:] if not _same(row[c], before[c])]
+    if not changed:
+        return
+    values = [None if v != v else v for v in map(row.__getitem__, changed)]  # NaN -> NULL
+    assignments = ", ".join(f'"{c}" = ?' for c in changed)
+    updated = con.execute(f"UPDATE {table} SET {assignments} WHERE {key} = ?", [*values, row[key]])
+    if updated.fetchone()[0] != 1:  # not there after all: a plain INSERT (or the key's refusal)
+        _insert_small(con, table, columns, [row], "new")
+
+
 def _insert_small(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[Row],
                   how: str) -> None:
     """_insert for a few rows, as lists of values per column (unnest). DuckDB's ON CONFLICT costs more per
@@ -368,8 +418,9 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...]
     try:  # (a DELETE and re-INSERT of the same keys, or an UPDATE joined to the frame, is far slower here)
         verb = {"new": "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[how]
         con.execute(f"{verb} INTO {table} ({_quoted(columns)}) SELECT * FROM _kit_batch")
-    finally:
-        con.unregister("_kit_batch")
+    finally:  # in a transaction a refused INSERT aborted, unregister raises too: the refusal is the news
+        with contextlib.suppress(duckdb.TransactionException):
+            con.unregister("_kit_batch")
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
@@ -379,20 +430,26 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ROLLBACK")
 
 
-def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool = False) -> None:
+def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool = False,
+                written: Written | None = None) -> None:
     """One transaction for the whole batch: all of it lands, or none of it. `writer`: the run's own write
-    (crash points armed), not the fold of a journal for a reader.
+    (crash points armed), not the fold of a journal for a reader. `written`: the writer connection's hint
+    (see Written), kept up to date here once a transaction committed.
 
     A run's events are new (their ids are made for them), so they go in with a plain INSERT, which costs
-    less than skipping known ids; a batch that holds a known one (a journal replayed again, a repeated
-    write) is refused whole by the key and written again skipping known ids: the same rows either way."""
+    less than skipping known ids, and so do fills the hint does not know; a batch that holds a known key
+    (a journal replayed again, a repeated write, a fill of an earlier process) is refused whole by the key
+    and written again skipping known event ids and replacing fills: the same rows either way."""
     try:
-        _apply_batch(con, batch, writer, "new")
+        _apply_batch(con, batch, writer, "new", written)
     except duckdb.ConstraintException:
-        _apply_batch(con, batch, writer, "ignore")
+        _apply_batch(con, batch, writer, "ignore", None)
+        if written is not None:
+            written.committed(batch.fills, dict.fromkeys(batch.orders))
 
 
-def _apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool, events: str) -> None:
+def _apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool, events: str,
+                 written: Written | None) -> None:
     con.execute("BEGIN")
     try:
         for row in batch.new_runs.values():
@@ -407,9 +464,8 @@ def _apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool, eve
             con.execute("DELETE FROM fills WHERE exec_id IN (SELECT unnest(?))",
                         [sorted(batch.replaced_fills)])
         if batch.fills:
-            _insert(con, "fills", FILL_COLUMNS, list(batch.fills.values()), "replace")
-        if batch.orders:
-            _insert(con, "orders", ORDER_COLUMNS, list(batch.orders.values()), "replace")
+            _write_fills(con, list(batch.fills.values()), written)
+        kept = _write_orders(con, list(batch.orders.values()), written) if batch.orders else {}
         for run_id, values in batch.runs.items():
             assignments = ", ".join(f"{name} = ?" for name in values)
             con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values.values(), run_id])
@@ -417,6 +473,34 @@ def _apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch, writer: bool, eve
     except BaseException:
         _rollback(con)
         raise
+    if written is not None:
+        written.committed(batch.fills, kept)
+
+
+def _write_fills(con: duckdb.DuckDBPyConnection, fills: list[Row], written: Written | None) -> None:
+    """New fills as a plain INSERT (half the cost of INSERT OR REPLACE in a big batch, and no DELETE first
+    in a small one), those the hint knows replacing their rows."""
+    if written is None:
+        _insert(con, "fills", FILL_COLUMNS, fills, "replace")
+        return
+    known = [row for row in fills if row["exec_id"] in written.fills]
+    fresh = [row for row in fills if row["exec_id"] not in written.fills]
+    if known:
+        _insert(con, "fills", FILL_COLUMNS, known, "replace")
+    if fresh:
+        _insert(con, "fills", FILL_COLUMNS, fresh, "new")
+
+
+def _write_orders(con: duckdb.DuckDBPyConnection, orders: list[Row], written: Written | None
+                  ) -> dict[str, Row | None]:
+    """The orders rows, replacing their keys; what the hint keeps of them once the transaction commits."""
+    before = written.orders.get(orders[0]["client_order_id"]) if written and len(orders) == 1 else None
+    if before is not None:
+        _update_changed(con, "orders", ORDER_COLUMNS, orders[0], before)
+    else:
+        _insert(con, "orders", ORDER_COLUMNS, orders, "replace")
+    small = written is not None and len(orders) <= SMALL_BATCH
+    return {row["client_order_id"]: row if small else None for row in orders}
 
 
 def _is_held(exc: duckdb.Error) -> bool:
@@ -477,6 +561,7 @@ class Ledger:
         self._next_attempt = 0.0
         self._opened = False  # open() was called: writes go to the file or, while it is held, the journal
         self._identity: tuple[str | None, int, int] | None = None  # marker id, st_dev, st_ino at first open
+        self._written = Written()  # what the held connection committed: fewer statements per small batch
 
     # ---- writer side -------------------------------------------------------------------------------
     def open(self, wait: float | None = None) -> Ledger:
@@ -608,7 +693,13 @@ class Ledger:
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Bring the file to this kit's schema in one transaction, so a new ledger gets its marker with its
         tables and a failed migration leaves nothing behind, not even kit_schema."""
-        current, latest = self._kind(con), len(MIGRATIONS)
+        latest = len(MIGRATIONS)
+        with contextlib.suppress(duckdb.CatalogException):  # no kit_schema: _kind says what the file is
+            # A ledger at this kit's schema is what every reconnect finds: one query, where _kind lists the
+            # tables (~10 ms here) to tell a new or foreign file apart, which it then is not.
+            if con.execute("SELECT max(version) FROM kit_schema").fetchone()[0] == latest:
+                return
+        current = self._kind(con)
         if current == latest:
             return
         con.execute("BEGIN")
@@ -649,6 +740,7 @@ class Ledger:
             with Ledger._writers_lock:
                 Ledger._writers.pop(self.path, None)
             con, self._con = self._con, None
+            self._written.clear()  # another process may write the file until the next connect
             try:
                 con.close()
             except duckdb.Error as exc:  # a checkpoint on a full disk: what was committed stays in the WAL
@@ -775,7 +867,7 @@ class Ledger:
         return False
 
     def _apply(self, batch: Batch) -> None:
-        apply_batch(self.con, batch, writer=True)
+        apply_batch(self.con, batch, writer=True, written=self._written)
         crash_point("ledger.committed")
 
     # ---- reader side -------------------------------------------------------------------------------
