@@ -31,7 +31,7 @@ from kit.engine import Engine, OnTimeout, Run, RunInfo
 from kit.errors import Interrupted, KitError, RiskError, RunInterrupted
 from kit.ids import check_run_key, run_id_for
 from kit.instruments import odd_lot
-from kit.planner import Plan, is_positions_frame, make_plan, row_key
+from kit.planner import Plan, is_positions_frame, make_plan, row_keys
 from kit.progress import TICK, Mode, Progress
 from kit.qualify import qualify_frame
 from kit.risk import RiskLimits, order_price
@@ -247,11 +247,11 @@ async def plan_async(targets: pd.DataFrame, broker: str | Broker = "mock", run_k
     if the_broker.contract_cache is None:
         the_broker.contract_cache = Ledger(db)
     reference = reference_prices(prices)
-    if isinstance(targets, pd.DataFrame) and "symbol" in targets.columns:
+    if isinstance(targets, pd.DataFrame) and "symbol" in targets.columns and targets.columns.is_unique:
         targets = await qualify_frame(the_broker, targets, clock.utcnow().date())
-        for key in {row_key(row) for row in targets.to_dict("records") if isinstance(row.get("symbol"), str)}:
-            price = the_broker.reference_price(key) if key not in reference else None  # fills what prices=
-            if price is not None:  # lacks
+        for key in row_keys(targets) - reference.keys():  # the broker's prices fill what prices= lacks
+            price = the_broker.reference_price(key)
+            if price is not None:
                 reference[key] = price
     positions: dict[str, float] = {}
     working: dict[str, float] = {}
@@ -271,8 +271,8 @@ def _warn_odd_lots(the_plan: Plan) -> None:
     """IB re-routes IDEALPRO orders under USD 25,000 to IDEAL (odd lots, wider spreads): sent as given,
     and said."""
     for order in the_plan.intents:
-        price = order_price(order, the_plan.prices)
-        if order.sec_type == "CASH" and odd_lot(order.symbol, order.quantity, price):
+        if order.sec_type == "CASH" and odd_lot(order.symbol, order.quantity,
+                                                order_price(order, the_plan.prices)):
             log.warning("%s: %s %g is under IB's IDEALPRO minimum of USD 25,000: IB routes it to IDEAL as an "
                         "odd lot (wider spreads)", order.client_order_id, order.symbol, order.quantity)
 
