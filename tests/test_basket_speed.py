@@ -157,3 +157,35 @@ def test_snapshots_queued_behind_a_long_basket_still_give_every_order_its_arriva
     assert result["status"] == "done", result.get("error") or result["notes"]
     assert len(result["orders"]) == count
     assert all(o["arrival_price"] for o in result["orders"])
+
+
+def test_an_event_sink_that_raises_once_does_not_cost_the_mocks_other_events():
+    """The mock runs a turn's callbacks behind one loop handle; one that raises is reported by the loop as
+    its own Handle would be, and the events behind it are still delivered."""
+    from kit.model import OrderIntent, Side
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        loop = asyncio.get_running_loop()
+        reported: list[str] = []
+        loop.set_exception_handler(lambda _, context: reported.append(str(context.get("exception"))))
+        broker = MockBroker({"AAPL": 190.0, "MSFT": 410.0})
+        seen: list[str] = []
+
+        def sink(event) -> None:
+            seen.append(f"{type(event).__name__} {event.client_order_id}")
+            if len(seen) == 1:
+                raise RuntimeError("a sink's bug")
+
+        broker.bind(sink)
+        await broker.connect()
+        for symbol in ("AAPL", "MSFT"):
+            await broker.submit(OrderIntent(client_order_id=f"t-{symbol}-BUY", symbol=symbol, side=Side.BUY,
+                                            quantity=5.0))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return seen, reported
+
+    seen, reported = asyncio.run(scenario())
+    assert reported == ["a sink's bug"]
+    assert seen == ["Accepted t-AAPL-BUY", "Execution t-AAPL-BUY", "Commission t-AAPL-BUY",  # as submitted
+                    "Accepted t-MSFT-BUY", "Execution t-MSFT-BUY", "Commission t-MSFT-BUY"]

@@ -414,11 +414,17 @@ class MockBroker(Broker):
         self._due.append((callback, args))
 
     def _run_due(self, due: list[tuple[Callable[..., None], tuple[object, ...]]]) -> None:
-        """Run one turn's callbacks in the order they were asked for; what they ask for runs next turn."""
+        """Run one turn's callbacks in the order they were asked for; what they ask for runs next turn. One
+        that raises goes to the loop's exception handler, as its own Handle would, and the rest still run."""
         if due is self._due:
             self._due = []
-        for callback, args in due:
-            callback(*args)
+        for index, (callback, args) in enumerate(due):
+            try:
+                callback(*args)
+            except BaseException:
+                if index + 1 < len(due):
+                    asyncio.get_running_loop().call_soon(self._run_due, due[index + 1:])
+                raise
 
     def _fill(self, working: _Working, index: int, generation: int) -> None:
         if generation != working.generation or working.done or index != working.fills_sent:
