@@ -1,7 +1,7 @@
 """IB pacing: a 500-order basket over 20 symbols through kit's simulated IB gateway with the real ib_async
 client, measured against IB's limit of 50 messages per second.
 
-kit.execute runs the basket on an IBBroker whose Pacer (kit.brokers.pacing: at most 48 in any second, 2
+kit.execute runs the basket on an IBBroker whose Pacer (kit.brokers.pacing: at most 50 in any 1.04 s, 2
 at a time) paces every message the client sends. The gateway, in a thread of this process, timestamps each
 message it receives (once it has handled it):
 
@@ -37,7 +37,7 @@ NAME = "ib_pacing"
 ORDERS = 500
 SYMBOLS = 20
 IB_LIMIT = 50
-KIT = (48, None)  # IBBroker's defaults: at most 48 messages in any second, 2 at a time
+KIT = (50, None)  # IBBroker's defaults: at most 50 messages in any 1.04 s, 2 at a time
 BASELINE = (45, 45)  # ib_async's throttle as it ships: client.MaxRequests=45 per RequestsInterval=1 s
 GOAL_SHARE = 0.95
 _client_ids = itertools.count(101)
@@ -59,7 +59,7 @@ def _targets() -> pd.DataFrame:
 def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float = 30.0) -> dict[str, Any]:
     """One 500-order run at `throttle` messages per second, on a fresh gateway.
 
-    burst=None is kit as it is (IBBroker's Pacer: `throttle` in any second); burst=k replaces it by the
+    burst=None is kit as it is (IBBroker's Pacer: `throttle` in any 1.04 s); burst=k replaces it by the
     client library's own throttle of k messages per k/throttle seconds (k=throttle: ib_async's as shipped).
     """
     import kit
@@ -173,7 +173,7 @@ def run(reps: int = 2) -> dict[str, Any]:
     return {
         "benchmark": NAME,
         "what": f"{ORDERS} orders over {SYMBOLS} symbols, kit.execute -> ib_async -> simulated gateway; "
-                "IBBroker's pacing: at most 48 messages in any second, 2 at a time",
+                "IBBroker's pacing: at most 50 messages in any 1.04 s, 2 at a time",
         "throttle": KIT[0],
         **mine,
         "share_of_limit": share(mine),

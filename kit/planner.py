@@ -21,7 +21,7 @@ import pandas as pd
 
 from kit.errors import CurrencyError, InputError, ValidationError
 from kit.ids import check_run_key
-from kit.instruments import FRONT, convert, fx_pair, instrument_key, key_of, notional, units
+from kit.instruments import DERIVATIVES, FRONT, convert, fx_pair, instrument_key, key_of, notional, units
 from kit.model import PAYLOAD_FIELDS, OrderIntent
 from kit.order_types import EXTRA_COLUMNS
 from kit.risk import RiskLimits, check, order_price, signed
@@ -139,6 +139,19 @@ def row_key(row: Mapping[str, Any]) -> str:
             isinstance(value, str) else value
     return instrument_key(row.get("symbol"), given("sec_type", "STK"), given("expiry"), given("strike", None),
                           given("right"))
+
+
+def row_keys(frame: pd.DataFrame) -> set[str]:
+    """row_key of every row that names a symbol. A stock's or an FX pair's key is its symbol, so only the
+    rows of futures and options are read one by one (a 100,000-stock basket: a column operation)."""
+    symbols = frame["symbol"]
+    named = symbols.map(lambda value: isinstance(value, str))
+    derivative = (frame["sec_type"].map(lambda value: isinstance(value, str) and value.strip().upper()
+                                        in DERIVATIVES).astype(bool)
+                  if "sec_type" in frame.columns else pd.Series(False, index=frame.index))
+    keys = set(symbols[named & ~derivative])
+    keys.update(row_key(row) for row in frame[named & derivative].to_dict("records"))
+    return keys
 
 
 def _row_currency(row: Mapping[str, Any]) -> str:

@@ -28,10 +28,15 @@ def _given(row: dict[str, Any], name: str, default: Any) -> Any:
     return default if is_missing(value) or value == "" else value
 
 
+def _sec_type(value: Any) -> Any:
+    """A row's sec_type as validation will read it (STK when not given)."""
+    value = "STK" if is_missing(value) or value == "" else value
+    return value.strip().upper() if isinstance(value, str) else value
+
+
 def row_spec(row: dict[str, Any]) -> Spec | None:
     """What a row asks the broker for, or None when it needs no lookup or is too malformed for one."""
-    sec_type = _given(row, "sec_type", "STK")
-    sec_type = sec_type.strip().upper() if isinstance(sec_type, str) else sec_type
+    sec_type = _sec_type(row.get("sec_type"))
     symbol = row.get("symbol")
     if sec_type not in QUALIFIED or not isinstance(symbol, str) or not is_missing(row.get("con_id")):
         return None
@@ -56,6 +61,8 @@ def row_spec(row: dict[str, Any]) -> Spec | None:
 
 async def qualify_frame(broker: Broker, frame: pd.DataFrame, today: date) -> pd.DataFrame:
     """The frame with each FUT, CASH and OPT row's contract filled in (see the module docstring)."""
+    if not _may_qualify(frame):
+        return frame
     records = frame.to_dict("records")
     specs = [row_spec(row) for row in records]
     wanted = list(dict.fromkeys(spec for spec in specs if spec is not None))
@@ -81,6 +88,18 @@ async def qualify_frame(broker: Broker, frame: pd.DataFrame, today: date) -> pd.
     if problems:
         raise ValidationError(problems)
     return filled
+
+
+def _may_qualify(frame: pd.DataFrame) -> bool:
+    """Whether some row may name a FUT, CASH or OPT: a basket of stocks (no sec_type, or only STK and gaps)
+    is judged on its distinct sec_types, not read row by row."""
+    if "sec_type" not in frame.columns:
+        return False
+    try:
+        kinds = pd.unique(frame["sec_type"].astype(object))
+    except TypeError:  # an unhashable value: the rows say for themselves
+        return True
+    return any(_sec_type(kind) in QUALIFIED for kind in kinds)
 
 
 def _fill(frame: pd.DataFrame, position: int, contract: Contract) -> None:

@@ -67,8 +67,13 @@ def order_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None
     """The price a notional is computed at: the limit of a limit order (LMT, LOC, STP LMT), else the
     decision price, else the reference; a stop without either, at its stop price. A MIDPRICE or REL cap
     bounds the price without setting it, so those go at the reference too."""
+    return _priced(order, reference_price(order, prices))
+
+
+def _priced(order: OrderIntent, reference: float | None) -> float | None:
+    """order_price, given the order's reference price."""
     limit = order.limit_price if priced_at_limit(order.order_type) else None
-    for candidate in (limit, order.decision_price, reference_price(order, prices), order.stop_price):
+    for candidate in (limit, order.decision_price, reference, order.stop_price):
         if candidate is not None and math.isfinite(candidate) and candidate > 0:
             return float(candidate)
     return None
@@ -76,7 +81,11 @@ def order_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None
 
 def order_notional(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
     """quantity x price x multiplier in the order's currency; None while price or multiplier is unknown."""
-    return notional(order.quantity, order_price(order, prices), units(order))
+    return _notional(order, reference_price(order, prices))
+
+
+def _notional(order: OrderIntent, reference: float | None) -> float | None:
+    return notional(order.quantity, _priced(order, reference), units(order))
 
 
 def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str, float],
@@ -90,7 +99,8 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
     for order in orders:
         breaches = []
         key = key_of(order)
-        local = order_notional(order, prices)
+        quoted = reference_price(order, prices)
+        local = _notional(order, quoted)
         unit = limits.currency if limits.price_required else order.currency
         try:  # the notional in the limits' currency
             notional = None if local is None else convert(local, order.currency, unit, limits.fx_rates, key)
@@ -99,7 +109,7 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
             if any(limit is not None for limit in uses_money):
                 breaches.append(str(exc))
         # A NaN reference (a prices Series with a gap) would make the collar distance NaN and pass: skip it.
-        reference = next((p for p in (reference_price(order, prices), order.decision_price)
+        reference = next((p for p in (quoted, order.decision_price)
                           if p is not None and math.isfinite(p) and p > 0), None)
         if limits.allowed_symbols is not None and not {order.symbol, key} & limits.allowed_symbols:
             breaches.append(f"allowed_symbols: {key} is not allowed")
