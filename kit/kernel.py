@@ -65,7 +65,7 @@ class KernelManager(AsyncKernelManager):
         & POLLIN`, after the last reply): kept in a file, shown by kit run when the kernel dies."""
         if self.stderr_log is None:
             return await super()._async_launch_kernel(kernel_cmd, **kw)
-        with open(self.stderr_log, "ab") as stderr:  # the kernel holds its own copy of the descriptor
+        with open(self.stderr_log, "wb") as stderr:  # this kernel's own (a re-run of the key reuses the name)
             return await super()._async_launch_kernel(kernel_cmd, **kw | {"stderr": stderr})
 
     def interrupt_cell(self) -> bool:

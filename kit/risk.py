@@ -79,11 +79,6 @@ def _priced(order: OrderIntent, reference: float | None) -> float | None:
     return None
 
 
-def order_notional(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
-    """quantity x price x multiplier in the order's currency; None while price or multiplier is unknown."""
-    return _notional(order, reference_price(order, prices))
-
-
 def _notional(order: OrderIntent, reference: float | None) -> float | None:
     return notional(order.quantity, _priced(order, reference), units(order))
 

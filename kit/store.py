@@ -542,6 +542,9 @@ class Ledger:
     # Connections this process holds open for writing, so its own reads use them instead of failing.
     _writers: ClassVar[dict[Path, duckdb.DuckDBPyConnection]] = {}
     _writers_lock: ClassVar[threading.Lock] = threading.Lock()
+    # The Ledger object (by id) that wrote each file last in this process: a write hint is kept only while
+    # no other Ledger of this process (kit.cancel beside a run, say) has written the file since.
+    _last_writer: ClassVar[dict[Path, int]] = {}
 
     def __new__(cls, db: str | Path | None = None) -> Ledger:
         """Ledger(db) is this DuckDB ledger, or the PostgreSQL one (kit.store_pg) when db or KIT_DB is a
@@ -867,6 +870,10 @@ class Ledger:
         return False
 
     def _apply(self, batch: Batch) -> None:
+        with Ledger._writers_lock:
+            if Ledger._last_writer.get(self.path) != id(self):
+                self._written.clear()  # another connection of this process wrote the file meanwhile
+            Ledger._last_writer[self.path] = id(self)
         apply_batch(self.con, batch, writer=True, written=self._written)
         crash_point("ledger.committed")
 

@@ -339,6 +339,21 @@ def test_a_trailing_stop_amendment_is_taken_once_ibs_stop_is_at_or_past_it(actio
     assert terms(open_order(action=action, trailStopPrice=reported), pending)["stop_price"] == shown
 
 
+@pytest.mark.parametrize(("action", "before", "reported", "taken"), [
+    ("SELL", 200.0, 200.0, False),  # IB's answer not in yet: the old stop, which IB never lowers
+    ("SELL", 200.0, 200.5, False),  # the old stop trailed on: not a sign of the looser one
+    ("SELL", 200.0, 198.0, True), ("SELL", 200.0, 199.0, True),  # taken, and trailed on from there
+    ("BUY", 196.0, 196.0, False), ("BUY", 196.0, 198.0, True), ("BUY", 196.0, 197.0, True),
+])
+def test_a_trailing_stop_moved_looser_is_taken_only_from_a_stop_the_old_one_cannot_be(action, before,
+                                                                                       reported, taken):
+    from kit.brokers.ib_terms import terms, wanted_terms
+
+    pending = wanted_terms("TRAIL", {"stop_price": 198.0})
+    shown = terms(open_order(action=action, trailStopPrice=reported), pending, stop_before=before)
+    assert (shown["stop_price"] == 198.0) is taken
+
+
 def test_each_type_is_compared_on_its_own_ib_fields_and_a_moving_stop_only_while_amending():
     from kit.brokers.ib_terms import TIF_CODES, intent_terms, terms, wanted_terms
 

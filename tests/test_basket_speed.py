@@ -115,7 +115,7 @@ def test_pacing_keeps_its_margin_and_says_when_what_was_queued_has_left():
 
     times, lag, all_sent = asyncio.run(scenario())
     assert all_sent
-    assert 0 <= lag < 0.05  # drained() is done as the last queued message leaves, not a window later
+    assert 0 <= lag < 0.2  # drained() is done as the last queued message leaves, not a window (0.25 s) later
     for i, start in enumerate(times):  # any 0.25 s (IB's window and the margin) holds the limit at most
         assert bisect.bisect_left(times, start + 0.25) - i <= 10
     assert times[-1] - times[0] >= 3 * 0.25 - 0.01  # 40 messages at 10 per 0.25 s span three windows

@@ -109,6 +109,26 @@ def test_an_order_row_changed_by_another_process_meanwhile_is_written_whole_agai
     assert (written["status"], written["reason"], written["limit_price"]) == ("SUBMITTED", "", None)
 
 
+def test_an_order_row_another_ledger_of_this_process_wrote_is_written_whole_again(db):
+    """Two Ledgers of one process share the file without letting go of it (kit.cancel beside a run in the
+    same kernel): the run's next write of the row is whole, not only the columns it changed itself."""
+    order = an_order()
+    run, other = Ledger(db).open(), Ledger(db).open()
+    try:
+        write(run, order, seq=1)
+        elsewhere = an_order()
+        elsewhere.status, elsewhere.reason = Status.CANCELLED, "cancelled elsewhere"
+        write(other, elsewhere, seq=2)
+        order.status = Status.SUBMITTED
+        write(run, order, seq=3)
+    finally:
+        other.close()
+        run.close()
+    (row,) = file_rows(db, "orders", "client_order_id")
+    written = dict(zip(ORDER_COLUMNS, row, strict=True))
+    assert (written["status"], written["reason"]) == ("SUBMITTED", "")
+
+
 # Values an order row's columns take in a run: text, numbers, NaN (an unknown commission), None.
 values = st.one_of(st.none(), st.just(math.nan), st.floats(-1e6, 1e6), st.sampled_from(["", "a", "b"]))
 changes = st.lists(st.dictionaries(st.sampled_from(["reason", "commission", "avg_fill_price", "perm_id",

@@ -6,8 +6,7 @@ Each order type carries its amendable terms in its own IB fields (kit.order_type
 is auxPrice; a TRAIL's auxPrice is its trailing amount (or trailingPercent its percent) and a TRAIL LIMIT's
 lmtPriceOffset its limit offset; a REL's auxPrice is its peg offset. Two terms are compared only while an
 amendment of them awaits IB's answer: a trailing stop's trailStopPrice, which IB moves with the market
-(the amendment is taken once the stop is where kit put it or beyond it, on the side it trails), and the
-tif, a word among the prices (compared as its place in kit's TIFS).
+(`_stop_taken`), and the tif, a word among the prices (compared as its place in kit's TIFS).
 """
 
 from __future__ import annotations
@@ -51,9 +50,11 @@ def intent_terms(intent: Any) -> dict[str, float]:
     return {name: float(value) for name, value in values.items() if value is not None}
 
 
-def terms(order: Any, pending: dict[str, float] | None = None) -> dict[str, float]:
+def terms(order: Any, pending: dict[str, float] | None = None, stop_before: float | None = None,
+          ) -> dict[str, float]:
     """An openOrder's terms, in kit's names; IB's unset values left out. `pending`: the terms an amendment
-    awaiting IB's answer wants, so the ones compared only then are read too."""
+    awaiting IB's answer wants, so the ones compared only then are read too; `stop_before`: a trailing
+    stop's trailStopPrice as IB listed it when kit asked to move it."""
     kind = getattr(order, "orderType", "")
     found = {}
     for name, field in compared(kind).items():
@@ -65,10 +66,20 @@ def terms(order: Any, pending: dict[str, float] | None = None) -> dict[str, floa
         found["tif"] = TIF_CODES[order.tif]
     stop = price(getattr(order, "trailStopPrice", None))
     if "stop_price" in pending and kind in TRAILING and stop is not None:
-        asked = pending["stop_price"]
-        beyond = stop >= asked if getattr(order, "action", "") == "SELL" else stop <= asked
-        found["stop_price"] = asked if beyond else stop  # the trail may have moved it on since
+        found["stop_price"] = pending["stop_price"] if _stop_taken(
+            stop, pending["stop_price"], stop_before, getattr(order, "action", "")) else stop
     return found
+
+
+def _stop_taken(stop: float, asked: float, before: float | None, action: str) -> bool:
+    """Whether IB's trailStopPrice shows the stop kit asked for, given that IB trails it on (a SELL's up, a
+    BUY's down) once taken. A stop moved tighter is taken when IB's is there or beyond. One moved looser
+    cannot be told from the old stop once IB's is back at or past that one, so only a stop between the
+    asked and the old one shows it taken."""
+    sign = 1 if action == "SELL" else -1
+    beyond = sign * (stop - asked) >= 0
+    looser = before is not None and sign * (asked - before) < 0
+    return beyond and (not looser or sign * (stop - before) < 0)
 
 
 def price(value: Any) -> float | None:

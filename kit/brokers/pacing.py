@@ -14,8 +14,8 @@ kit's Pacer keeps two rules, on the loop's clock:
   margin is how much later the receiving side may read one message than another sent before it and
   still count no second above 50 (any second as IB measures it then holds at most 50). The rate is
   `limit / (window + margin)` whatever the design, so a margin is paid in rate: 40 ms costs 4% (48 in any
-  second allowed about 33 ms, at the same rate); with 30 ms a 500-order pacing test failed once on this
-  loaded machine;
+  second allowed about 18 ms, simulated, at the same rate); with 30 ms a 500-order pacing test failed once
+  on this loaded machine;
 - the spacing: a token bucket of `catch_up` tokens a second holding at most `burst`, one spent per
   message, so messages leave a few at a time, never 50 at once; after a stall of the loop the bucket lets
   the messages that are due go at up to `catch_up` a second until the window says stop. A late timer
