@@ -371,28 +371,33 @@ def order_type_fields(row: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- IB's wire forms ---------------------------------------------------------------------------------------
 
+def ib_price_fields(order_type: str) -> dict[str, str]:
+    """kit's price terms of an order type and the IB Order field carrying each, as IB's API documents
+    them: STP auxPrice = stop; STP LMT lmtPrice + auxPrice; TRAIL auxPrice = trailing amount or
+    trailingPercent, trailStopPrice = the initial stop; TRAIL LIMIT also lmtPriceOffset; REL auxPrice =
+    offset, lmtPrice = cap; MIDPRICE lmtPrice = cap. Sending (ib_fields) and reading IB's answer back
+    (kit.brokers.ib_terms) both go by it."""
+    fields = {"limit_price": "lmtPrice"}
+    if order_type in STOPS:
+        fields["stop_price"] = "auxPrice"
+    elif order_type in TRAILING:
+        fields |= {"trail_amount": "auxPrice", "trail_percent": "trailingPercent",
+                   "stop_price": "trailStopPrice"}
+        if order_type == "TRAIL LIMIT":
+            fields["offset"] = "lmtPriceOffset"
+    elif order_type == "REL":
+        fields["offset"] = "auxPrice"
+    return fields
+
+
 def ib_fields(intent: Any) -> dict[str, Any]:
-    """The IB Order attributes of an intent's order type beyond action, quantity, orderRef and account, as
-    IB's API documents them: STP auxPrice = stop; STP LMT lmtPrice + auxPrice; TRAIL auxPrice = trailing
-    amount or trailingPercent, trailStopPrice = the initial stop; TRAIL LIMIT also lmtPriceOffset; REL
-    auxPrice = offset, lmtPrice = cap; MIDPRICE lmtPrice = cap; goodTillDate for GTD; algoStrategy and
-    algoParams as (tag, value) pairs (the adapter makes them TagValues)."""
+    """The IB Order attributes of an intent's order type beyond action, quantity, orderRef and account:
+    its prices (ib_price_fields), goodTillDate for GTD, algoStrategy and algoParams as (tag, value) pairs
+    (the adapter makes them TagValues)."""
     fields: dict[str, Any] = {"orderType": intent.order_type, "tif": intent.tif}
-    if intent.limit_price is not None:
-        fields["lmtPrice"] = intent.limit_price
-    if intent.order_type in STOPS:
-        fields["auxPrice"] = intent.stop_price
-    elif intent.order_type in TRAILING:
-        if intent.trail_amount is not None:
-            fields["auxPrice"] = intent.trail_amount
-        else:
-            fields["trailingPercent"] = intent.trail_percent
-        if intent.stop_price is not None:
-            fields["trailStopPrice"] = intent.stop_price
-        if intent.order_type == "TRAIL LIMIT":
-            fields["lmtPriceOffset"] = intent.offset
-    elif intent.order_type == "REL":
-        fields["auxPrice"] = intent.offset
+    for term, field in ib_price_fields(intent.order_type).items():
+        if getattr(intent, term) is not None:
+            fields[field] = getattr(intent, term)
     if intent.outside_rth:
         fields["outsideRth"] = True
     if intent.good_till is not None:

@@ -31,6 +31,7 @@ from kit.validate import (
     SANITY,
     Sanity,
     finite_number,
+    given_sec_type,
     is_missing,
     quantity_problem,
     validate_orders,
@@ -135,10 +136,9 @@ def row_key(row: Mapping[str, Any]) -> str:
     """The instrument key (kit.instruments.instrument_key) of a targets row, as validation will see it."""
     def given(name: str, default: Any = "") -> Any:
         value = row.get(name)
-        return default if is_missing(value) else value.strip().upper() if name == "sec_type" and \
-            isinstance(value, str) else value
-    return instrument_key(row.get("symbol"), given("sec_type", "STK"), given("expiry"), given("strike", None),
-                          given("right"))
+        return default if is_missing(value) else value
+    return instrument_key(row.get("symbol"), given_sec_type(row.get("sec_type")), given("expiry"),
+                          given("strike", None), given("right"))
 
 
 def row_keys(frame: pd.DataFrame) -> set[str]:
@@ -146,8 +146,7 @@ def row_keys(frame: pd.DataFrame) -> set[str]:
     rows of futures and options are read one by one (a 100,000-stock basket: a column operation)."""
     symbols = frame["symbol"]
     named = symbols.map(lambda value: isinstance(value, str))
-    derivative = (frame["sec_type"].map(lambda value: isinstance(value, str) and value.strip().upper()
-                                        in DERIVATIVES).astype(bool)
+    derivative = (frame["sec_type"].map(lambda value: given_sec_type(value) in DERIVATIVES).astype(bool)
                   if "sec_type" in frame.columns else pd.Series(False, index=frame.index))
     keys = set(symbols[named & ~derivative])
     keys.update(row_key(row) for row in frame[named & derivative].to_dict("records"))

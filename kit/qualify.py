@@ -18,7 +18,7 @@ import pandas as pd
 from kit.brokers.base import Broker
 from kit.errors import ValidationError
 from kit.instruments import DERIVATIVES, Contract, Spec, expiry_problem
-from kit.validate import _row_name, finite_number, is_missing
+from kit.validate import _row_name, finite_number, given_sec_type, is_missing
 
 QUALIFIED = ("CASH", *DERIVATIVES)
 
@@ -28,15 +28,9 @@ def _given(row: dict[str, Any], name: str, default: Any) -> Any:
     return default if is_missing(value) or value == "" else value
 
 
-def _sec_type(value: Any) -> Any:
-    """A row's sec_type as validation will read it (STK when not given)."""
-    value = "STK" if is_missing(value) or value == "" else value
-    return value.strip().upper() if isinstance(value, str) else value
-
-
 def row_spec(row: dict[str, Any]) -> Spec | None:
     """What a row asks the broker for, or None when it needs no lookup or is too malformed for one."""
-    sec_type = _sec_type(row.get("sec_type"))
+    sec_type = given_sec_type(row.get("sec_type"))
     symbol = row.get("symbol")
     if sec_type not in QUALIFIED or not isinstance(symbol, str) or not is_missing(row.get("con_id")):
         return None
@@ -99,7 +93,7 @@ def _may_qualify(frame: pd.DataFrame) -> bool:
         kinds = pd.unique(frame["sec_type"].astype(object))
     except TypeError:  # an unhashable value: the rows say for themselves
         return True
-    return any(_sec_type(kind) in QUALIFIED for kind in kinds)
+    return any(given_sec_type(kind) in QUALIFIED for kind in kinds)
 
 
 def _fill(frame: pd.DataFrame, position: int, contract: Contract) -> None:

@@ -73,6 +73,14 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def given_sec_type(value: Any) -> Any:
+    """A row's sec_type as kit reads it everywhere: STK when not given, a word stripped and upper-cased;
+    anything else is left as it is, for validation to refuse."""
+    if is_missing(value) or value == "":
+        return OPTIONAL_DEFAULTS["sec_type"]
+    return value.strip().upper() if isinstance(value, str) else value
+
+
 def finite_number(value: Any) -> float | None:
     """A real, finite number, or None. Booleans and numeric strings are not numbers here: a frame whose
     quantity column holds strings was built wrong, and guessing could send the wrong size."""

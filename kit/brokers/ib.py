@@ -631,9 +631,10 @@ class IBBroker(Broker):
         try:
             await self._pacer.drained()  # behind the basket's orders: IB's answer is timed once they left
             tickers = await asyncio.wait_for(self.ib.reqTickersAsync(*contracts), self.sync_timeout)
-        except (TimeoutError, ConnectionError):
-            log.warning("no market data snapshot within %gs: orders go without an arrival price",
-                        self.sync_timeout)
+        except (TimeoutError, ConnectionError) as gone:
+            why = "the connection to IB was lost first" if isinstance(gone, ConnectionError) else \
+                f"no answer within {self.sync_timeout:g}s"
+            log.warning("no market data snapshot (%s): orders go without an arrival price", why)
             return
         for ticker in tickers:
             bid, ask, last = (_price(getattr(ticker, name, None)) for name in ("bid", "ask", "last"))

@@ -2,35 +2,30 @@
 took an amendment (kit.brokers.ib) and that an order was changed elsewhere (in TWS, or by a modify whose
 answer a crash lost).
 
-Each order type carries its amendable terms in its own IB fields (kit.order_types.ib_fields): a STP's stop
-is auxPrice; a TRAIL's auxPrice is its trailing amount (or trailingPercent its percent) and a TRAIL LIMIT's
-lmtPriceOffset its limit offset; a REL's auxPrice is its peg offset. Two terms are compared only while an
-amendment of them awaits IB's answer: a trailing stop's trailStopPrice, which IB moves with the market
-(`_stop_taken`), and the tif, a word among the prices (compared as its place in kit's TIFS).
+Each order type carries its amendable terms in its own IB fields (kit.order_types.ib_price_fields): a
+STP's stop is auxPrice; a TRAIL's auxPrice is its trailing amount (or trailingPercent its percent) and a
+TRAIL LIMIT's lmtPriceOffset its limit offset; a REL's auxPrice is its peg offset. Two terms are compared
+only while an amendment of them awaits IB's answer: a trailing stop's trailStopPrice, which IB moves with
+the market (`_stop_taken`), and the tif, a word among the prices (compared as its place in kit's TIFS).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kit.order_types import STOPS, TIFS, TRAILING
+from kit.order_types import TIFS, TRAILING, ib_price_fields
 
-# kit's amendable terms and the IB Order fields carrying them, for every order type.
-IB_TERMS = {"quantity": "totalQuantity", "limit_price": "lmtPrice"}
 TIF_CODES = {tif: float(place) for place, tif in enumerate(TIFS, start=1)}
 
 
 def compared(order_type: str) -> dict[str, str]:
-    """The terms an openOrder is always compared on, by order type. A TRAIL LIMIT's lmtPrice is left out:
-    IB derives it from the moving stop and the offset."""
-    if order_type in STOPS:
-        return {**IB_TERMS, "stop_price": "auxPrice"}
+    """The terms an openOrder is always compared on, by order type: its quantity and the price fields kit
+    sends (kit.order_types.ib_price_fields), but for a trailing order its stop (IB moves it) and a TRAIL
+    LIMIT's lmtPrice (IB derives it from the moving stop and the offset)."""
+    fields = {"quantity": "totalQuantity", **ib_price_fields(order_type)}
     if order_type in TRAILING:
-        terms = {"quantity": "totalQuantity", "trail_amount": "auxPrice", "trail_percent": "trailingPercent"}
-        return {**terms, "offset": "lmtPriceOffset"} if order_type == "TRAIL LIMIT" else terms
-    if order_type == "REL":
-        return {**IB_TERMS, "offset": "auxPrice"}
-    return IB_TERMS
+        del fields["stop_price"], fields["limit_price"]
+    return fields
 
 
 def _while_pending(order_type: str) -> frozenset[str]:
