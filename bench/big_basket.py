@@ -11,6 +11,11 @@ the frame (`rss_ready_mib`), so the share of the peak that the measured call its
   commission per order) folded and written, the run's end and the Run's DataFrames. The ledger is checked
   afterwards (not timed): 100,000 orders FILLED, 100,000 fills.
 - `plan`: `kit.plan(targets, prices=prices)` alone (validation, ids, risk), the pure part of the above.
+- `where`: one more kit run (not in the timed figures), with the wall time spent in each part of kit measured
+  by wrapping its functions: planning, the mock broker's own work, building the order/fill/event rows at a
+  flush, the ledger's writes (rows to frames, DuckDB), the Run's DataFrames, the engine's fold of each event
+  with its audit row (Engine._apply), and the events kit records itself (planned, ...: Recorder.order); the
+  rest is everything else (the event loop, the engine's send loop, opening the ledger and the run).
 - floor: what any implementation pays: the same frame validated by pandas column operations (symbol
   pattern, side, whole positive quantity under the limit, duplicates), the client order ids built as one
   string column, and the order rows bulk-inserted into a fresh DuckDB file in one statement.
@@ -32,6 +37,7 @@ QUANTITY = 100
 GOAL_SECONDS = 5.0
 GOAL_PEAK_MIB = 400.0
 MODES = ("kit", "plan", "floor")
+PROFILE = "profile"  # one more child, untimed figures: where kit's time goes (see _profiled)
 # The key of the measurements so far (with 32-bit exec ids, `bench-big` collided; the mock now uses 64).
 RUN_KEY = "bench-big-3"
 
@@ -79,6 +85,53 @@ def _kit(folder: Path, plan_only: bool) -> dict[str, Any]:
         raise AssertionError(f"run ended {run.status}: {run.notes}")
     _check(db)
     return {"seconds": seconds, "cpu_seconds": cpu, "rss_ready_mib": ready, "peak_rss_mib": peak}
+
+
+def _profiled(folder: Path) -> dict[str, Any]:
+    """Seconds of one kit run spent in each part (see the module's docstring), and the rest."""
+    import contextlib
+    from unittest import mock
+
+    import kit.api
+    from kit.brokers.mock import MockBroker
+    from kit.engine import Engine
+    from kit.recorder import Recorder
+    from kit.store import Ledger
+
+    spent: dict[str, float] = {}
+
+    def timed(part: str, function: Any, is_async: bool = False) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[part] = spent.get(part, 0.0) + time.perf_counter() - start
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                spent[part] = spent.get(part, 0.0) + time.perf_counter() - start
+
+        return async_wrapper if is_async else wrapper
+
+    parts = [(kit.api, "make_plan", "plan", False), (Ledger, "write", "ledger_writes", False),
+             (Recorder, "flush", "flush_with_writes", False), (MockBroker, "submit", "broker", True),
+             (MockBroker, "_run_due", "broker", False), (Engine, "_result", "run_frames", False),
+             (Engine, "_apply", "fold_and_audit_rows", False), (Recorder, "order", "order_events", False)]
+    with contextlib.ExitStack() as stack:
+        for owner, name, part, is_async in parts:
+            stack.enter_context(mock.patch.object(owner, name, timed(part, getattr(owner, name), is_async)))
+        result = _kit(folder, plan_only=False)
+    # A flush's own work is building its rows; the write inside it is counted apart. The mock's callbacks
+    # hand events to the engine's queue, which is a deque append.
+    spent["rows_at_flush"] = spent.pop("flush_with_writes") - spent["ledger_writes"]
+    spent["rest"] = result["seconds"] - sum(spent.values())
+    ranked = sorted(spent.items(), key=lambda kv: -kv[1])
+    return {"seconds": round(result["seconds"], 3), "parts_s": {k: round(v, 3) for k, v in ranked},
+            "shares": {k: round(v / result["seconds"], 3) for k, v in ranked}}
 
 
 def _check(db: Path) -> None:
@@ -134,6 +187,8 @@ def _child(mode: str) -> dict[str, Any]:
     with isolated() as folder:
         if mode == "floor":
             return _floor(folder)
+        if mode == PROFILE:
+            return _profiled(folder)
         return _kit(folder, plan_only=mode == "plan")
 
 
@@ -163,6 +218,7 @@ def run(reps: int = 3) -> dict[str, Any]:
         for mode in MODES:  # interleaved: a slow minute on the shared machine hits all three alike
             samples[mode].append(_spawn(mode))
     kit_figures, plan_figures, floor = (_figures(samples[m]) for m in MODES)
+    where = _spawn(PROFILE)
     seconds, peak = kit_figures["seconds"]["median"], kit_figures["peak_rss_mib"]["median"]
     return {
         "benchmark": NAME,
@@ -170,6 +226,8 @@ def run(reps: int = 3) -> dict[str, Any]:
                 "ledger (fresh interpreter per measurement; peak = ru_maxrss of the process)",
         "kit": kit_figures,
         "plan": {"what": "kit.plan of the same frame (validation, ids, risk)", **plan_figures},
+        "where": {"what": "one more kit run, its wall seconds by part (functions wrapped; not in the figures "
+                          "above)", **where},
         "floor": {"what": "pandas column checks of the frame + one bulk DuckDB insert of the order rows",
                   **floor},
         "share_of_floor": round(floor["seconds"]["median"] / seconds, 3),

@@ -49,11 +49,17 @@ def order_row(order: Order, updated_at: datetime | None = None) -> Row:
     }
 
 
+_ORIGINAL_COLUMNS = tuple(f"original_{name}" for name in AMENDABLE_FIELDS)
+_NEVER_AMENDED = {**dict.fromkeys(_ORIGINAL_COLUMNS), "amendments": 0}
+
+
 def _original_terms(order: Order) -> Row:
     """The planned terms of an amended order next to its working ones; NULL while it was never amended."""
     planned = order.original
-    return {**{f"original_{name}": getattr(planned, name) if planned else None for name in AMENDABLE_FIELDS},
-            "amendments": order.amendments}
+    if planned is None and not order.amendments:
+        return _NEVER_AMENDED  # most orders: one shared dict, never changed (order_row copies from it)
+    values = (getattr(planned, name) if planned else None for name in AMENDABLE_FIELDS)
+    return {**dict(zip(_ORIGINAL_COLUMNS, values, strict=True)), "amendments": order.amendments}
 
 
 def fill_row(order: Order, fill: Fill) -> Row:
@@ -110,7 +116,10 @@ def event_detail(event: Event, effect: Effect) -> dict[str, Any]:
         source, skip = event, ("at", "client_order_id")
     names, values = _detail_fields(type(source), skip)
     detail = dict(zip(names, values(source), strict=True))
-    detail["effect"] = str(effect)
+    if source is not event and type(source.time) is datetime:
+        # the text json's default=str gives, made here: the encoder's call back for it costs more (~3 us)
+        detail["time"] = source.time.isoformat(" ")
+    detail["effect"] = effect  # a StrEnum: json writes its text, as for str(effect)
     return detail
 
 

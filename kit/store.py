@@ -316,6 +316,8 @@ def _by_name(row: Row | list[Any], columns: tuple[str, ...]) -> Row:
 # A batch of up to this many rows per table goes in as one list per column (unnest) instead of a DataFrame:
 # registering a DataFrame costs milliseconds however few its rows, which is most of a small batch's latency.
 SMALL_BATCH = 256
+# The write-ahead log a writer lets grow before DuckDB checkpoints it (see Ledger._connect).
+CHECKPOINT_LOG = "1GB"
 
 
 def _quoted(columns: tuple[str, ...]) -> str:
@@ -413,7 +415,9 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...]
     if len(rows) <= SMALL_BATCH:
         _insert_small(con, table, columns, rows, how)
         return
-    frame = pd.DataFrame.from_records(rows, columns=list(columns))
+    # Built column by column: DuckDB reads such a frame in half the time it takes for the same rows through
+    # DataFrame.from_records (20,000 orders rows: 105 ms against 208, measured with pandas 3.1, DuckDB 2.0).
+    frame = pd.DataFrame({c: list(map(itemgetter(c), rows)) for c in columns})
     con.register("_kit_batch", frame)
     try:  # (a DELETE and re-INSERT of the same keys, or an UPDATE joined to the frame, is far slower here)
         verb = {"new": "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[how]
@@ -616,7 +620,12 @@ class Ledger:
         self._con = con
         with Ledger._writers_lock:
             Ledger._writers[self.path] = con
+        # DuckDB checkpoints (writes the logged changes into the file) whenever its log passes 16 MiB, which a
+        # basket's writes pass every few batches. The writer closes the file whenever a run is quiet, and a
+        # close checkpoints, so one checkpoint per burst is enough (the 10,000 x 5 basket: ~10% less time).
+        # Set, not given to connect: another connection of this process with other settings is refused.
         try:
+            con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_LOG}'")
             self._check_file()
             self._migrate(con)
             self._remember(_marker(con))
