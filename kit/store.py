@@ -316,8 +316,6 @@ def _by_name(row: Row | list[Any], columns: tuple[str, ...]) -> Row:
 # A batch of up to this many rows per table goes in as one list per column (unnest) instead of a DataFrame:
 # registering a DataFrame costs milliseconds however few its rows, which is most of a small batch's latency.
 SMALL_BATCH = 256
-# The write-ahead log a writer lets grow before DuckDB checkpoints it (see Ledger._connect).
-CHECKPOINT_LOG = "1GB"
 
 
 def _quoted(columns: tuple[str, ...]) -> str:
@@ -620,12 +618,7 @@ class Ledger:
         self._con = con
         with Ledger._writers_lock:
             Ledger._writers[self.path] = con
-        # DuckDB checkpoints (writes the logged changes into the file) whenever its log passes 16 MiB, which a
-        # basket's writes pass every few batches. The writer closes the file whenever a run is quiet, and a
-        # close checkpoints, so one checkpoint per burst is enough (the 10,000 x 5 basket: ~10% less time).
-        # Set, not given to connect: another connection of this process with other settings is refused.
         try:
-            con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_LOG}'")
             self._check_file()
             self._migrate(con)
             self._remember(_marker(con))
