@@ -39,15 +39,24 @@ class Snapshot:
 
     @classmethod
     def of(cls, orders: Iterable[Order], elapsed: float) -> Snapshot:
-        """From each order's own figures (kit.model.Order: the one place fills are added up)."""
-        orders = list(orders)
-        filled = [o for o in orders if o.avg_fill_price is not None]
-        return cls(orders=len(orders), done=sum(1 for o in orders if not o.can_fill),
-                   working=sum(1 for o in orders if o.working),
-                   filled=math.fsum(o.filled_quantity for o in filled),
-                   notional=math.fsum(o.filled_quantity * (o.avg_fill_price or 0.0)
-                                      * (o.intent.multiplier or 1.0) for o in filled),
-                   elapsed=elapsed)
+        """From each order's own figures (kit.model.Order.fill_totals: the one place fills are added up), read
+        once per order: a 100,000-order basket is drawn again every INTERVAL, and reading the average and
+        the quantity by their own properties took ~1 s a drawing (each adds the fills up again)."""
+        count = done = working = 0
+        filled, notional = [], []
+        for order in orders:
+            count += 1
+            if not order.can_fill:
+                done += 1
+            elif order.working:
+                working += 1
+            if order.fills:
+                quantity, _, average, _ = order.fill_totals()
+                if average is not None:
+                    filled.append(quantity)
+                    notional.append(quantity * average * (order.intent.multiplier or 1.0))
+        return cls(orders=count, done=done, working=working, filled=math.fsum(filled),
+                   notional=math.fsum(notional), elapsed=elapsed)
 
     def line(self) -> str:
         return (f"{self.done}/{self.orders} orders done, {self.working} working, {self.filled:,.0f} shares "

@@ -73,3 +73,39 @@ def test_outside_a_kernel_auto_picks_a_bar_for_a_terminal_else_lines(monkeypatch
     assert choose("auto") == "log"  # pytest's captured stderr is no terminal
     with pytest.raises(ValueError, match="progress must be one of"):
         choose("widget")
+
+
+def test_a_snapshot_counts_what_the_orders_say_of_themselves() -> None:
+    """Snapshot.of reads each order's sums once; its figures are the orders' own properties, added up."""
+    import math
+    from dataclasses import replace
+    from datetime import datetime
+
+    from kit.model import Fill, Order, OrderIntent, Side, Status
+    from kit.progress import Snapshot
+
+    now = datetime(2026, 12, 2, 15, 0)
+    intent = OrderIntent("o", "ES", Side.BUY, 10.0)
+
+    def order(status: Status, fills: list[tuple[float, float]], sent: bool = True,
+              multiplier: float | None = None) -> Order:
+        made = Order(replace(intent, multiplier=multiplier), "r", now, now, status=status,
+                     submitted_at=now if sent else None)
+        for i, (quantity, price) in enumerate(fills):
+            made.fills[f"k{i}"] = Fill(f"x{i}", "o", quantity, price, now, 1.0, key=f"k{i}")
+        return made
+
+    orders = [order(Status.NEW, [], sent=False), order(Status.SUBMITTED, []),
+              order(Status.PARTIAL, [(3, 10.0), (2, 10.5)], multiplier=50.0),
+              order(Status.FILLED, [(10, 4.0)]), order(Status.CANCELLED, [(4, 2.0)]),
+              order(Status.REJECTED, [])]
+    snapshot = Snapshot.of(iter(orders), 1.5)
+    filled = [o for o in orders if o.avg_fill_price is not None]
+    assert snapshot == Snapshot(
+        orders=6, done=sum(not o.can_fill for o in orders), working=sum(o.working for o in orders),
+        filled=math.fsum(o.filled_quantity for o in filled),
+        notional=math.fsum(o.filled_quantity * o.avg_fill_price * (o.intent.multiplier or 1.0)
+                           for o in filled),
+        elapsed=1.5)
+    assert (snapshot.done, snapshot.working, snapshot.filled) == (3, 2, 19.0)
+    assert snapshot.notional == 3 * 10.0 * 50 + 2 * 10.5 * 50 + 40.0 + 8.0
