@@ -338,6 +338,10 @@ class Order:
     # cache, not state; the engine asks `working` and `settled` about an order at every event.
     _totals: tuple[float, bool] = field(default=(0.0, True), init=False, repr=False, compare=False)
     _totals_of: tuple[object, int] = field(default=(None, -1), init=False, repr=False, compare=False)
+    # The average price and commission of the same fills version (fill_totals), kept apart: the fold needs
+    # only the quantity at every fill, a ledger row or a progress drawing all four, often of the same fills.
+    _sums: tuple[float | None, float] = field(default=(None, 0.0), init=False, repr=False, compare=False)
+    _sums_of: tuple[object, int] = field(default=(None, -1), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.fills) is not Fills:
@@ -396,16 +400,23 @@ class Order:
         shows), from one pass over the fills."""
         filled, known = self._totals_now()
         remaining = self.remaining_quantity
-        values = self.fills.values()
-        if not values:
-            return filled, remaining, None, 0.0
+        fills = self.fills
+        version = fills.version if type(fills) is Fills else -1
+        cached, cached_version = self._sums_of
+        if cached is fills and cached_version == version >= 0:
+            return (filled, remaining, *self._sums)
+        values = fills.values()
         average = None
-        if filled > 0:
-            prices = [f.price for f in values]
-            vwap = fsum([f.quantity * f.price for f in values]) / filled
-            # Rounding must not put the mean outside the fill prices: one fill of 5 at 0.91 averages 0.91.
-            average = min(max(vwap, min(prices)), max(prices))
-        commission = fsum([f.commission for f in values]) if known else math.nan  # type: ignore[misc]
+        if not values:
+            commission = 0.0
+        else:
+            if filled > 0:
+                prices = [f.price for f in values]
+                vwap = fsum([f.quantity * f.price for f in values]) / filled
+                # Rounding must not put the mean outside the fill prices: one fill of 5 at 0.91 averages 0.91.
+                average = min(max(vwap, min(prices)), max(prices))
+            commission = fsum([f.commission for f in values]) if known else math.nan  # type: ignore[misc]
+        self._sums, self._sums_of = (average, commission), (fills, version)
         return filled, remaining, average, commission
 
     # ---- the lifecycle facts: the one definition of each, used by the engine, the ledger and reconcile ----
