@@ -251,12 +251,17 @@ def test_reprice_ends_with_the_run(db):
     assert [s["why"] for s in stopped] == ["the run ended or was stopped"]
     steps = stopped[0]["steps"]
     assert 1 <= steps <= 50 and requested(db) == [round(185 + 0.01 * n, 2) for n in range(1, steps + 1)]
-    # the last step's answer may not have come before the run ended: then it is said, not assumed
+    # The last step may have been recorded but not handed over when the run ended (refused "not sent"), or
+    # sent with its answer still to come (amend_unconfirmed): either is said, never assumed taken.
     unconfirmed = [d for _, d in events(db, "rest", ("amend_unconfirmed",))]
-    assert [d["revision"] for d in unconfirmed] in ([], [steps])
-    assert order_row(db, "rest")["amendments"] == steps - len(unconfirmed) and len(broker.submitted) == 1
+    not_sent = [d for k, d in events(db, "rest")
+                if k == "amend_refused" and d["reason"].startswith("not sent")]
+    assert [d["revision"] for d in unconfirmed + not_sent] in ([], [steps])
+    left = len(unconfirmed) + len(not_sent)
+    assert order_row(db, "rest")["amendments"] == steps - left and len(broker.submitted) == 1
     resting(db, broker, timeout=0.1)  # a resume without reprice= walks nothing and undoes nothing
-    assert len(requested(db)) == steps and order_row(db, "rest")["limit_price"] == requested(db)[-1]
+    taken = [185.0, *requested(db)][:steps + 1 - len(not_sent)]  # a step never sent was never taken
+    assert len(requested(db)) == steps and order_row(db, "rest")["limit_price"] == taken[-1]
 
 
 class AnswersLate(MockBroker):
@@ -285,6 +290,27 @@ def test_a_reprice_step_unanswered_when_the_run_ends_is_said_then_settled_by_the
     assert order_row(db, "rest")["limit_price"] == 185.0  # what the broker last confirmed
     resting(db, broker, timeout=0.1)  # the broker's answer comes with the next run's replay
     assert order_row(db, "rest")["limit_price"] == 185.01 and order_row(db, "rest")["amendments"] == 1
+
+
+class NeverHandsOver(MockBroker):
+    """Takes an amendment only after a wait longer than any run here: a step is recorded, never sent."""
+
+    async def amend(self, order: OrderIntent, changes: dict, revision: int) -> None:
+        await asyncio.sleep(3600)
+        await super().amend(order, changes, revision)
+
+
+def test_a_reprice_step_recorded_but_not_sent_when_the_run_ends_is_refused_not_left_pending(db):
+    broker = NeverHandsOver(prices={"AAPL": 190.0})
+    resting(db, broker, timeout=0.5, reprice=Reprice(step=0.01, interval=0.02, max_move=5))
+    assert requested(db) == [185.01]  # one step: the next waits for its answer
+    refused = [d for k, d in events(db, "rest") if k == "amend_refused"]
+    assert [(d["revision"], d["reason"]) for d in refused] == [(1, "not sent: the run stopped")]
+    assert events(db, "rest", ("amend_unconfirmed",)) == []  # nothing is awaited from the broker
+    row = order_row(db, "rest")
+    assert (row["limit_price"], row["amendments"]) == (185.0, 0)
+    resting(db, broker, timeout=0.1)  # the next run has nothing pending to wait for
+    assert order_row(db, "rest")["limit_price"] == 185.0 and len(requested(db)) == 1
 
 
 class AmendWatched(MockBroker):
