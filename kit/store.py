@@ -719,23 +719,35 @@ class Ledger:
             _rollback(con)  # the migrations land whole or not at all
             raise
 
-    def _replay_journal(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Write what waits in the journal, in order. A record the ledger refuses (intact, but not a batch of
-        the right shape) is set aside, so it cannot stop every later open."""
+    # What a journal's replay tells apart, each backend its own (PgLedger says PostgreSQL's): the failures of
+    # the storage itself, which keep every record in the journal; the records the ledger refuses, set aside;
+    # and the SQL that gives fills of a journal older than execution keys theirs.
+    JOURNAL_KEEPS: ClassVar[tuple[type[Exception], ...]] = STORAGE_FAILURES
+    JOURNAL_REFUSED: ClassVar[tuple[type[Exception], ...]] = _REFUSED
+    JOURNAL_LEGACY_FILL_KEYS: ClassVar[str] = LEGACY_FILL_KEYS
+
+    def _refusal(self, exc: Exception) -> str:
+        """Why the ledger refused a journal record, as the set-aside note says it."""
+        return str(exc)
+
+    def _replay_journal(self, con: Any) -> None:
+        """Write what waits in the journal, in order, on `con` (this ledger's writer connection). A record
+        the ledger refuses (intact, but not a batch of the right shape) is set aside, so it cannot stop every
+        later open."""
         with self.journal.draining() as records:
             refused: list[tuple[dict[str, Any], Exception]] = []
             for record in records:
                 try:
                     self._apply(Batch.from_record(record))
-                except STORAGE_FAILURES:
-                    raise  # the disk, not the record: everything stays in the journal
-                except _REFUSED as exc:
+                except self.JOURNAL_KEEPS:
+                    raise  # the storage, not the record: everything stays in the journal
+                except self.JOURNAL_REFUSED as exc:
                     refused.append((record, exc))
             if refused:
                 self.journal.set_aside([r for r, _ in refused], "the ledger refused them: " + "; ".join(
-                    f"{type(e).__name__}: {e}" for _, e in refused[:3]))
+                    f"{type(e).__name__}: {self._refusal(e)}" for _, e in refused[:3]))
             if len(records) > len(refused):
-                con.execute(LEGACY_FILL_KEYS)  # fills of a journal older than execution keys
+                con.execute(self.JOURNAL_LEGACY_FILL_KEYS)
                 log.warning("wrote %d batch(es) that waited in %s", len(records) - len(refused),
                             self.journal.path)
 

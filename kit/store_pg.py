@@ -204,6 +204,8 @@ class PgLedger(Ledger):
             return f"is held by another session (a table stayed locked for over {WRITE_LOCK_WAIT:g}s)"
         return self.scrub(" ".join(str(exc).split()))
 
+    _refusal = _reason  # the server's words on one line, without the password
+
     def connect(self, **options: Any) -> psycopg.Connection:
         """A new autocommit session in UTC, with keepalives so a lost server is noticed in seconds."""
         con = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, keepalives=1,
@@ -254,7 +256,7 @@ class PgLedger(Ledger):
             raise
         self._con = con
         try:
-            self._replay_journal()
+            self._replay_journal(con)
         except BaseException:
             self._drop()
             raise
@@ -263,6 +265,11 @@ class PgLedger(Ledger):
         return True
 
     KIND = ("a PostgreSQL database", "a new database")
+    # What the journal's replay (Ledger._replay_journal) tells apart, in PostgreSQL's terms: a lost server
+    # keeps every record in the journal; a record of the wrong shape is set aside.
+    JOURNAL_KEEPS = (psycopg.OperationalError,)
+    JOURNAL_REFUSED = _REFUSED
+    JOURNAL_LEGACY_FILL_KEYS = LEGACY_FILL_KEYS_PG
 
     @staticmethod
     def _table_names(con: Any) -> set[str]:
@@ -299,25 +306,6 @@ class PgLedger(Ledger):
         for table, column, kind in rows:
             types.setdefault(table, {})[column] = kind
         return types
-
-    def _replay_journal(self) -> None:
-        """What waits in this machine's journal, in order, before anything newer is written."""
-        with self.journal.draining() as records:
-            refused: list[tuple[dict[str, Any], Exception]] = []
-            for record in records:
-                try:
-                    self._apply(Batch.from_record(record))
-                except psycopg.OperationalError:
-                    raise  # the server, not the record: everything stays in the journal
-                except _REFUSED as exc:
-                    refused.append((record, exc))
-            if refused:
-                self.journal.set_aside([r for r, _ in refused], "the ledger refused them: " + "; ".join(
-                    f"{type(e).__name__}: {self._reason(e)}" for _, e in refused[:3]))
-            if len(records) > len(refused):
-                self.con.execute(LEGACY_FILL_KEYS_PG)
-                log.warning("wrote %d batch(es) that waited in %s", len(records) - len(refused),
-                            self.journal.path)
 
     def _drop(self) -> None:
         con, self._con = self._con, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 
 from kit.brokers.pacing import Pacer
 
@@ -54,3 +55,45 @@ def test_a_lost_connection_drops_what_was_still_queued():
         return client
 
     assert [m for _, m in asyncio.run(scenario()).sent] == ["m0", "m1"]
+
+
+class FailsOnce(Client):
+    """A client whose socket write raises once, at `failing` (a broken pipe inside the pacer's timer)."""
+
+    def __init__(self, failing: str) -> None:
+        super().__init__()
+        self.failing = failing
+        self.failed = asyncio.Event()
+
+    def sendMsg(self, msg: str) -> None:
+        if msg == self.failing and not self.failed.is_set():
+            self.failed.set()
+            raise BrokenPipeError("the socket is gone")
+        self.sent.append((time.monotonic(), msg))
+
+
+def test_messages_sent_outside_any_loop_release_the_drained_waiters():
+    """A request waiting for the queue ahead of it (drained()) hears that it left even when the last
+    messages go from a call outside any running loop (here after the loop's own send failed, so nothing
+    was due on the loop any more)."""
+    client = FailsOnce("m1")
+    pacer = Pacer(limit=10, window=1.0, catch_up=100, burst=1)
+    pacer.install(client)
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _loop, _context: None)  # the failed send, raised in its timer
+
+    async def queue_behind_a_failing_send() -> asyncio.Future[None]:
+        for n in range(3):
+            client.sendMsg(f"m{n}")  # m0 leaves at once; m1 and m2 wait for the bucket
+        waiter = pacer.drained()
+        await client.failed.wait()
+        return waiter
+
+    try:
+        waiter = loop.run_until_complete(queue_behind_a_failing_send())
+        assert not waiter.done()
+        client.sendMsg("m3")  # outside any loop: sends what was queued, unpaced
+        assert [m for _, m in client.sent] == ["m0", "m2", "m3"]
+        loop.run_until_complete(asyncio.wait_for(waiter, 5))  # TimeoutError if nobody released it
+    finally:
+        loop.close()

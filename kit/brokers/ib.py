@@ -625,7 +625,16 @@ class IBBroker(Broker):
 
     async def _snapshot(self, contracts: list[Any]) -> None:
         """Arrival prices for TCA: one bid/ask snapshot per contract, the mid (else the last trade). Orders
-        that went out before it answered get theirs as an ArrivalPrice event."""
+        that went out before it answered get theirs as an ArrivalPrice event.
+
+        The wait for the messages queued ahead (`Pacer.drained()`) has no deadline of its own, on purpose:
+        it ends when they have left, which the pacer's own timers decide on this loop at its rate, whatever
+        IB does (a dead gateway still takes the writes until the connection is seen lost), and it fails
+        with ConnectionError as soon as the connection is (Pacer.clear), so it cannot hang on a dead
+        gateway; close() cancels it after sync_timeout at most. Any deadline short enough to matter would
+        give up on the snapshot behind a long basket (its time grows with the basket: ~10 s for 500
+        orders), the bug this wait fixed; IB's answer keeps its own deadline, sync_timeout from then. The
+        price: a long basket's arrival prices are taken when its last order has left."""
         if not contracts:
             return
         try:

@@ -28,6 +28,7 @@ sleeps or polls: the next send is a timer on the loop, due when the window or th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +97,7 @@ class Pacer:
             while self._queue:
                 self.sent += 1
                 self._send(self._queue.popleft())
+            self._release(outside_the_loop=True)
             return
         now = loop.time()
         sent = self._sent
@@ -109,11 +111,24 @@ class Pacer:
             sent.append(now)
             self.sent += 1
             self._send(self._queue.popleft())
-        while self._waiters and self._waiters[0][0] <= self.sent:
-            waiter = self._waiters.popleft()[1]
-            if not waiter.done():
-                waiter.set_result(None)
+        self._release()
         if self._queue:
             window_opens = sent[0] + self.window - now if len(sent) >= self.limit else 0.0
             token_comes = max(0.0, (1 - self._tokens) / self.catch_up)
             self._timer = loop.call_later(max(window_opens, token_comes), self._drain)
+
+    def _release(self, outside_the_loop: bool = False) -> None:
+        """Wake the drained() waiters whose messages have all left. Outside any loop, through each waiter's
+        own loop: thread-safe, and it wakes the waiter when that loop runs again."""
+        while self._waiters and self._waiters[0][0] <= self.sent:
+            waiter = self._waiters.popleft()[1]
+            if not outside_the_loop:
+                _resolve(waiter)
+            else:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is left waiting
+                    waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
