@@ -273,3 +273,33 @@ def test_fills_spaced_by_latency_tell_what_they_always_told():
     per_order = [[e for e in events if e.client_order_id == coid] for coid in "abct"]
     assert digest([e for told_ in per_order for e in told_]) == "3466b4c62409e1b8"
     assert_times_told_in_order(events)
+
+
+def test_a_sink_that_raises_on_a_fill_costs_neither_that_orders_later_fills_nor_the_next_orders():
+    """Fills without latency are told one after another behind one loop callback; a sink that raises on
+    one of them is reported by the loop, and every event behind it is still told, in the same order."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        loop = asyncio.get_running_loop()
+        reported: list[str] = []
+        loop.set_exception_handler(lambda _, context: reported.append(str(context.get("exception"))))
+        broker = MockBroker({"AAPL": 190.0, "MSFT": 410.0}, partial_fills=3)
+        seen: list[str] = []
+
+        def sink(event) -> None:
+            seen.append(f"{type(event).__name__} {event.client_order_id}")
+            if len(seen) == 4:  # AAPL's second execution
+                raise RuntimeError("a sink's bug")
+
+        broker.bind(sink)
+        await broker.connect()
+        for symbol in ("AAPL", "MSFT"):
+            await broker.submit(order(f"t-{symbol}-BUY", symbol, quantity=30.0))
+        await turns()
+        return seen, reported
+
+    seen, reported = asyncio.run(scenario())
+    assert reported == ["a sink's bug"]
+    fills = ["Execution", "Commission"] * 3
+    assert seen == [f"{kind} t-AAPL-BUY" for kind in ["Accepted", *fills[:3], *fills[4:]]] + [
+        f"{kind} t-MSFT-BUY" for kind in ["Accepted", *fills]]  # (the raising fill's commission is not told)
