@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
@@ -138,7 +138,10 @@ class _Working:
     # a new session) retires the old one, so a chunk is never scheduled twice.
     generation: int = 0
     scheduled: bool = False
-    sent: list[BrokerEvent] = field(default_factory=list)  # everything told about it, replayed by sync
+    # Everything told about it, in order, replayed by sync (see `sent`): events, but a fill (its execution
+    # and commission) as the values that make them again, (chunk, quantity, price, commission, time), so
+    # that a 100,000-order basket does not keep 400,000 events alive.
+    told: list[BrokerEvent | tuple[int, float, float, float, datetime]] = field(default_factory=list)
     # The order types (docs/orders.md): an auction order waits for its auction ("close" or "open"), then
     # works at the auction's price; a stop works once its trigger has seen the reference reach the stop.
     trigger: Trigger = field(default_factory=lambda: Trigger("BUY", "MKT"))
@@ -148,6 +151,42 @@ class _Working:
     @property
     def done(self) -> bool:
         return self.cancelled or self.fills_sent == len(self.chunks)
+
+    @property
+    def sent(self) -> _Sent:
+        """Everything told about it, as events."""
+        return _Sent(self)
+
+
+class _Sent:
+    """What _Working.told stands for: the events told about one order, in order; clear() forgets them."""
+
+    __slots__ = ("_working",)
+
+    def __init__(self, working: _Working) -> None:
+        self._working = working
+
+    def __iter__(self) -> Iterator[BrokerEvent]:
+        working = self._working
+        for told in list(working.told):
+            if type(told) is tuple:
+                yield from _fill_events(working, told)
+            else:
+                yield told
+
+    def clear(self) -> None:
+        self._working.told.clear()
+
+
+def _fill_events(working: _Working, told: tuple[int, float, float, float, datetime]
+                 ) -> tuple[Execution, Commission]:
+    """A fill's execution and commission, from what _Working.told keeps of it."""
+    index, quantity, price, fee, at = told
+    coid, currency = working.intent.client_order_id, working.intent.currency
+    key = f"{working.stem}.{index + 1:02d}"
+    exec_id = f"{key}.01"  # the mock never corrects: revision 1 of each
+    return (Execution(Fill(exec_id, coid, quantity, price, at, None, currency, "MOCK", key, 1), at),
+            Commission(exec_id, fee, currency, at, coid))
 
 
 class MockBroker(Broker):
@@ -371,7 +410,7 @@ class MockBroker(Broker):
             working = self.orders.get(order.client_order_id)
             if working is not None:
                 known.add(order.client_order_id)
-                for event in list(working.sent):
+                for event in working.sent:
                     self.emit(event)
         return known
 
@@ -412,7 +451,7 @@ class MockBroker(Broker):
             self._call(self.latency * step, self._fill, working, index, working.generation)
 
     def _tell(self, working: _Working, event: BrokerEvent) -> None:
-        working.sent.append(event)
+        working.told.append(event)
         self._call(0, self.emit, event)
 
     def _call(self, delay: float, callback: Callable[..., None], *args: object) -> None:
@@ -462,20 +501,14 @@ class MockBroker(Broker):
             working.scheduled = False
             working.generation += 1
             return False
-        intent = working.intent
-        coid, currency = intent.client_order_id, intent.currency
         quantity = working.chunks[index]
-        key = f"{working.stem}.{index + 1:02d}"
-        exec_id = f"{key}.01"  # the mock never corrects: revision 1 of each
-        at = at or utcnow()
+        told = (index, quantity, price, self._fee(working.intent, quantity, price), at or utcnow())
         working.fills_sent += 1
         if working.done:
             working.scheduled = False
-        execution = Execution(Fill(exec_id, coid, quantity, price, at, None, currency, "MOCK", key, 1), at)
-        working.sent.append(execution)
+        working.told.append(told)
+        execution, commission = _fill_events(working, told)
         self.emit(execution)
-        commission = Commission(exec_id, self._fee(intent, quantity, price), currency, at, coid)
-        working.sent.append(commission)
         self.emit(commission)
         return True
 
