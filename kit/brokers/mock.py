@@ -444,11 +444,11 @@ class MockBroker(Broker):
             return
         working.scheduled = True
         working.generation += 1
-        if self.latency <= 0:
-            self._call(0, self._fill_on, working, working.fills_sent, working.generation, at or utcnow())
+        if self.latency > 0:
+            for step, index in enumerate(range(working.fills_sent, len(working.chunks)), start=1):
+                self._call(self.latency * step, self._fill, working, index, working.generation)
             return
-        for step, index in enumerate(range(working.fills_sent, len(working.chunks)), start=1):
-            self._call(self.latency * step, self._fill, working, index, working.generation)
+        self._call(0, self._fill_on, working, working.fills_sent, working.generation, at or utcnow())
 
     def _tell(self, working: _Working, event: BrokerEvent) -> None:
         working.told.append(event)
