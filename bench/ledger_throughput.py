@@ -15,10 +15,15 @@ The floor is what DuckDB itself needs for the rows kit wrote: every row of the k
 fills, orders, runs), read back (not timed) and bulk-inserted from DataFrames into a fresh file with the
 same schema and keys, in one transaction, from connect to close. `share_of_floor` is the floor's time over
 kit's: 1.0 would be kit at DuckDB's own cost.
+
+`broker_alone` is the mock broker by itself, in the same run: the same basket's 110,000 events told into a
+list, with no engine and no ledger (connect, every order submitted, the loop turned until the last event),
+under the collection policy a run has. `kit_minus_broker` is kit's time without it: what kit itself costs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from pathlib import Path
@@ -85,6 +90,36 @@ def _timed_execute(plan: Any, prices: dict[str, float], db: Path, engine: type |
     return seconds, commits
 
 
+def broker_alone_seconds(plan: Any, prices: dict[str, float]) -> float:
+    """Seconds for the mock broker alone to tell the plan's events into a list, as kit's run would have it
+    tell them (the same orders, partial fills and collection policy), from connect to the last event."""
+    from kit.api import _rare_full_collections
+    from kit.brokers.mock import MockBroker
+
+    expected = len(plan.intents) * (1 + 2 * FILLS_PER_ORDER)
+
+    async def tell_all() -> float:
+        broker = MockBroker(prices, partial_fills=FILLS_PER_ORDER)
+        told: list[Any] = []
+        all_told = asyncio.get_running_loop().create_future()
+
+        def sink(event: Any) -> None:
+            told.append(event)
+            if len(told) == expected:
+                all_told.set_result(None)
+
+        broker.bind(sink)
+        start = time.perf_counter()
+        await broker.connect()
+        for intent in plan.intents:
+            await broker.submit(intent)
+        await asyncio.wait_for(all_told, 600)
+        return time.perf_counter() - start
+
+    with _rare_full_collections():
+        return asyncio.run(tell_all())
+
+
 def floor_seconds(source: Path, target: Path) -> float:
     """Seconds to bulk-insert every row of the ledger `source` into a fresh ledger file `target`: connect,
     the schema (kit's migrations, keys included), one transaction of one INSERT per table, close."""
@@ -142,11 +177,14 @@ def run(reps: int = 3) -> dict[str, Any]:
         naive = commit_per_fill_engine()
 
         full, full_commits, slice_kit, slice_base, base_commits, floor = [], 0, [], [], 0, []
+        kit_seconds, alone_seconds = [], []
         for rep in range(reps):
             db = folder / f"full-{rep}.duckdb"
             seconds, full_commits = _timed_execute(plan, prices, db)
             _check(db, ORDERS)
             full.append(ORDERS * FILLS_PER_ORDER / seconds)
+            kit_seconds.append(seconds)
+            alone_seconds.append(broker_alone_seconds(plan, prices))
             floor.append(ORDERS * FILLS_PER_ORDER / floor_seconds(db, folder / f"floor-{rep}.duckdb"))
             db = folder / f"slice-kit-{rep}.duckdb"
             seconds, _ = _timed_execute(small_plan, small_prices, db)
@@ -159,6 +197,9 @@ def run(reps: int = 3) -> dict[str, Any]:
 
     kit_rate, base_rate, floor_rate = summary(full, 0), summary(slice_base, 0), summary(floor, 0)
     ratio = kit_rate["median"] / base_rate["median"]
+    fills, events = ORDERS * FILLS_PER_ORDER, ORDERS * (1 + 2 * FILLS_PER_ORDER)
+    without_broker = [k - b for k, b in zip(kit_seconds, alone_seconds, strict=True)]  # each rep's own pair
+    kit_median = statistics.median(kit_seconds)
     return {
         "benchmark": NAME,
         "what": f"{ORDERS} orders x {FILLS_PER_ORDER} partial fills, mock broker, kit.execute end to end "
@@ -173,6 +214,13 @@ def run(reps: int = 3) -> dict[str, Any]:
         "floor": {"what": "the same rows bulk-inserted into a fresh ledger in one transaction (connect, "
                           "schema, one INSERT per table from a DataFrame, close)", "fills_per_s": floor_rate},
         "share_of_floor": round(kit_rate["median"] / floor_rate["median"], 3),
+        "broker_alone": {"what": "the mock broker telling the same basket's events into a list: no engine, "
+                                 "no ledger", "events": events, "seconds": summary(alone_seconds, 3),
+                         "events_per_s": summary([events / s for s in alone_seconds], 0),
+                         "share_of_kit": round(statistics.median(alone_seconds) / kit_median, 3)},
+        "kit_minus_broker": {"what": "kit's end-to-end time less the broker's alone, per repetition",
+                             "seconds": summary(without_broker, 3),
+                             "fills_per_s": summary([fills / s for s in without_broker], 0)},
         "ratio": round(ratio, 1),
         "ratio_same_slice": round(statistics.median(slice_kit) / statistics.median(slice_base), 1),
         "goal": {"fills_per_s": GOAL_FILLS_PER_S, "ratio": GOAL_RATIO},

@@ -420,7 +420,10 @@ def ib_good_till(good_till: datetime, currency: str) -> str:
 
 # ---- how stops trigger -------------------------------------------------------------------------------------
 
-@dataclass
+_STOPPED = STOPS | TRAILING  # the types that wait for their stop (is_stop is asked on every fill)
+
+
+@dataclass(slots=True)
 class Trigger:
     """A stop's state against a stream of reference prices: triggered once the reference reaches the stop
     (a BUY stop at or above it, a SELL stop at or below). A trailing stop's stop follows the best price
@@ -444,12 +447,12 @@ class Trigger:
 
     @property
     def is_stop(self) -> bool:
-        return self.order_type in STOPS | TRAILING
+        return self.order_type in _STOPPED
 
     def observe(self, price: float) -> bool:
         """Feed one reference price; True once the order has triggered (it stays triggered)."""
         if self.triggered or not self.is_stop:
-            return self.triggered or not self.is_stop
+            return True
         if self.order_type in TRAILING:
             self._trail(price)
         assert self.stop is not None

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, datetime
 
 import pandas as pd
 
@@ -53,8 +53,11 @@ class CommissionModel:
     maximum_rate: float = 0.01  # of notional
 
     def __call__(self, quantity: float, price: float) -> float:
-        fee = max(quantity * self.per_share, self.minimum)
-        return round(min(fee, quantity * price * self.maximum_rate), 6)
+        fee = quantity * self.per_share  # max(fee, minimum), then min(fee, cap), without two calls per fill
+        if self.minimum > fee:
+            fee = self.minimum
+        cap = quantity * price * self.maximum_rate
+        return round(cap if cap < fee else fee, 6)
 
 
 def contract_fee(sec_type: str, quantity: float, notional: float) -> float:
@@ -124,10 +127,10 @@ def reference_prices(prices: Mapping[str, float] | pd.DataFrame | pd.Series | No
     return check_prices(prices)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Working:
     intent: OrderIntent
-    number: int
+    stem: str  # its exec ids' start: "mock." and 64 bits of its id's hash in hex (its perm id in decimal)
     chunks: list[float]
     fills_sent: int = 0
     cancelled: bool = False  # cancelled or rejected: it fills no more
@@ -135,7 +138,10 @@ class _Working:
     # a new session) retires the old one, so a chunk is never scheduled twice.
     generation: int = 0
     scheduled: bool = False
-    sent: list[BrokerEvent] = field(default_factory=list)  # everything told about it, replayed by sync
+    # Everything told about it, in order, replayed by sync (see `sent`): events, but a fill (its execution
+    # and commission) as the values that make them again, (chunk, quantity, price, commission, time), so
+    # that a 100,000-order basket does not keep 400,000 events alive.
+    told: list[BrokerEvent | tuple[int, float, float, float, datetime]] = field(default_factory=list)
     # The order types (docs/orders.md): an auction order waits for its auction ("close" or "open"), then
     # works at the auction's price; a stop works once its trigger has seen the reference reach the stop.
     trigger: Trigger = field(default_factory=lambda: Trigger("BUY", "MKT"))
@@ -145,6 +151,42 @@ class _Working:
     @property
     def done(self) -> bool:
         return self.cancelled or self.fills_sent == len(self.chunks)
+
+    @property
+    def sent(self) -> _Sent:
+        """Everything told about it, as events."""
+        return _Sent(self)
+
+
+class _Sent:
+    """What _Working.told stands for: the events told about one order, in order; clear() forgets them."""
+
+    __slots__ = ("_working",)
+
+    def __init__(self, working: _Working) -> None:
+        self._working = working
+
+    def __iter__(self) -> Iterator[BrokerEvent]:
+        working = self._working
+        for told in list(working.told):
+            if type(told) is tuple:
+                yield from _fill_events(working, told)
+            else:
+                yield told
+
+    def clear(self) -> None:
+        self._working.told.clear()
+
+
+def _fill_events(working: _Working, told: tuple[int, float, float, float, datetime]
+                 ) -> tuple[Execution, Commission]:
+    """A fill's execution and commission, from what _Working.told keeps of it."""
+    index, quantity, price, fee, at = told
+    coid, currency = working.intent.client_order_id, working.intent.currency
+    key = f"{working.stem}.{index + 1:02d}"
+    exec_id = f"{key}.01"  # the mock never corrects: revision 1 of each
+    return (Execution(Fill(exec_id, coid, quantity, price, at, None, currency, "MOCK", key, 1), at),
+            Commission(exec_id, fee, currency, at, coid))
 
 
 class MockBroker(Broker):
@@ -268,7 +310,7 @@ class MockBroker(Broker):
         self.submitted.append(order.client_order_id)
         # Ids unique across runs and processes (fills are keyed by exec_id in the ledger), same every time.
         # 64 bits of the hash: with 32, two orders of a 100,000-order basket likely share an exec id.
-        number = int(hashlib.sha256(order.client_order_id.encode()).hexdigest()[:16], 16)
+        digits = hashlib.sha256(order.client_order_id.encode()).hexdigest()[:16]
         algo = order.algo in ("Twap", "Vwap")
         if self.partial_fills == 1 and not algo:  # one piece draws nothing, and a seeded Random is costly
             chunks = [order.quantity]
@@ -276,20 +318,21 @@ class MockBroker(Broker):
             rng = random.Random(f"{self.seed}:{order.client_order_id}")
             pieces = self.algo_slices if algo else _pieces(self.partial_fills, rng)
             chunks = split(order.quantity, pieces, rng)
-        working = _Working(order, number, chunks,
+        working = _Working(order, f"mock.{digits}", chunks,
                            trigger=Trigger(str(order.side), order.order_type, order.stop_price,
                                            order.trail_amount, order.trail_percent, order.offset,
                                            order.limit_price),
                            held=auction(order.order_type, order.tif))
         self.orders[order.client_order_id] = working
         unknown = self._unknown_contract(order)
+        at = utcnow()
         if unknown or self._price(order) is None:
-            self._tell(working, Rejected(order.client_order_id, utcnow(), unknown or "price_unavailable"))
+            self._tell(working, Rejected(order.client_order_id, at, unknown or "price_unavailable"))
             working.cancelled = True
             return
-        self._tell(working, Accepted(order.client_order_id, utcnow(),
-                                     broker_order_id=str(len(self.submitted)), perm_id=str(number)))
-        self._maybe_fill(working)
+        self._tell(working, Accepted(order.client_order_id, at, str(len(self.submitted)),
+                                     str(int(digits, 16))))
+        self._maybe_fill(working, at)
 
     async def cancel(self, client_order_id: str) -> None:
         working = self.orders.get(client_order_id)
@@ -342,8 +385,9 @@ class MockBroker(Broker):
         working.trigger.amend(changes)  # the terms the order works on, the trail's best price kept
         working.scheduled = False
         working.generation += 1  # fills scheduled on the old terms are retired
-        self._tell(working, AmendAccepted(coid, utcnow(), changes, revision))
-        self._maybe_fill(working)
+        at = utcnow()
+        self._tell(working, AmendAccepted(coid, at, changes, revision))
+        self._maybe_fill(working, at)
 
     async def what_if(self, order: OrderIntent) -> dict[str, float | str | None]:
         # A limit order's notional at its limit (as the risk check takes it), any other at the reference.
@@ -366,7 +410,7 @@ class MockBroker(Broker):
             working = self.orders.get(order.client_order_id)
             if working is not None:
                 known.add(order.client_order_id)
-                for event in list(working.sent):
+                for event in working.sent:
                     self.emit(event)
         return known
 
@@ -391,17 +435,23 @@ class MockBroker(Broker):
         assert price is not None, "an order without a price was rejected at submit"
         return price
 
-    def _maybe_fill(self, working: _Working) -> None:
-        """Schedule the chunks still to fill, once: a second price move while they wait adds nothing."""
+    def _maybe_fill(self, working: _Working, at: datetime | None = None) -> None:
+        """Schedule the chunks still to fill, once: a second price move while they wait adds nothing.
+        Without latency they fill on the loop's next turn, one after another, all at the time `at` (now
+        when not given) the order became marketable; with latency, one every `latency` seconds, each at
+        its own time."""
         if working.done or working.scheduled or not self._marketable(working):
             return
         working.scheduled = True
         working.generation += 1
-        for step, index in enumerate(range(working.fills_sent, len(working.chunks)), start=1):
-            self._call(self.latency * step, self._fill, working, index, working.generation)
+        if self.latency > 0:
+            for step, index in enumerate(range(working.fills_sent, len(working.chunks)), start=1):
+                self._call(self.latency * step, self._fill, working, index, working.generation)
+            return
+        self._call(0, self._fill_on, working, working.fills_sent, working.generation, at or utcnow())
 
     def _tell(self, working: _Working, event: BrokerEvent) -> None:
-        working.sent.append(event)
+        working.told.append(event)
         self._call(0, self.emit, event)
 
     def _call(self, delay: float, callback: Callable[..., None], *args: object) -> None:
@@ -426,30 +476,41 @@ class MockBroker(Broker):
                     asyncio.get_running_loop().call_soon(self._run_due, due[index + 1:])
                 raise
 
-    def _fill(self, working: _Working, index: int, generation: int) -> None:
+    def _fill_on(self, working: _Working, index: int, generation: int, at: datetime) -> None:
+        """Fill the chunks of one schedule from `index` on, one after another, while they may: each is
+        checked as it comes, so a fill whose telling moves the market or amends the order stops the rest,
+        as it would stop fills scheduled one by one. A fill told whose telling raised leaves the rest to
+        the loop's next turn, as a callback each would."""
+        try:
+            while self._fill(working, index, generation, at):
+                index += 1
+        except BaseException:
+            if working.fills_sent > index:
+                self._call(0, self._fill_on, working, index + 1, generation, at)
+            raise
+
+    def _fill(self, working: _Working, index: int, generation: int, at: datetime | None = None) -> bool:
+        """Tell the fill of chunk `index` of schedule `generation` if it is still due and may fill now, at
+        `at` (now when not given). Whether it filled."""
         if generation != working.generation or working.done or index != working.fills_sent:
-            return
+            return False
         price = self._price_now(working)
         if price is None:
             # The market moved away from the limit before this fill: a limit order never fills through
             # its limit. It rests until set_price reaches the limit again.
             working.scheduled = False
             working.generation += 1
-            return
-        intent = working.intent
+            return False
         quantity = working.chunks[index]
-        key = f"mock.{working.number:016x}.{index + 1:02d}"  # the mock never corrects: revision 1 of each
-        exec_id = f"{key}.01"
-        at = utcnow()
+        told = (index, quantity, price, self._fee(working.intent, quantity, price), at or utcnow())
         working.fills_sent += 1
         if working.done:
             working.scheduled = False
-        for event in (Execution(Fill(exec_id, intent.client_order_id, quantity, price, at,
-                                     currency=intent.currency, exchange="MOCK", key=key, revision=1), at),
-                      Commission(exec_id, self._fee(intent, quantity, price), intent.currency, at,
-                                 intent.client_order_id)):
-            working.sent.append(event)
-            self.emit(event)
+        working.told.append(told)
+        execution, commission = _fill_events(working, told)
+        self.emit(execution)
+        self.emit(commission)
+        return True
 
 
 def _pieces(pieces: int | tuple[int, int], rng: random.Random) -> int:
