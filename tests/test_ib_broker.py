@@ -292,3 +292,33 @@ def test_target_positions_on_ib_are_diffed_against_the_brokers_positions(gateway
     rows = plan.frame().set_index("symbol")
     assert rows.loc["AAPL", "current"] == 300 and rows.loc["AAPL", "delta"] == 200
     assert rows.loc["MSFT", "side"] == "SELL" and rows.loc["MSFT", "quantity"] == 40
+
+
+def test_two_connections_in_a_row_share_ibs_count_of_the_clients_messages():
+    """IB counts a client's messages per second whatever connection carried them. A cold run connects twice
+    within a second (planning's contract lookups, then the run): each connection's pacer starting from an
+    empty window let 51 through, and IB refused the orders with error 100."""
+    import asyncio
+
+    from kit.brokers.ib import IBBroker
+    from kit.config import IBSettings
+
+    async def burst(port: int) -> None:
+        broker = IBBroker(IBSettings(port=port, client_id=41, connect_timeout=5))
+        await broker.connect()
+        try:
+            for _ in range(44):
+                broker.ib.client.reqCurrentTime()
+            await broker.positions()  # answered once the gateway has read everything before it
+        finally:
+            await broker.close()
+
+    async def scenario(port: int) -> None:
+        await burst(port)
+        await burst(port)
+
+    with run_gateway_in_thread(GatewayConfig()) as gw:
+        asyncio.run(scenario(gw.port))
+        meter = gw.call(lambda: gw.state.inbound[41])
+        assert meter.count >= 90  # both bursts reached the gateway
+        assert meter.max_per_window <= 50 and gw.call(lambda: gw.state.paced[41]) == 0

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta, tzinfo
 from types import ModuleType
@@ -40,6 +41,11 @@ from kit.model import AmendRefused, ArrivalPrice, BrokerNotice, Order, OrderInte
 from kit.order_types import TRAILING, ib_fields
 
 log = logging.getLogger("kit.ib")
+# The times of the messages sent to each (host, port, clientId) in its last window, kept across connections
+# and IBBroker objects: IB counts a client's messages per second whatever connection carried them, and a
+# cold run connects twice within a second (planning's contract lookups, then the run), so a fresh window per
+# connection let 51 through (error 100 for the orders). Each Pacer trims it to its window as it sends.
+_SENT_TO: dict[tuple[str, int, int], deque[float]] = {}
 PAPER_PREFIXES = ("DU", "DF")  # IB paper accounts: individual and advisor
 DUPLICATE_ORDER_ID = 103
 CLIENT_ID_IN_USE = 326
@@ -180,7 +186,9 @@ class IBBroker(Broker):
         `burst` at a time, catching up after a busy moment of the loop: a basket keeps 48.1 a second (96%
         of the limit, as 48 in any second did), and IB's side may read a message 40 ms later than one sent
         before it without counting 51 in a second (48 in any second allowed about 18 ms)."""
-        self._pacer = Pacer(self.max_messages_per_second, burst=self.burst, margin=self.pacing_margin)
+        s = self.settings
+        self._pacer = Pacer(self.max_messages_per_second, burst=self.burst, margin=self.pacing_margin,
+                            sent=_SENT_TO.setdefault((s.host, s.port, s.client_id), deque()))
         self._pacer.install(client)
 
     async def _connect_once(self, timeout: float | None = None) -> None:

@@ -38,13 +38,15 @@ class Pacer:
     """Paces the messages of one client library connection (its `sendMsg`)."""
 
     def __init__(self, limit: int = 50, window: float = 1.0, catch_up: float = 60.0, burst: int = 2,
-                 margin: float = 0.04):
+                 margin: float = 0.04, sent: deque[float] | None = None):
         if limit < 1 or window <= 0 or catch_up <= 0 or burst < 1 or margin < 0:
             raise ValueError(f"pacing needs limit, window, catch_up and burst above 0 and margin from 0: "
                              f"{limit}, {window}, {catch_up}, {burst}, {margin}")
         self.limit, self.catch_up, self.burst = limit, catch_up, burst
         self.window = window + margin  # the span kit keeps; IB's own is `window`
-        self._sent: deque[float] = deque()  # send times within the last window
+        # Send times within the last window: `sent`, when given, is shared with the other connections IB
+        # counts together (kit.brokers.ib: one per host, port and clientId), loop.time() on each (monotonic).
+        self._sent: deque[float] = deque() if sent is None else sent
         self._tokens = float(burst)
         self._at: float | None = None
         self._queue: deque[str] = deque()
