@@ -138,6 +138,10 @@ class Recorder:
         # per flush instead of once per event (see record).
         self._changed: dict[str, tuple[Order, datetime]] = {}
         self._fills: dict[str, tuple[Order, Fill]] = {}  # exec_id -> its latest fill: a row at flush
+        # client_order_id -> the Order and its amendments when its last row was made. The same Order with as
+        # many amendments has the same terms (kit.state changes an intent only by an amendment, and a
+        # replanned order is a new Order), so its next row differs only in the state columns.
+        self._terms: dict[str, tuple[Order, int]] = {}
         self.journaled = False
         self.write_error: LedgerWriteError | None = None  # the first batch that could not be made durable
         self.lost: LedgerIdentityError | None = None  # the ledger this run opened is gone: nothing is written
@@ -169,7 +173,20 @@ class Recorder:
     def order(self, order: Order, kind: str, at: datetime, **detail: Any) -> None:
         self._event(order.client_order_id, at, kind, str(order.status), detail)
         self._changed.pop(order.client_order_id, None)
-        self.batch.orders[order.client_order_id] = order_row(order)
+        self._put(order, order_row(order))
+
+    def _put(self, order: Order, row: Row) -> None:
+        """The order's row into the batch, marked same_terms if the ledger was handed its terms already:
+        by the row before it, or, while that one waits in this batch, by the row before that."""
+        key, batch = order.client_order_id, self.batch
+        last = self._terms.get(key)
+        if (last is not None and last[0] is order and last[1] == order.amendments
+                and (key in batch.same_terms or key not in batch.orders)):
+            batch.same_terms.add(key)
+        else:
+            batch.same_terms.discard(key)
+            self._terms[key] = (order, order.amendments)
+        batch.orders[key] = row
 
     def note(self, kind: str, at: datetime, client_order_id: str | None = None, **detail: Any) -> None:
         self._event(client_order_id, at, kind, None, detail)
@@ -187,8 +204,8 @@ class Recorder:
         later flushes (the engine closing down) then write nothing, so the broker is still let go."""
         if self.lost is not None:
             return False
-        for client_order_id, (order, updated_at) in self._changed.items():
-            self.batch.orders[client_order_id] = order_row(order, updated_at)
+        for order, updated_at in self._changed.values():
+            self._put(order, order_row(order, updated_at))
         self._changed.clear()
         for exec_id, (order, fill) in self._fills.items():
             self.batch.fills[exec_id] = fill_row(order, fill)
