@@ -72,28 +72,50 @@ class FailsOnce(Client):
         self.sent.append((time.monotonic(), msg))
 
 
-def test_messages_sent_outside_any_loop_release_the_drained_waiters():
-    """A request waiting for the queue ahead of it (drained()) hears that it left even when the last
-    messages go from a call outside any running loop (here after the loop's own send failed, so nothing
-    was due on the loop any more)."""
+def test_a_send_that_raises_in_the_pacers_timer_does_not_stop_the_queue_behind_it():
+    """A broken socket write inside the timer loses that message (whether it left is unknown: it is never
+    sent again), and the messages queued behind it still leave, so a drained() waiter is released."""
     client = FailsOnce("m1")
     pacer = Pacer(limit=10, window=1.0, catch_up=100, burst=1)
     pacer.install(client)
     loop = asyncio.new_event_loop()
-    loop.set_exception_handler(lambda _loop, _context: None)  # the failed send, raised in its timer
+    raised: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, context: raised.append(context.get("exception")))
 
-    async def queue_behind_a_failing_send() -> asyncio.Future[None]:
-        for n in range(3):
-            client.sendMsg(f"m{n}")  # m0 leaves at once; m1 and m2 wait for the bucket
-        waiter = pacer.drained()
-        await client.failed.wait()
-        return waiter
+    async def queue_behind_a_failing_send() -> None:
+        for n in range(4):
+            client.sendMsg(f"m{n}")  # m0 leaves at once; m1.. wait for the bucket, in the pacer's timer
+        await asyncio.wait_for(pacer.drained(), 5)  # TimeoutError if the queue stopped at m1
 
     try:
-        waiter = loop.run_until_complete(queue_behind_a_failing_send())
-        assert not waiter.done()
-        client.sendMsg("m3")  # outside any loop: sends what was queued, unpaced
-        assert [m for _, m in client.sent] == ["m0", "m2", "m3"]
-        loop.run_until_complete(asyncio.wait_for(waiter, 5))  # TimeoutError if nobody released it
+        loop.run_until_complete(queue_behind_a_failing_send())
     finally:
         loop.close()
+    assert [m for _, m in client.sent] == ["m0", "m2", "m3"]
+    assert [type(e) for e in raised] == [BrokenPipeError]
+
+
+class AnywhereClient(Client):
+    """A client whose send works outside a running loop too (ib_async's does)."""
+
+    def sendMsg(self, msg: str) -> None:
+        self.sent.append((time.monotonic(), msg))
+
+
+def test_messages_sent_outside_any_loop_count_in_the_window_of_the_paced_ones_after_them():
+    client = AnywhereClient()
+    pacer = Pacer(limit=3, window=0.5, catch_up=100, burst=3)
+    pacer.install(client)
+    client.sendMsg("m0")  # outside any loop: sent at once, unpaced
+    client.sendMsg("m1")
+
+    async def then_on_a_loop() -> None:
+        client.sendMsg("m2")  # the window (3 in 0.5 s) has one place left
+        client.sendMsg("m3")  # waits until m0 is out of the window
+        await asyncio.wait_for(pacer.drained(), 5)
+
+    asyncio.run(then_on_a_loop())
+    times = dict((m, t) for t, m in client.sent)
+    assert list(times) == ["m0", "m1", "m2", "m3"]
+    assert times["m3"] - times["m0"] >= 0.5 - 0.01
+    assert times["m2"] - times["m0"] < 0.25  # m2 did not wait: the window had room

@@ -185,7 +185,9 @@ class IBBroker(Broker):
         (kit.brokers.pacing) sends at most `max_messages_per_second` in any 1 + `pacing_margin` seconds,
         `burst` at a time, catching up after a busy moment of the loop: a basket keeps 48.1 a second (96%
         of the limit, as 48 in any second did), and IB's side may read a message 40 ms later than one sent
-        before it without counting 51 in a second (48 in any second allowed about 18 ms)."""
+        before it without counting 51 in a second (48 in any second allowed about 18 ms). The window of
+        send times is the one this clientId's earlier connections filled (_SENT_TO): IB counts the client,
+        not the connection."""
         s = self.settings
         self._pacer = Pacer(self.max_messages_per_second, burst=self.burst, margin=self.pacing_margin,
                             sent=_SENT_TO.setdefault((s.host, s.port, s.client_id), deque()))

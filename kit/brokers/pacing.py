@@ -28,7 +28,7 @@ sleeps or polls: the next send is a timer on the loop, due when the window or th
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -96,10 +96,7 @@ class Pacer:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # a library call outside any loop (none in kit's flow): nothing to pace on
-            while self._queue:
-                self.sent += 1
-                self._send(self._queue.popleft())
-            self._release(outside_the_loop=True)
+            self._send_unpaced()
             return
         now = loop.time()
         sent = self._sent
@@ -108,29 +105,31 @@ class Pacer:
         if self._at is not None:
             self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.catch_up)
         self._at = now
-        while self._queue and self._tokens >= 1 and len(sent) < self.limit:
-            self._tokens -= 1
-            sent.append(now)
+        try:
+            while self._queue and self._tokens >= 1 and len(sent) < self.limit:
+                self._tokens -= 1
+                sent.append(now)
+                self.sent += 1
+                self._send(self._queue.popleft())
+        finally:  # a send that raised (a broken socket) loses its own message, never the queue behind it
+            self._release()
+            if self._queue:
+                window_opens = sent[0] + self.window - now if len(sent) >= self.limit else 0.0
+                token_comes = max(0.0, (1 - self._tokens) / self.catch_up)
+                self._timer = loop.call_later(max(window_opens, token_comes), self._drain)
+
+    def _send_unpaced(self) -> None:
+        """Everything queued, at once. Reached only with no timer due, so with nothing queued before this
+        message and no drained() waiter. The send times count in the window (asyncio's loop clock is
+        time.monotonic), so a paced send on a loop afterwards leaves room for them."""
+        while self._queue:
+            self._sent.append(time.monotonic())
             self.sent += 1
             self._send(self._queue.popleft())
-        self._release()
-        if self._queue:
-            window_opens = sent[0] + self.window - now if len(sent) >= self.limit else 0.0
-            token_comes = max(0.0, (1 - self._tokens) / self.catch_up)
-            self._timer = loop.call_later(max(window_opens, token_comes), self._drain)
 
-    def _release(self, outside_the_loop: bool = False) -> None:
-        """Wake the drained() waiters whose messages have all left. Outside any loop, through each waiter's
-        own loop: thread-safe, and it wakes the waiter when that loop runs again."""
+    def _release(self) -> None:
+        """Wake the drained() waiters whose messages have all left."""
         while self._waiters and self._waiters[0][0] <= self.sent:
             waiter = self._waiters.popleft()[1]
-            if not outside_the_loop:
-                _resolve(waiter)
-            else:
-                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is left waiting
-                    waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+            if not waiter.done():
+                waiter.set_result(None)
