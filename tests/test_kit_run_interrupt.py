@@ -171,7 +171,10 @@ def test_no_cell_starts_after_an_interrupt_the_notebook_swallowed(tmp_path):
                "except KeyboardInterrupt:\n    print('carried on')\n")
     notebook = _notebook(tmp_path, 'import pathlib\npathlib.Path(marker).write_text("1")', swallow, AFTER)
     run = KitRun(tmp_path, notebook)
-    run.signalled = time.time()  # the notebook signals kit run itself
+    # The first cell ran (the kernel is up: under load that alone took most of finish()'s time once);
+    # the next one signals kit run itself.
+    run.wait_until_working()
+    run.signalled = time.time()
     code, out, err, _ = run.finish()
     assert code == 130, (out, err)
     (status, error_name, error, output), *_ = run.ledger()
