@@ -14,7 +14,9 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from functools import cached_property
+from itertools import repeat
 from typing import Any
 
 import pandas as pd
@@ -56,13 +58,13 @@ class Plan:
         if not self.breaches:
             object.__setattr__(self, "breaches", tuple(() for _ in self.intents))
 
-    @cached_property  # a frozen plan's hash never changes; a 100,000-order plan takes a second to hash
+    @cached_property  # a frozen plan's hash never changes
     def hash(self) -> str:
+        """The run key and, per order, repr((client_order_id, *payload, breaches)), hashed. Ledgers store it
+        and approve= takes it: its value must never change for the same plan (tests/test_plan_pins.py)."""
         digest = hashlib.sha256(self.run_key.encode())
-        payload = operator.attrgetter(*PAYLOAD_FIELDS)  # the tuple OrderIntent.payload() gives, built in C
-        rows = zip(self.intents, self.breaches, strict=True)
-        digest.update("".join([repr((order.client_order_id, *payload(order), breaches))
-                               for order, breaches in rows]).encode())
+        columns = [[getattr(o, name) for o in self.intents] for name in ("client_order_id", *PAYLOAD_FIELDS)]
+        digest.update(_reprs_of_rows([*columns, list(self.breaches)]).encode())
         return digest.hexdigest()[:16]
 
     @property
@@ -108,6 +110,41 @@ class Plan:
         from kit.display import plan_html
 
         return plan_html(self)
+
+
+# Types whose equal values have one repr (not float: 0.0 == -0.0), and whose repr is built in C.
+_ONE_REPR = (str, int, bool, type(None))
+
+
+def _column_text(values: list[Any]) -> str | None:
+    """The repr every value of a column has, or None when the values' reprs differ (or may)."""
+    first = values[0]
+    if all(map(operator.is_, values, repeat(first))):
+        return repr(first)
+    kind = type(first)
+    uniform = (kind in _ONE_REPR or isinstance(first, Enum) or (kind is float and first != 0.0)) \
+        and values.count(first) == len(values) and set(map(type, values)) == {kind}
+    return repr(first) if uniform else None
+
+
+def _reprs(values: list[Any]) -> list[str]:
+    """repr of each value; an enum's (Python's Enum.__repr__, ~1 us) once per member."""
+    if isinstance(values[0], Enum) and set(map(type, values)) == {type(values[0])}:
+        return list(map({member: repr(member) for member in set(values)}.__getitem__, values))
+    return list(map(repr, values))
+
+
+def _reprs_of_rows(columns: list[list[Any]]) -> str:
+    """"".join(repr(row) for row in zip(*columns)), a column at a time: a column with one value throughout
+    (most of a basket's) is written once into a row template, the others are repr'd a column at a time."""
+    if not columns[0]:
+        return ""
+    constants = [_column_text(values) for values in columns]
+    template = "(" + ", ".join("%s" if text is None else text.replace("%", "%%") for text in constants) + ")"
+    varying = [_reprs(values) for values, text in zip(columns, constants, strict=True) if text is None]
+    if not varying:
+        return (template % ()) * len(columns[0])
+    return "".join([template % row for row in zip(*varying, strict=True)])
 
 
 def is_positions_frame(frame: Any) -> bool:

@@ -5,13 +5,16 @@ its intents, field by field with each value's type. A change here is a change us
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import datetime
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kit.model import OrderIntent
-from kit.planner import make_plan
+from kit.model import OrderIntent, Side
+from kit.planner import _reprs_of_rows, make_plan
 from kit.risk import RiskLimits
 
 NOW = datetime(2026, 12, 2, 9, 0)
@@ -103,3 +106,24 @@ PINNED = {  # name: (Plan.hash, digest of the intents), as commit 902b029 comput
 @pytest.mark.parametrize("name, plan", list(_plans()), ids=lambda v: v if isinstance(v, str) else "")
 def test_a_plans_hash_and_intents_are_what_they_were(name, plan):
     assert (plan.hash, _intents_digest(plan.intents)) == PINNED[name]
+
+
+# ---- property: the hash's text built a column at a time is the repr of every row ------------------------
+_VALUES = [0.0, -0.0, 1, 1.0, True, False, 0, math.nan, math.inf, None, "", "a", "50%", "%s", "'q'", Side.BUY,
+           Side.SELL, "BUY", (), ("max_orders: more than 1",), (("tag", "1"),), datetime(2026, 12, 3, 15, 0),
+           100.0]
+# Values equal to each other with different reprs: a column of them is not one value throughout.
+_EQUALS = [[0.0, -0.0, 0, False], [1, 1.0, True], ["BUY", Side.BUY], [(0.0,), (-0.0,)], [100.0, 100]]
+
+
+def _column(n: int) -> st.SearchStrategy[list]:
+    return st.one_of(st.lists(st.sampled_from(_VALUES), min_size=n, max_size=n),
+                     st.sampled_from(_VALUES).map(lambda v: [v] * n),
+                     st.sampled_from(_EQUALS).flatmap(lambda equal: st.lists(st.sampled_from(equal),
+                                                                             min_size=n, max_size=n)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 6).flatmap(lambda n: st.lists(_column(n), min_size=2, max_size=6)))
+def test_a_plans_rows_are_written_as_their_reprs(columns):
+    assert _reprs_of_rows(columns) == "".join(repr(row) for row in zip(*columns, strict=True))
