@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from kit.model import OrderIntent, Side
 from kit.planner import _reprs_of_rows, make_plan
 from kit.risk import RiskLimits
+from kit.validate import intents_of
 
 NOW = datetime(2026, 12, 2, 9, 0)
 
@@ -106,6 +107,27 @@ PINNED = {  # name: (Plan.hash, digest of the intents), as commit 902b029 comput
 @pytest.mark.parametrize("name, plan", list(_plans()), ids=lambda v: v if isinstance(v, str) else "")
 def test_a_plans_hash_and_intents_are_what_they_were(name, plan):
     assert (plan.hash, _intents_digest(plan.intents)) == PINNED[name]
+
+
+@pytest.mark.parametrize("name, plan", list(_plans()), ids=lambda v: v if isinstance(v, str) else "")
+def test_intents_built_a_column_at_a_time_are_those_the_constructor_builds(name, plan):
+    """kit.validate.intents_of sets OrderIntent's slots without its __init__: it must give what the
+    constructor gives, and OrderIntent must stay a dataclass with nothing in __init__ to skip."""
+    assert not hasattr(OrderIntent, "__post_init__")
+    fields = OrderIntent.__slots__
+    columns = {name: [getattr(o, name) for o in plan.intents] for name in fields}
+    required = {name: columns[name] for name in ("client_order_id", "symbol", "side", "quantity")}
+    for part in (columns, required):  # every field, or only those without a default
+        built = [OrderIntent(**dict(zip(part, row, strict=True))) for row in zip(*part.values(), strict=True)]
+        assert _intents_digest(tuple(intents_of(part))) == _intents_digest(tuple(built))
+
+
+def test_intents_of_refuses_columns_it_cannot_build_from():
+    with pytest.raises(ValueError):
+        intents_of({"client_order_id": ["k-A-BUY"], "symbol": ["A"], "side": [Side.BUY]})  # no quantity
+    with pytest.raises(ValueError):
+        intents_of({"client_order_id": ["k-A-BUY"], "symbol": ["A", "B"], "side": [Side.BUY],
+                    "quantity": [1.0]})
 
 
 # ---- property: the hash's text built a column at a time is the repr of every row ------------------------
