@@ -11,7 +11,7 @@ import hashlib
 import math
 import operator
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -20,6 +20,7 @@ from itertools import repeat
 from typing import Any
 
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from kit.errors import CurrencyError, InputError, ValidationError
 from kit.ids import check_run_key
@@ -182,12 +183,26 @@ def row_keys(frame: pd.DataFrame) -> set[str]:
     """row_key of every row that names a symbol. A stock's or an FX pair's key is its symbol, so only the
     rows of futures and options are read one by one (a 100,000-stock basket: a column operation)."""
     symbols = frame["symbol"]
+    sec_types = frame["sec_type"] if "sec_type" in frame.columns else None
+    if (sec_types is None or _texts_all_of(sec_types, lambda text: given_sec_type(text) not in DERIVATIVES)) \
+            and _all_text(symbols):  # no future or option, every symbol a str
+        return set(symbols.tolist())
     named = symbols.map(lambda value: isinstance(value, str))
-    derivative = (frame["sec_type"].map(lambda value: given_sec_type(value) in DERIVATIVES).astype(bool)
-                  if "sec_type" in frame.columns else pd.Series(False, index=frame.index))
+    derivative = (sec_types.map(lambda value: given_sec_type(value) in DERIVATIVES).astype(bool)
+                  if sec_types is not None else pd.Series(False, index=frame.index))
     keys = set(symbols[named & ~derivative])
     keys.update(row_key(row) for row in frame[named & derivative].to_dict("records"))
     return keys
+
+
+def _all_text(column: pd.Series) -> bool:
+    """Whether every value is a str (a str column of pandas' own dtype may still have gaps)."""
+    return infer_dtype(column, skipna=False) == "string" and not column.hasnans
+
+
+def _texts_all_of(column: pd.Series, rule: Callable[[str], bool]) -> bool:
+    """Whether every value of the column is a str that the rule holds for, the rule run once per text."""
+    return _all_text(column) and all(map(rule, set(column.tolist())))
 
 
 def _row_currency(row: Mapping[str, Any]) -> str:
