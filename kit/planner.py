@@ -380,5 +380,4 @@ def make_plan(targets: pd.DataFrame, run_key: str, *, positions: Mapping[str, fl
     current = Counter(positions)
     current.update(working)
     breaches = check(orders, limits or RiskLimits(), current, prices)
-    return Plan(run_key, tuple(orders), tuple(tuple(b) for b in breaches), dict(current),
-                target_positions, prices)
+    return Plan(run_key, tuple(orders), tuple(breaches), dict(current), target_positions, prices)

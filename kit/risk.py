@@ -89,10 +89,10 @@ def _priced(order: OrderIntent, reference: float | None) -> float | None:
 
 
 def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str, float],
-          prices: Mapping[str, float]) -> list[list[str]]:
-    """One list of breaches per order ([] = passes), in order. Orders are checked in sequence, so the run's
+          prices: Mapping[str, float]) -> list[tuple[str, ...]]:
+    """One tuple of breaches per order (() = passes), in order. Orders are checked in sequence, so the run's
     gross notional and the position limit see the orders before them that passed."""
-    verdicts: list[list[str]] = []
+    verdicts: list[tuple[str, ...]] = []
     gross = Money()  # per currency under the default guard; in limits.currency otherwise
     position = dict(positions)
     passed = 0
@@ -146,5 +146,5 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
                 gross.add(notional_ or 0.0, unit)
             if limits.max_position is not None:
                 position[key] = after
-        verdicts.append(breaches)
+        verdicts.append(tuple(breaches))  # a passing order's is the one empty tuple, nothing to collect
     return verdicts
