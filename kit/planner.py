@@ -64,8 +64,11 @@ class Plan:
         """The run key and, per order, repr((client_order_id, *payload, breaches)), hashed. Ledgers store it
         and approve= takes it: its value must never change for the same plan (tests/test_plan_pins.py)."""
         digest = hashlib.sha256(self.run_key.encode())
-        columns = [[getattr(o, name) for o in self.intents] for name in ("client_order_id", *PAYLOAD_FIELDS)]
-        digest.update(_reprs_of_rows([*columns, list(self.breaches)]).encode())
+        for start in range(0, len(self.intents), _ROWS_HASHED_AT_ONCE):  # ~300 bytes of text an order
+            intents = self.intents[start:start + _ROWS_HASHED_AT_ONCE]
+            columns = [[getattr(o, name) for o in intents] for name in ("client_order_id", *PAYLOAD_FIELDS)]
+            breaches = list(self.breaches[start:start + _ROWS_HASHED_AT_ONCE])
+            digest.update(_reprs_of_rows([*columns, breaches]).encode())
         return digest.hexdigest()[:16]
 
     @property
@@ -113,6 +116,7 @@ class Plan:
         return plan_html(self)
 
 
+_ROWS_HASHED_AT_ONCE = 10_000
 # Types whose equal values have one repr (not float: 0.0 == -0.0), and whose repr is built in C.
 _ONE_REPR = (str, int, bool, type(None))
 

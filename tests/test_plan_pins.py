@@ -109,6 +109,12 @@ def test_a_plans_hash_and_intents_are_what_they_were(name, plan):
     assert (plan.hash, _intents_digest(plan.intents)) == PINNED[name]
 
 
+def test_a_plan_hashed_in_parts_has_the_hash_of_the_whole(monkeypatch):
+    monkeypatch.setattr("kit.planner._ROWS_HASHED_AT_ONCE", 7)  # parts of 7 orders, the last one shorter
+    for name, plan in _plans():
+        assert plan.hash == PINNED[name][0], name
+
+
 @pytest.mark.parametrize("name, plan", list(_plans()), ids=lambda v: v if isinstance(v, str) else "")
 def test_intents_built_a_column_at_a_time_are_those_the_constructor_builds(name, plan):
     """kit.validate.intents_of sets OrderIntent's slots without its __init__: it must give what the
