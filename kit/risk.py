@@ -97,17 +97,20 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
     position = dict(positions)
     passed = 0
     uses_money = limits.max_order_notional is not None or limits.max_gross_notional is not None
+    # Prices and money only for the limits that read them (none with the fat-finger guard turned off).
+    uses_reference = uses_money or limits.collar is not None
     for order in orders:
         breaches = []
         key = key_of(order)
-        quoted = _reference(order, key, prices)
-        local = notional(order.quantity, _priced(order, quoted), units(order))
+        quoted = _reference(order, key, prices) if uses_reference else None
+        local = notional_ = None
         unit = limits.currency if limits.price_required else order.currency
-        try:  # the notional in the limits' currency
-            notional_ = None if local is None else convert(local, order.currency, unit, limits.fx_rates, key)
-        except CurrencyError as exc:
-            notional_ = None
-            if uses_money:
+        if uses_money:
+            local = notional(order.quantity, _priced(order, quoted), units(order))
+            try:  # the notional in the limits' currency
+                notional_ = None if local is None else convert(local, order.currency, unit, limits.fx_rates,
+                                                               key)
+            except CurrencyError as exc:
                 breaches.append(str(exc))
         if limits.allowed_symbols is not None and not {order.symbol, key} & limits.allowed_symbols:
             breaches.append(f"allowed_symbols: {key} is not allowed")
