@@ -83,8 +83,8 @@ def _priced(order: OrderIntent, reference: float | None) -> float | None:
     """order_price, given the order's reference price."""
     limit = order.limit_price if priced_at_limit(order.order_type) else None
     for candidate in (limit, order.decision_price, reference, order.stop_price):
-        if _usable(candidate) is not None:
-            return float(candidate)  # type: ignore[arg-type]
+        if (usable := _usable(candidate)) is not None:
+            return float(usable)
     return None
 
 
