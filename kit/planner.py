@@ -66,7 +66,7 @@ class Plan:
         digest = hashlib.sha256(self.run_key.encode())
         for start in range(0, len(self.intents), _ROWS_HASHED_AT_ONCE):  # ~300 bytes of text an order
             intents = self.intents[start:start + _ROWS_HASHED_AT_ONCE]
-            columns = [[getattr(o, name) for o in intents] for name in ("client_order_id", *PAYLOAD_FIELDS)]
+            columns = [list(map(field, intents)) for field in _HASHED_FIELDS]
             breaches = list(self.breaches[start:start + _ROWS_HASHED_AT_ONCE])
             digest.update(_reprs_of_rows([*columns, breaches]).encode())
         return digest.hexdigest()[:16]
@@ -117,6 +117,7 @@ class Plan:
 
 
 _ROWS_HASHED_AT_ONCE = 10_000
+_HASHED_FIELDS = [operator.attrgetter(name) for name in ("client_order_id", *PAYLOAD_FIELDS)]
 # Types whose equal values have one repr (not float: 0.0 == -0.0), and whose repr is built in C.
 _ONE_REPR = (str, int, bool, type(None))
 
