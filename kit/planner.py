@@ -219,10 +219,12 @@ def _row_currency(row: Mapping[str, Any]) -> str:
 def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping[str, float],
                      sanity: Sanity, capital_currency: str = "USD",
                      fx_rates: Mapping[str, float] | None = None,
-                     ) -> tuple[dict[str, float], list[tuple[str | None, str]]]:
-    """Target positions in units per instrument key (shares, contracts, base currency), or the problems
-    that stop planning. A weight buys value in the capital's currency: a row in another currency needs a
-    rate, and a future's or option's value per contract is price x multiplier."""
+                     ) -> tuple[dict[str, float], dict[str, tuple[Any, dict[str, Any]]],
+                                list[tuple[str | None, str]]]:
+    """Target positions in units per instrument key (shares, contracts, base currency) with each key's row
+    (its label and values), or the problems that stop planning. A weight buys value in the capital's
+    currency: a row in another currency needs a rate, and a future's or option's value per contract is
+    price x multiplier."""
     problems: list[tuple[str | None, str]] = []
     unknown = [c for c in frame.columns if c not in POSITION_COLUMNS]
     if unknown:
@@ -236,8 +238,9 @@ def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping
     if "symbol" not in frame.columns:
         problems.append((None, "required column 'symbol' is missing"))
     if problems:
-        return {}, problems
+        return {}, {}, problems
     targets: dict[str, float] = {}
+    rows: dict[str, tuple[Any, dict[str, Any]]] = {}
     column = "target_weight" if by_weight else "target_quantity"
     for position, (label, row) in enumerate(zip(frame.index, frame.to_dict("records"), strict=True)):
         symbol, value = row.get("symbol"), row.get(column)
@@ -289,7 +292,8 @@ def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping
             targets[key] = shares
         else:
             targets[key] = float(value)
-    return targets, problems
+        rows[key] = (label, row)
+    return targets, rows, problems
 
 
 def _price(value: Any) -> float | None:
@@ -329,14 +333,13 @@ def plan_positions(frame: pd.DataFrame, run_key: str, *, positions: Mapping[str,
     lots; deltas under `min_notional` (in the row's currency, price x multiplier) are dropped.
     """
     _check_sizes(lot_size, min_notional, sanity)
-    targets, problems = _target_problems(frame, capital, prices, sanity, capital_currency, fx_rates)
+    targets, target_rows, problems = _target_problems(frame, capital, prices, sanity, capital_currency,
+                                                      fx_rates)
     if problems:
         raise ValidationError(problems)
-    records = frame.to_dict("records")
-    keys = [row_key(row) for row in records]
-    options = dict(zip(keys, records, strict=True))
     # Each order keeps its row's label, so a problem validate_orders finds names the user's row.
-    labels = dict(zip(keys, frame.index, strict=True))
+    labels = {key: label for key, (label, _) in target_rows.items()}
+    options = {key: row for key, (_, row) in target_rows.items()}
     rows, order_labels = [], []
     for key, raw_target in targets.items():
         target = _round_toward_zero(raw_target, lot_size)
