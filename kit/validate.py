@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import math
 import numbers
+import operator
 import re
 from collections import deque
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from kit import instruments
 from kit.errors import InputError, ValidationError
 from kit.ids import client_order_ids
 from kit.model import OrderIntent, Side
-from kit.order_types import BASIC_TIFS, BASIC_TYPES, EXTRA_COLUMNS, EXTRA_DEFAULTS, check_order_fields
+from kit.order_types import BASIC_TIFS, BASIC_TYPES, EXTRA_COLUMNS, check_order_fields
 from kit.order_types import ORDER_TYPES as ORDER_TYPES
 from kit.order_types import TIFS as TIFS
 
@@ -392,12 +393,11 @@ def validate_orders(frame: pd.DataFrame, run_key: str, taken: Mapping[tuple[str,
     columns = _clean_columns(frame, sanity)
     if columns is None:
         rows = _checked_rows(frame, sanity, now)
-        columns = {name: [v[name] for v in rows] for name in COLUMNS}
+        columns = {name: list(map(operator.itemgetter(name), rows)) for name in COLUMNS}
     ids = client_order_ids(run_key, zip(columns["symbol"], columns["side"], strict=True), taken)
-    given = {name: columns[name] for name in _BASE_COLUMNS}
-    given.update(client_order_id=ids, side=list(map(_SIDES.__getitem__, columns["side"])))
-    # The order-type fields keep their defaults here and are set below where a row gives them.
-    return _with_order_fields(intents_of(given), columns)
+    # The column-wise path gives no order-type fields (kit.order_types): its intents take their defaults.
+    sides = list(map(_SIDES.__getitem__, columns["side"]))
+    return intents_of({**columns, "client_order_id": ids, "side": sides})
 
 
 _INTENT_FIELDS = [(field, OrderIntent.__dict__[field.name]) for field in dataclasses.fields(OrderIntent)]
@@ -419,16 +419,6 @@ def intents_of(columns: Mapping[str, list[Any]]) -> list[OrderIntent]:
     for field, slot in _INTENT_FIELDS:
         deque(map(slot.__set__, intents, columns.get(field.name, repeat(field.default))), maxlen=0)
     return intents
-
-
-def _with_order_fields(intents: list[OrderIntent], columns: dict[str, list[Any]]) -> list[OrderIntent]:
-    """The intents with their order-type fields (kit.order_types), where a row sets any."""
-    if EXTRA_COLUMNS[0] not in columns:  # the column-wise path: plain MKT/LMT orders only
-        return intents
-    extras = [dict(zip(EXTRA_COLUMNS, row, strict=True))
-              for row in zip(*(columns[name] for name in EXTRA_COLUMNS), strict=True)]
-    return [intent if extra == EXTRA_DEFAULTS else dataclasses.replace(intent, **extra)
-            for intent, extra in zip(intents, extras, strict=True)]
 
 
 class _Fields:
