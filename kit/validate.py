@@ -454,8 +454,8 @@ def _checked_rows(frame: pd.DataFrame, sanity: Sanity, now: datetime | None = No
 
 
 # ---- the column-wise path ----------------------------------------------------------------------------------
-# A frame whose every row is plainly valid is checked a column at a time (a 100,000-row basket in well under
-# a second, against ~10 s row by row). It accepts only what _check_row accepts, with the same values; any
+# A frame whose every row is plainly valid is checked a column at a time (a 100,000-row basket's intents in
+# ~0.3 s, against ~3 s row by row). It accepts only what _check_row accepts, with the same values; any
 # doubt (a bad row, an unusual dtype, a duplicate) sends the whole frame to _checked_rows, so every error
 # message comes from one place, in the same order.
 _FULL_SYMBOL = re.compile(_SYMBOL.pattern.strip("^$"))
