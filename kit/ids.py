@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from kit.errors import InputError
@@ -84,11 +83,16 @@ def client_order_ids(run_key: str, legs: Iterable[tuple[str, str]],
     `taken` counts legs the run already has, so an order added when a run is re-planned gets the next
     number instead of colliding with an order already sent.
     """
-    seen: Counter[tuple[str, str]] = Counter(taken or {})
+    # Counts per side, then symbol: str keys, not a (symbol, side) tuple per leg for the cycle collector
+    # to walk (a 100,000-order basket's ids took twice as long).
+    seen: dict[str, dict[str, int]] = {}
+    for (symbol, side), n in (taken or {}).items():
+        seen.setdefault(side, {})[symbol] = n
     ids = []
     for symbol, side in legs:
-        seen[symbol, side] += 1
-        ids.append(client_order_id(run_key, symbol, side, seen[symbol, side]))
+        counts = seen.setdefault(side, {})
+        counts[symbol] = n = counts.get(symbol, 0) + 1
+        ids.append(client_order_id(run_key, symbol, side, n))
     return ids
 
 

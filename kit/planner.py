@@ -11,13 +11,16 @@ import hashlib
 import math
 import operator
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from functools import cached_property
+from itertools import repeat
 from typing import Any
 
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from kit.errors import CurrencyError, InputError, ValidationError
 from kit.ids import check_run_key
@@ -56,13 +59,16 @@ class Plan:
         if not self.breaches:
             object.__setattr__(self, "breaches", tuple(() for _ in self.intents))
 
-    @cached_property  # a frozen plan's hash never changes; a 100,000-order plan takes a second to hash
+    @cached_property  # a frozen plan's hash never changes
     def hash(self) -> str:
+        """The run key and, per order, repr((client_order_id, *payload, breaches)), hashed. Ledgers store it
+        and approve= takes it: its value must never change for the same plan (tests/test_plan_pins.py)."""
         digest = hashlib.sha256(self.run_key.encode())
-        payload = operator.attrgetter(*PAYLOAD_FIELDS)  # the tuple OrderIntent.payload() gives, built in C
-        rows = zip(self.intents, self.breaches, strict=True)
-        digest.update("".join([repr((order.client_order_id, *payload(order), breaches))
-                               for order, breaches in rows]).encode())
+        for start in range(0, len(self.intents), _ROWS_HASHED_AT_ONCE):  # ~300 bytes of text an order
+            intents = self.intents[start:start + _ROWS_HASHED_AT_ONCE]
+            columns = [list(map(field, intents)) for field in _HASHED_FIELDS]
+            breaches = list(self.breaches[start:start + _ROWS_HASHED_AT_ONCE])
+            digest.update(_reprs_of_rows([*columns, breaches]).encode())
         return digest.hexdigest()[:16]
 
     @property
@@ -110,6 +116,43 @@ class Plan:
         return plan_html(self)
 
 
+_ROWS_HASHED_AT_ONCE = 10_000
+_HASHED_FIELDS = [operator.attrgetter(name) for name in ("client_order_id", *PAYLOAD_FIELDS)]
+# Types whose equal values have one repr (not float: 0.0 == -0.0), and whose repr is built in C.
+_ONE_REPR = (str, int, bool, type(None))
+
+
+def _column_text(values: list[Any]) -> str | None:
+    """The repr every value of a column has, or None when the values' reprs differ (or may)."""
+    first = values[0]
+    if all(map(operator.is_, values, repeat(first))):
+        return repr(first)
+    kind = type(first)
+    uniform = (kind in _ONE_REPR or isinstance(first, Enum) or (kind is float and first != 0.0)) \
+        and values.count(first) == len(values) and set(map(type, values)) == {kind}
+    return repr(first) if uniform else None
+
+
+def _reprs(values: list[Any]) -> list[str]:
+    """repr of each value; an enum's (Python's Enum.__repr__, ~1 us) once per member."""
+    if isinstance(values[0], Enum) and set(map(type, values)) == {type(values[0])}:
+        return list(map({member: repr(member) for member in set(values)}.__getitem__, values))
+    return list(map(repr, values))
+
+
+def _reprs_of_rows(columns: list[list[Any]]) -> str:
+    """"".join(repr(row) for row in zip(*columns)), a column at a time: a column with one value throughout
+    (most of a basket's) is written once into a row template, the others are repr'd a column at a time."""
+    if not columns[0]:
+        return ""
+    constants = [_column_text(values) for values in columns]
+    template = "(" + ", ".join("%s" if text is None else text.replace("%", "%%") for text in constants) + ")"
+    varying = [_reprs(values) for values, text in zip(columns, constants, strict=True) if text is None]
+    if not varying:
+        return (template % ()) * len(columns[0])
+    return "".join([template % row for row in zip(*varying, strict=True)])
+
+
 def is_positions_frame(frame: Any) -> bool:
     return isinstance(frame, pd.DataFrame) and any(c in frame.columns for c in TARGET_COLUMNS)
 
@@ -145,12 +188,26 @@ def row_keys(frame: pd.DataFrame) -> set[str]:
     """row_key of every row that names a symbol. A stock's or an FX pair's key is its symbol, so only the
     rows of futures and options are read one by one (a 100,000-stock basket: a column operation)."""
     symbols = frame["symbol"]
+    sec_types = frame["sec_type"] if "sec_type" in frame.columns else None
+    if (sec_types is None or _texts_all_of(sec_types, lambda text: given_sec_type(text) not in DERIVATIVES)) \
+            and _all_text(symbols):  # no future or option, every symbol a str
+        return set(symbols.tolist())
     named = symbols.map(lambda value: isinstance(value, str))
-    derivative = (frame["sec_type"].map(lambda value: given_sec_type(value) in DERIVATIVES).astype(bool)
-                  if "sec_type" in frame.columns else pd.Series(False, index=frame.index))
+    derivative = (sec_types.map(lambda value: given_sec_type(value) in DERIVATIVES).astype(bool)
+                  if sec_types is not None else pd.Series(False, index=frame.index))
     keys = set(symbols[named & ~derivative])
     keys.update(row_key(row) for row in frame[named & derivative].to_dict("records"))
     return keys
+
+
+def _all_text(column: pd.Series) -> bool:
+    """Whether every value is a str (a str column of pandas' own dtype may still have gaps)."""
+    return infer_dtype(column, skipna=False) == "string" and not column.hasnans
+
+
+def _texts_all_of(column: pd.Series, rule: Callable[[str], bool]) -> bool:
+    """Whether every value of the column is a str that the rule holds for, the rule run once per text."""
+    return _all_text(column) and all(map(rule, set(column.tolist())))
 
 
 def _row_currency(row: Mapping[str, Any]) -> str:
@@ -162,10 +219,12 @@ def _row_currency(row: Mapping[str, Any]) -> str:
 def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping[str, float],
                      sanity: Sanity, capital_currency: str = "USD",
                      fx_rates: Mapping[str, float] | None = None,
-                     ) -> tuple[dict[str, float], list[tuple[str | None, str]]]:
-    """Target positions in units per instrument key (shares, contracts, base currency), or the problems
-    that stop planning. A weight buys value in the capital's currency: a row in another currency needs a
-    rate, and a future's or option's value per contract is price x multiplier."""
+                     ) -> tuple[dict[str, float], dict[str, tuple[Any, dict[str, Any]]],
+                                list[tuple[str | None, str]]]:
+    """Target positions in units per instrument key (shares, contracts, base currency) with each key's row
+    (its label and values), or the problems that stop planning. A weight buys value in the capital's
+    currency: a row in another currency needs a rate, and a future's or option's value per contract is
+    price x multiplier."""
     problems: list[tuple[str | None, str]] = []
     unknown = [c for c in frame.columns if c not in POSITION_COLUMNS]
     if unknown:
@@ -179,8 +238,9 @@ def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping
     if "symbol" not in frame.columns:
         problems.append((None, "required column 'symbol' is missing"))
     if problems:
-        return {}, problems
+        return {}, {}, problems
     targets: dict[str, float] = {}
+    rows: dict[str, tuple[Any, dict[str, Any]]] = {}
     column = "target_weight" if by_weight else "target_quantity"
     for position, (label, row) in enumerate(zip(frame.index, frame.to_dict("records"), strict=True)):
         symbol, value = row.get("symbol"), row.get(column)
@@ -232,7 +292,8 @@ def _target_problems(frame: pd.DataFrame, capital: float | None, prices: Mapping
             targets[key] = shares
         else:
             targets[key] = float(value)
-    return targets, problems
+        rows[key] = (label, row)
+    return targets, rows, problems
 
 
 def _price(value: Any) -> float | None:
@@ -272,14 +333,13 @@ def plan_positions(frame: pd.DataFrame, run_key: str, *, positions: Mapping[str,
     lots; deltas under `min_notional` (in the row's currency, price x multiplier) are dropped.
     """
     _check_sizes(lot_size, min_notional, sanity)
-    targets, problems = _target_problems(frame, capital, prices, sanity, capital_currency, fx_rates)
+    targets, target_rows, problems = _target_problems(frame, capital, prices, sanity, capital_currency,
+                                                      fx_rates)
     if problems:
         raise ValidationError(problems)
-    records = frame.to_dict("records")
-    keys = [row_key(row) for row in records]
-    options = dict(zip(keys, records, strict=True))
     # Each order keeps its row's label, so a problem validate_orders finds names the user's row.
-    labels = dict(zip(keys, frame.index, strict=True))
+    labels = {key: label for key, (label, _) in target_rows.items()}
+    options = {key: row for key, (_, row) in target_rows.items()}
     rows, order_labels = [], []
     for key, raw_target in targets.items():
         target = _round_toward_zero(raw_target, lot_size)
@@ -328,5 +388,4 @@ def make_plan(targets: pd.DataFrame, run_key: str, *, positions: Mapping[str, fl
     current = Counter(positions)
     current.update(working)
     breaches = check(orders, limits or RiskLimits(), current, prices)
-    return Plan(run_key, tuple(orders), tuple(tuple(b) for b in breaches), dict(current),
-                target_positions, prices)
+    return Plan(run_key, tuple(orders), tuple(breaches), dict(current), target_positions, prices)

@@ -53,14 +53,23 @@ def signed(order: OrderIntent) -> float:
 def reference_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
     """The order's instrument in `prices`: by its key (kit.instruments.instrument_key), a future also by its
     local symbol or plain symbol (one price series for the root); an option only by its own key."""
-    names = [key_of(order)]
-    if order.sec_type == "FUT":
-        names += [order.local_symbol, order.symbol]
+    return _reference(order, key_of(order), prices)
+
+
+def _reference(order: OrderIntent, key: str, prices: Mapping[str, float]) -> float | None:
+    """reference_price, given the order's key."""
+    names = (key, order.local_symbol, order.symbol) if order.sec_type == "FUT" else (key,)
     for name in names:
         price = prices.get(name) if name else None
         if price is not None:
             return price
     return None
+
+
+def _usable(price: float | None) -> float | None:
+    """The price itself if it can value an order (finite, > 0), else None: a NaN from a prices Series with
+    a gap is no price."""
+    return price if price is not None and math.isfinite(price) and price > 0 else None
 
 
 def order_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
@@ -74,60 +83,58 @@ def _priced(order: OrderIntent, reference: float | None) -> float | None:
     """order_price, given the order's reference price."""
     limit = order.limit_price if priced_at_limit(order.order_type) else None
     for candidate in (limit, order.decision_price, reference, order.stop_price):
-        if candidate is not None and math.isfinite(candidate) and candidate > 0:
-            return float(candidate)
+        if (usable := _usable(candidate)) is not None:
+            return float(usable)
     return None
 
 
-def _notional(order: OrderIntent, reference: float | None) -> float | None:
-    return notional(order.quantity, _priced(order, reference), units(order))
-
-
 def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str, float],
-          prices: Mapping[str, float]) -> list[list[str]]:
-    """One list of breaches per order ([] = passes), in order. Orders are checked in sequence, so the run's
+          prices: Mapping[str, float]) -> list[tuple[str, ...]]:
+    """One tuple of breaches per order (() = passes), in order. Orders are checked in sequence, so the run's
     gross notional and the position limit see the orders before them that passed."""
-    verdicts: list[list[str]] = []
+    verdicts: list[tuple[str, ...]] = []
     gross = Money()  # per currency under the default guard; in limits.currency otherwise
     position = dict(positions)
     passed = 0
+    uses_money = limits.max_order_notional is not None or limits.max_gross_notional is not None
+    # Prices and money only for the limits that read them (none with the fat-finger guard turned off).
+    uses_reference = uses_money or limits.collar is not None
     for order in orders:
         breaches = []
         key = key_of(order)
-        quoted = reference_price(order, prices)
-        local = _notional(order, quoted)
+        quoted = _reference(order, key, prices) if uses_reference else None
+        local = notional_ = None
         unit = limits.currency if limits.price_required else order.currency
-        try:  # the notional in the limits' currency
-            notional = None if local is None else convert(local, order.currency, unit, limits.fx_rates, key)
-        except CurrencyError as exc:
-            notional, uses_money = None, (limits.max_order_notional, limits.max_gross_notional)
-            if any(limit is not None for limit in uses_money):
+        if uses_money:
+            local = notional(order.quantity, _priced(order, quoted), units(order))
+            try:  # the notional in the limits' currency
+                notional_ = None if local is None else convert(local, order.currency, unit, limits.fx_rates,
+                                                               key)
+            except CurrencyError as exc:
                 breaches.append(str(exc))
-        # A NaN reference (a prices Series with a gap) would make the collar distance NaN and pass: skip it.
-        reference = next((p for p in (quoted, order.decision_price)
-                          if p is not None and math.isfinite(p) and p > 0), None)
         if limits.allowed_symbols is not None and not {order.symbol, key} & limits.allowed_symbols:
             breaches.append(f"allowed_symbols: {key} is not allowed")
         if limits.max_order_quantity is not None and order.quantity > limits.max_order_quantity:
             breaches.append(f"max_order_quantity: {order.quantity:g} > {limits.max_order_quantity:g}")
-        needs_price = (limits.max_order_notional, limits.max_gross_notional)
-        if local is None and limits.price_required and any(limit is not None for limit in needs_price):
+        if local is None and limits.price_required and uses_money:
             breaches.append(f"no multiplier for {key} to check notional limits against (give multiplier, or "
                             "let the broker qualify the contract)" if units(order) is None else
                             "no price to check notional limits against (give decision_price or prices)")
-        if notional is not None and limits.max_order_notional is not None \
-                and notional > limits.max_order_notional:
-            breaches.append(f"max_order_notional: {notional:,.2f} > {limits.max_order_notional:,.2f}")
-        run_total = gross.totals.get(unit, 0.0) + (notional or 0.0)
-        if notional is not None and limits.max_gross_notional is not None \
-                and run_total > limits.max_gross_notional:
-            breaches.append(f"max_gross_notional: run total {run_total:,.2f} > "
-                            f"{limits.max_gross_notional:,.2f}")
-        after = position.get(key, 0.0) + signed(order)
-        if limits.max_position is not None and abs(after) > limits.max_position:
-            breaches.append(f"max_position: {key} position would be {after:g}, limit "
-                            f"{limits.max_position:g}")
+        if notional_ is not None and limits.max_order_notional is not None \
+                and notional_ > limits.max_order_notional:
+            breaches.append(f"max_order_notional: {notional_:,.2f} > {limits.max_order_notional:,.2f}")
+        if notional_ is not None and limits.max_gross_notional is not None:
+            run_total = gross.totals.get(unit, 0.0) + notional_
+            if run_total > limits.max_gross_notional:
+                breaches.append(f"max_gross_notional: run total {run_total:,.2f} > "
+                                f"{limits.max_gross_notional:,.2f}")
+        if limits.max_position is not None:
+            after = position.get(key, 0.0) + signed(order)
+            if abs(after) > limits.max_position:
+                breaches.append(f"max_position: {key} position would be {after:g}, limit "
+                                f"{limits.max_position:g}")
         if limits.collar is not None and order.limit_price is not None:
+            reference = _usable(quoted) or _usable(order.decision_price)
             distance = abs(order.limit_price / reference - 1) if reference else None
             if distance is None:
                 breaches.append("collar: no reference price to check the limit price against")
@@ -136,9 +143,11 @@ def check(orders: list[OrderIntent], limits: RiskLimits, positions: Mapping[str,
                                 f"{reference:g} (max {limits.collar:.1%})")
         if limits.max_orders is not None and passed >= limits.max_orders and not breaches:
             breaches.append(f"max_orders: more than {limits.max_orders} orders in one run")
-        if not breaches:
+        if not breaches:  # the run's totals, kept only for the limits that read them
             passed += 1
-            gross.add(notional or 0.0, unit)
-            position[key] = after
-        verdicts.append(breaches)
+            if limits.max_gross_notional is not None:
+                gross.add(notional_ or 0.0, unit)
+            if limits.max_position is not None:
+                position[key] = after
+        verdicts.append(tuple(breaches))  # a passing order's is the one empty tuple, nothing to collect
     return verdicts
