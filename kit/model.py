@@ -7,11 +7,15 @@ knows which broker produced them. Everything here is plain data: no I/O, no cloc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
+from itertools import repeat
 from math import fsum
 from operator import attrgetter
+from typing import Any
 
 
 class Side(StrEnum):
@@ -94,6 +98,27 @@ class OrderIntent:
 
     def payload(self) -> tuple:
         return tuple(getattr(self, name) for name in PAYLOAD_FIELDS)
+
+
+_INTENT_FIELDS = [(spec, OrderIntent.__dict__[spec.name]) for spec in fields(OrderIntent)]
+
+
+def intents_of(columns: Mapping[str, list[Any]]) -> list[OrderIntent]:
+    """One OrderIntent per row of `columns` (a list per field; a field not given takes its default).
+
+    Built a field at a time: each slot of every intent is set by that slot's own descriptor, in C, with the
+    values OrderIntent's generated __init__ would set one intent at a time (24 object.__setattr__ calls,
+    ~4 us an intent: 0.4 s of a 100,000-row basket). OrderIntent is a plain frozen dataclass (no
+    __post_init__, no default_factory); tests/test_plan_pins.py checks that these are the intents its
+    constructor builds."""
+    count = len(columns["client_order_id"])
+    if any(len(values) != count for values in columns.values()) or any(
+            f.default is MISSING and f.name not in columns for f, _ in _INTENT_FIELDS):
+        raise ValueError("intents_of needs every required field, in columns of one length")
+    intents = list(map(object.__new__, repeat(OrderIntent, count)))
+    for spec, slot in _INTENT_FIELDS:
+        deque(map(slot.__set__, intents, columns.get(spec.name, repeat(spec.default))), maxlen=0)
+    return intents
 
 
 @dataclass(frozen=True, slots=True)

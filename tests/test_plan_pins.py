@@ -13,10 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.model import OrderIntent, Side
+from kit.model import OrderIntent, Side, intents_of
 from kit.planner import _reprs_of_rows, make_plan
 from kit.risk import RiskLimits
-from kit.validate import intents_of
 
 NOW = datetime(2026, 12, 2, 9, 0)
 
@@ -117,7 +116,7 @@ def test_a_plan_hashed_in_parts_has_the_hash_of_the_whole(monkeypatch):
 
 @pytest.mark.parametrize("name, plan", list(_plans()), ids=lambda v: v if isinstance(v, str) else "")
 def test_intents_built_a_column_at_a_time_are_those_the_constructor_builds(name, plan):
-    """kit.validate.intents_of sets OrderIntent's slots without its __init__: it must give what the
+    """kit.model.intents_of sets OrderIntent's slots without its __init__: it must give what the
     constructor gives, and OrderIntent must stay a dataclass with nothing in __init__ to skip."""
     assert not hasattr(OrderIntent, "__post_init__")
     fields = OrderIntent.__slots__
