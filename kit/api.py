@@ -283,7 +283,8 @@ def plan(targets: pd.DataFrame, broker: str | Broker = "mock", run_key: str | No
     Options: db, prices, capital (for target_weight), risk (limits to override), lot_size, min_notional,
     sells_first. The plan renders as a table in Jupyter; its `hash` is what `approve=` takes.
     """
-    return _run(plan_async(targets, broker, run_key, **options))
+    with _rare_full_collections():  # as kit.execute plans: a big frame's intents are not garbage
+        return _run(plan_async(targets, broker, run_key, **options))
 
 
 async def execute_async(

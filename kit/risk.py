@@ -50,10 +50,11 @@ def signed(order: OrderIntent) -> float:
     return order.quantity if order.side is Side.BUY else -order.quantity
 
 
-def reference_price(order: OrderIntent, prices: Mapping[str, float]) -> float | None:
+def reference_price(order: OrderIntent, prices: Mapping[str, float], key: str | None = None) -> float | None:
     """The order's instrument in `prices`: by its key (kit.instruments.instrument_key), a future also by its
-    local symbol or plain symbol (one price series for the root); an option only by its own key."""
-    return _reference(order, key_of(order), prices)
+    local symbol or plain symbol (one price series for the root); an option only by its own key. `key`: the
+    order's key, if the caller keeps it (deriving it is most of the cost)."""
+    return _reference(order, key_of(order) if key is None else key, prices)
 
 
 def _reference(order: OrderIntent, key: str, prices: Mapping[str, float]) -> float | None:

@@ -147,6 +147,7 @@ class _Working:
     trigger: Trigger = field(default_factory=lambda: Trigger("BUY", "MKT"))
     held: str | None = None
     auction_price: float | None = None
+    key: str | None = None  # its instrument's key (an amendment never changes it): its price at every fill
 
     @property
     def done(self) -> bool:
@@ -255,8 +256,8 @@ class MockBroker(Broker):
         root = symbol.split(" ")[0] if len(symbol.split(" ")) == 2 else None  # a future's key: its root too
         return self.prices.get(symbol, self.prices.get(root) if root else None)
 
-    def _price(self, intent: OrderIntent) -> float | None:
-        return reference_price(intent, self.prices)
+    def _price(self, intent: OrderIntent, key: str | None = None) -> float | None:
+        return reference_price(intent, self.prices, key)
 
     def table(self) -> tuple[Contract, ...]:
         if self.contracts is None:
@@ -273,7 +274,7 @@ class MockBroker(Broker):
         `symbol` is an instrument key, or a future's root for all its months."""
         symbol, self.prices[symbol] = check_price(symbol, price)
         for working in self.orders.values():
-            if symbol not in (working.intent.symbol, key_of(working.intent)):
+            if symbol not in (working.intent.symbol, working.key):
                 continue
             if self._loop is not None:
                 self._maybe_fill(working)
@@ -322,11 +323,11 @@ class MockBroker(Broker):
                            trigger=Trigger(str(order.side), order.order_type, order.stop_price,
                                            order.trail_amount, order.trail_percent, order.offset,
                                            order.limit_price),
-                           held=auction(order.order_type, order.tif))
+                           held=auction(order.order_type, order.tif), key=key_of(order))
         self.orders[order.client_order_id] = working
         unknown = self._unknown_contract(order)
         at = utcnow()
-        if unknown or self._price(order) is None:
+        if unknown or self._price(order, working.key) is None:
             self._tell(working, Rejected(order.client_order_id, at, unknown or "price_unavailable"))
             working.cancelled = True
             return
@@ -431,7 +432,7 @@ class MockBroker(Broker):
         """The price it fills at: its auction's, else the reference."""
         if working.auction_price is not None:
             return working.auction_price
-        price = self._price(working.intent)
+        price = self._price(working.intent, working.key)
         assert price is not None, "an order without a price was rejected at submit"
         return price
 
