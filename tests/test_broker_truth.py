@@ -60,9 +60,17 @@ def test_a_ledger_deleted_mid_run_or_replaced_never_resends(gateway, tmp_path, l
         if isinstance(ledger_db, str):  # PostgreSQL: every table of the ledger dropped
             import psycopg
 
-            with psycopg.connect(ledger_db, autocommit=True) as con:
-                con.execute("DROP SCHEMA public CASCADE")
-                con.execute("CREATE SCHEMA public")
+            # The run writes meanwhile (its writes go on while the loop follows), so PostgreSQL may pick the
+            # drop as a deadlock's victim: nothing was dropped then, and the drop is made again.
+            for attempt in range(5):
+                try:
+                    with psycopg.connect(ledger_db, autocommit=True) as con:
+                        con.execute("DROP SCHEMA public CASCADE")
+                        con.execute("CREATE SCHEMA public")
+                    break
+                except psycopg.errors.DeadlockDetected:
+                    if attempt == 4:
+                        raise
             deleted.append(ledger_db)
             return
         deleted.extend(tmp_path.glob("kit.duckdb*"))
