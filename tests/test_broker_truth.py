@@ -60,8 +60,8 @@ def test_a_ledger_deleted_mid_run_or_replaced_never_resends(gateway, tmp_path, l
         if isinstance(ledger_db, str):  # PostgreSQL: every table of the ledger dropped
             import psycopg
 
-            # The run writes meanwhile (its writes go on while the loop follows), so PostgreSQL may pick the
-            # drop as a deadlock's victim: nothing was dropped then, and the drop is made again.
+            # The run may be writing meanwhile, and PostgreSQL may pick the drop as the deadlock's victim:
+            # nothing was dropped then, and the drop is made again.
             for attempt in range(5):
                 try:
                     with psycopg.connect(ledger_db, autocommit=True) as con:
