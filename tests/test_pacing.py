@@ -43,6 +43,40 @@ def test_no_window_holds_more_than_the_limit_and_messages_leave_a_few_at_a_time_
     assert times[-1] - times[0] >= 5 * 0.2 - 0.01  # 60 messages at 10 per 0.2 s take five windows
 
 
+class HeldUp(Client):
+    """A client whose every `every`-th write leaves `delay` s after the pacer let it go: the socket write
+    waits for the GIL another thread holds (a ledger write on a worker thread, a notebook's kernel). The
+    time kept is the write's own."""
+
+    def __init__(self, every: int, delay: float) -> None:
+        super().__init__()
+        self.every, self.delay, self.calls = every, delay, 0
+
+    def sendMsg(self, msg: str) -> None:
+        self.calls += 1
+        if self.calls % self.every == 0:
+            time.sleep(self.delay)  # held, as by another thread: the loop waits too
+        self.sent.append((time.monotonic(), msg))
+
+
+def test_writes_held_up_after_the_pacer_let_them_go_still_keep_every_window_within_the_limit():
+    """The window is kept between the writes themselves: a message the pacer let go and whose write came
+    30 ms later does not make room for one more 30 ms early. With no margin, any 0.2 s of writes holds 10."""
+    async def scenario() -> HeldUp:
+        client = HeldUp(every=7, delay=0.03)
+        pacer = Pacer(limit=10, window=0.2, catch_up=100, burst=2, margin=0)
+        pacer.install(client)
+        for n in range(80):
+            client.sendMsg(f"m{n}")
+        await asyncio.wait_for(pacer.drained(), 10)
+        return client
+
+    times = [t for t, _ in asyncio.run(scenario()).sent]
+    assert len(times) == 80
+    busiest = max(bisect.bisect_left(times, start + 0.2) - i for i, start in enumerate(times))
+    assert busiest <= 10
+
+
 def test_a_lost_connection_drops_what_was_still_queued():
     async def scenario() -> Client:
         client = Client()

@@ -105,12 +105,19 @@ class Pacer:
         if self._at is not None:
             self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.catch_up)
         self._at = now
+        # A message's send time is read once its write returned. Read before, a write held up in between
+        # (another thread holding the GIL: a ledger write, a notebook's kernel) would leave later than its
+        # stamp, and 51 writes could fall in a span of stamps that holds 50. Read after, every stamp is at
+        # or after its write, so the window kept between stamps holds between the writes themselves
+        # whatever held them up, and the margin is left to the network and IB's side.
         try:
             while self._queue and self._tokens >= 1 and len(sent) < self.limit:
                 self._tokens -= 1
-                sent.append(now)
                 self.sent += 1
-                self._send(self._queue.popleft())
+                try:
+                    self._send(self._queue.popleft())
+                finally:
+                    sent.append(now := loop.time())
         finally:  # a send that raised (a broken socket) loses its own message, never the queue behind it
             self._release()
             if self._queue:
@@ -123,9 +130,11 @@ class Pacer:
         message and no drained() waiter. The send times count in the window (asyncio's loop clock is
         time.monotonic), so a paced send on a loop afterwards leaves room for them."""
         while self._queue:
-            self._sent.append(time.monotonic())
             self.sent += 1
-            self._send(self._queue.popleft())
+            try:
+                self._send(self._queue.popleft())
+            finally:
+                self._sent.append(time.monotonic())
 
     def _release(self) -> None:
         """Wake the drained() waiters whose messages have all left."""
