@@ -1,9 +1,9 @@
 """IB pacing: a 500-order basket over 20 symbols through kit's simulated IB gateway with the real ib_async
 client, measured against IB's limit of 50 messages per second.
 
-kit.execute runs the basket on an IBBroker whose Pacer (kit.brokers.pacing: at most 50 in any 1.04 s, 2
-at a time) paces every message the client sends. The gateway, in a thread of this process, timestamps each
-message it receives (once it has handled it):
+kit.execute runs the basket, in a process of its own as beside IB itself, on an IBBroker whose Pacer
+(kit.brokers.pacing: at most 50 in any 1.04 s, 2 at a time) paces every message the client sends. The
+gateway, in a thread of this process, timestamps each message it receives (once it has handled it):
 
 - `message_share`: every message kit sent from the moment it began submitting to the 500th order, per
   second, as a share of IB's 50: the issue's goal (>= 0.95) is this figure;
@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,17 +58,75 @@ def _targets() -> pd.DataFrame:
 
 
 def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float = 30.0) -> dict[str, Any]:
-    """One 500-order run at `throttle` messages per second, on a fresh gateway.
+    """One 500-order run at `throttle` messages per second, on a fresh gateway, kit in a process of its own
+    (`python -m bench.ib_pacing child SPEC`): as beside IB itself, kit's loop and ledger writes never share
+    a GIL with the gateway's reading of what kit sent.
 
     burst=None is kit as it is (IBBroker's Pacer: `throttle` in any 1.04 s); burst=k replaces it by the
     client library's own throttle of k messages per k/throttle seconds (k=throttle: ib_async's as shipped).
     """
+    from kit.gateway import GatewayConfig, run_gateway_in_thread
+
+    config = GatewayConfig(instruments=_instruments(), partial_fills=1)
+    with run_gateway_in_thread(config) as gw:
+        book = gw.state
+        placed: list[float] = []
+        inbound: list[float] = []
+        place, record_inbound = book.place, book.record_inbound
+
+        def timed_place(*args: Any, **kwargs: Any) -> Any:
+            placed.append(time.monotonic())  # one clock for every process: CLOCK_MONOTONIC
+            return place(*args, **kwargs)
+
+        def timed_inbound(client_id: int, t: float) -> int:
+            inbound.append(t)
+            return record_inbound(client_id, t)
+
+        book.place, book.record_inbound = timed_place, timed_inbound  # type: ignore[method-assign]
+        client_id = next(_client_ids)
+        spec = {"port": gw.port, "client_id": client_id, "throttle": throttle, "burst": burst,
+                "ack_timeout": ack_timeout, "db": str(db)}
+        done = subprocess.run([sys.executable, "-m", "bench.ib_pacing", "child", json.dumps(spec)],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                              timeout=600, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"pacing run at {throttle}: exit {done.returncode}: {done.stderr[-2000:]}")
+        kit_side = json.loads(done.stdout.splitlines()[-1])
+        max_rate = gw.call(book.max_inbound_rate)
+        total = gw.call(lambda: book.inbound[client_id].count)
+        refused = gw.call(lambda: book.paced[client_id])
+    # The baseline may trip IB's limit (error 100: those orders are refused); kit's pacing never may.
+    failed = kit_side["status"] != "done" or len(placed) != ORDERS
+    start = kit_side["prepare_started"]
+    if start is None or (burst is None and failed) or not placed:
+        raise AssertionError(f"pacing run at {throttle}: {kit_side['status']}, {len(placed)} orders placed, "
+                             f"notes {kit_side['notes']}")
+    placed.sort()
+    sent = sum(1 for t in inbound if start <= t <= placed[-1])
+    return {
+        "message_share": sent / (placed[-1] - start) / IB_LIMIT,
+        "messages_in_basket": sent,
+        "orders_per_s": ORDERS / (placed[-1] - start),
+        "sustained_orders_per_s": _slope(placed[50:450]) if len(placed) >= 450 else math.nan,
+        "max_inbound_rate": max_rate,
+        "inbound_messages": total,
+        "messages_before_first_order": sum(1 for t in inbound if start <= t < placed[0]),
+        "unacknowledged_notes": sum("unacknowledged" in note for note in kit_side["notes"]),
+        "refused_by_pacing": refused,  # messages the gateway answered with error 100
+        "orders_placed": len(placed),
+    }
+
+
+def _kit_side(spec: dict[str, Any]) -> dict[str, Any]:
+    """The child: kit.execute of the basket against the gateway at spec's port; when kit began submitting
+    (its loop clock, time.monotonic, the gateway's too), the run's status and notes."""
     import kit
     from bench._common import NO_FAT_FINGER
     from kit.brokers.ib import IBBroker
     from kit.brokers.pacing import Pacer
     from kit.config import IBSettings
-    from kit.gateway import GatewayConfig, run_gateway_in_thread
+
+    throttle, burst = spec["throttle"], spec["burst"]
 
     class TimedIB(IBBroker):
         prepare_started: float | None = None
@@ -85,50 +144,11 @@ def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float
                 self.prepare_started = time.monotonic()
             await super().prepare(orders)
 
-    config = GatewayConfig(instruments=_instruments(), partial_fills=1)
-    with run_gateway_in_thread(config) as gw:
-        book = gw.state
-        placed: list[float] = []
-        inbound: list[float] = []
-        place, record_inbound = book.place, book.record_inbound
-
-        def timed_place(*args: Any, **kwargs: Any) -> Any:
-            placed.append(time.monotonic())  # the gateway's loop clock is time.monotonic() too
-            return place(*args, **kwargs)
-
-        def timed_inbound(client_id: int, t: float) -> int:
-            inbound.append(t)
-            return record_inbound(client_id, t)
-
-        book.place, book.record_inbound = timed_place, timed_inbound  # type: ignore[method-assign]
-        client_id = next(_client_ids)
-        broker = TimedIB(IBSettings(port=gw.port, client_id=client_id, connect_timeout=10),
-                         max_messages_per_second=throttle, ack_timeout=ack_timeout)
-        run = kit.execute(_targets(), broker=broker, run_key=f"bench-pacing-{client_id}", db=db, timeout=120,
-                          risk=NO_FAT_FINGER)
-        max_rate = gw.call(book.max_inbound_rate)
-        total = gw.call(lambda: book.inbound[client_id].count)
-        refused = gw.call(lambda: book.paced[client_id])
-    # The baseline may trip IB's limit (error 100: those orders are refused); kit's pacing never may.
-    failed = run.status != "done" or len(placed) != ORDERS
-    if broker.prepare_started is None or (burst is None and failed) or not placed:
-        raise AssertionError(f"pacing run at {throttle}: {run.status}, {len(placed)} orders placed, "
-                             f"notes {run.notes}")
-    placed.sort()
-    start = broker.prepare_started
-    sent = sum(1 for t in inbound if start <= t <= placed[-1])
-    return {
-        "message_share": sent / (placed[-1] - start) / IB_LIMIT,
-        "messages_in_basket": sent,
-        "orders_per_s": ORDERS / (placed[-1] - start),
-        "sustained_orders_per_s": _slope(placed[50:450]) if len(placed) >= 450 else math.nan,
-        "max_inbound_rate": max_rate,
-        "inbound_messages": total,
-        "messages_before_first_order": sum(1 for t in inbound if start <= t < placed[0]),
-        "unacknowledged_notes": sum("unacknowledged" in note for note in run.notes),
-        "refused_by_pacing": refused,  # messages the gateway answered with error 100
-        "orders_placed": len(placed),
-    }
+    broker = TimedIB(IBSettings(port=spec["port"], client_id=spec["client_id"], connect_timeout=10),
+                     max_messages_per_second=throttle, ack_timeout=spec["ack_timeout"])
+    run = kit.execute(_targets(), broker=broker, run_key=f"bench-pacing-{spec['client_id']}", db=spec["db"],
+                      timeout=120, risk=NO_FAT_FINGER)
+    return {"prepare_started": broker.prepare_started, "status": run.status, "notes": run.notes}
 
 
 def _slope(times: list[float]) -> float:
@@ -209,7 +229,9 @@ def sweep(settings: list[tuple[int, int | None]], reps: int = 3) -> list[dict[st
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["sweep"]:  # python -m bench.ib_pacing sweep 45 40 35 46/4 ...
+    if sys.argv[1:2] == ["child"]:
+        print(json.dumps(_kit_side(json.loads(sys.argv[2]))), flush=True)
+    elif sys.argv[1:2] == ["sweep"]:  # python -m bench.ib_pacing sweep 45 40 35 46/4 ...
         pairs = [(int(a), int(b) if b else None) for a, _, b in (x.partition("/") for x in sys.argv[2:])]
         sweep(pairs or [(t, None) for t in (50, 45, 40, 35, 30, 25)])
     else:

@@ -9,6 +9,8 @@ with a line `REPORT <json>`, so a test class pays for starting Python and import
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,20 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         return result
     result.update(report(run, spec["db"]))
     return result
+
+
+def execute_apart(spec: dict[str, Any], python: str | Path = sys.executable, timeout: float = 300
+                  ) -> dict[str, Any]:
+    """execute(spec) in a process of its own, under `python`: kit beside IB as it is, never in the process
+    of the simulated gateway, whose thread would otherwise share the GIL with kit's loop and its ledger
+    writes and read kit's messages later than kit sent them (a pacing test would then measure the test)."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([str(python), "-m", "tests.ib_driver", json.dumps(spec)], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"tests.ib_driver exited {done.returncode}: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def serve() -> None:

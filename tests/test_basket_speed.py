@@ -21,7 +21,7 @@ from kit.brokers.pacing import Pacer
 from kit.errors import ValidationError
 from kit.gateway import GatewayConfig, run_gateway_in_thread
 from kit.planner import row_key, row_keys
-from tests.ib_driver import execute as drive_ib
+from tests.ib_driver import execute_apart
 
 
 @pytest.fixture
@@ -151,8 +151,9 @@ def test_snapshots_queued_behind_a_long_basket_still_give_every_order_its_arriva
         count = 250
         targets = {"symbol": [symbols[n % len(symbols)] for n in range(count)], "side": ["BUY"] * count,
                    "quantity": list(range(1, count + 1))}
-        result = drive_ib({"port": gw.port, "db": str(tmp_path / "kit.duckdb"), "run_key": "long-basket",
-                           "targets": targets, "library": "ib_async", "sync_timeout": 2.5, "timeout": 60})
+        result = execute_apart({"port": gw.port, "db": str(tmp_path / "kit.duckdb"),
+                                "run_key": "long-basket", "targets": targets, "library": "ib_async",
+                                "sync_timeout": 2.5, "timeout": 60})
         assert gw.call(gw.state.max_inbound_rate) <= 50
     assert result["status"] == "done", result.get("error") or result["notes"]
     assert len(result["orders"]) == count

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ PACING_TARGETS = {"symbol": [f"P{i % 20:02d}" for i in range(500)], "side": ["BU
 def test_a_500_order_basket_never_trips_ibs_pacing(library, tmp_path):
     """kit's Pacer keeps every one-second window at or under IB's 50 messages, with either library."""
     from kit.gateway import Instrument
-    from tests.ib_driver import execute
+    from tests.ib_driver import execute_apart
 
     instruments = tuple(Instrument(f"P{i:02d}", 7_000_000 + i, "NASDAQ", "USD", 20.0 + i, f"PACING {i}")
                         for i in range(20))
@@ -128,14 +129,7 @@ def test_a_500_order_basket_never_trips_ibs_pacing(library, tmp_path):
         spec = {"port": gw.port, "client_id": 41, "library": library, "run_key": f"pacing-{library}",
                 "db": str(tmp_path / "kit.duckdb"), "targets": PACING_TARGETS, "timeout": 120,
                 "ack_timeout": 30, "connect_timeout": 10}
-        if library == "ib_async":
-            report = execute(spec)
-        else:
-            command = [str(require_insync()), "-m", "tests.ib_driver", json.dumps(spec)]
-            done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                  capture_output=True, text=True, timeout=300, check=False)
-            assert done.returncode == 0, done.stderr[-3000:]
-            report = json.loads(done.stdout.splitlines()[-1])
+        report = execute_apart(spec, sys.executable if library == "ib_async" else require_insync())
         paced, busiest = gw.call(lambda: dict(gw.state.paced)), gw.call(gw.state.max_inbound_rate)
     assert report["library"] == library
     assert report["status"] == "done" and len(report["fills"]) == 500
