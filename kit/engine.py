@@ -414,7 +414,7 @@ class Engine:
             self._arrived(loop.time())
             self._drain()
             crash_point("engine.applied_not_written")
-            self.recorder.flush()
+            await self.recorder.write_behind()
             if self.observer is not None:
                 self.observer(self.book.orders.values())
         return True

@@ -7,11 +7,14 @@ batch at a time: the engine records every applied event through it, and reconcil
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from operator import attrgetter
@@ -25,6 +28,17 @@ from kit.store import Batch, Ledger
 
 log = logging.getLogger("kit.ledger")
 Row = dict[str, Any]
+_writers: dict[int, ThreadPoolExecutor] = {}
+
+
+def _writer() -> ThreadPoolExecutor:
+    """The thread write_behind writes on: one per process, made in it (a forked child, a scheduler's task
+    say, cannot use its parent's: the thread is not there)."""
+    pid = os.getpid()
+    if pid not in _writers:
+        _writers.clear()
+        _writers[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kit-ledger-writer")
+    return _writers[pid]
 
 
 def order_row(order: Order, updated_at: datetime | None = None) -> Row:
@@ -123,6 +137,19 @@ def event_detail(event: Event, effect: Effect) -> dict[str, Any]:
     return detail
 
 
+async def _finished(writing: Future[bool]) -> None:
+    """Wait for a write to end, leaving its outcome to Recorder._settle. A cancelled wait leaves the write
+    going on (a thread cannot be stopped mid-transaction)."""
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+
+    def tell(_: Future[bool]) -> None:
+        loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+
+    writing.add_done_callback(tell)
+    await ended
+
+
 class Recorder:
     """Turns applied events into ledger rows and writes them a batch at a time."""
 
@@ -142,6 +169,7 @@ class Recorder:
         # many amendments has the same terms (kit.state changes an intent only by an amendment, and a
         # replanned order is a new Order), so its next row differs only in the state columns.
         self._terms: dict[str, tuple[Order, int]] = {}
+        self._writing: tuple[Future[bool], Batch] | None = None  # a write_behind under way, and its batch
         self.journaled = False
         self.write_error: LedgerWriteError | None = None  # the first batch that could not be made durable
         self.lost: LedgerIdentityError | None = None  # the ledger this run opened is gone: nothing is written
@@ -202,34 +230,77 @@ class Recorder:
 
         A ledger that disappeared or was replaced (LedgerIdentityError) is raised once, to fail the run;
         later flushes (the engine closing down) then write nothing, so the broker is still let go."""
+        if self._writing is not None:
+            self._settle_writing()
         if self.lost is not None:
             return False
+        self._rows()
+        if not self.batch:
+            return True
+        batch, self.batch = self.batch, Batch()
+        return self._settle(batch, lambda: self.ledger.write(batch))
+
+    async def write_behind(self) -> None:
+        """flush(), with the ledger's write on a worker thread while the event loop goes on: IB's pacing
+        timers and the broker's messages are not held up by a transaction (milliseconds each: DuckDB lets go
+        of the GIL while it works). Events recorded meanwhile go with the next flush. The ledger is the
+        writer thread's until the write ends: a flush meanwhile (another task's) waits for it and takes its
+        outcome, and so does the next flush if this is cancelled. A batch not made durable goes back in
+        front of what came after (see flush), a lost ledger raises here."""
+        if self._writing is not None:
+            await _finished(self._writing[0])
+            self._settle_writing()
+        if self.lost is not None:
+            return
+        self._rows()
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, Batch()
+        writing = _writer().submit(self.ledger.write, batch)
+        self._writing = (writing, batch)
+        await _finished(writing)
+        if self._writing is not None and self._writing[0] is writing:
+            self._settle_writing()
+
+    def _rows(self) -> None:
+        """The rows of the orders and fills changed since the last flush, into the batch."""
         for order, updated_at in self._changed.values():
             self._put(order, order_row(order, updated_at))
         self._changed.clear()
         for exec_id, (order, fill) in self._fills.items():
             self.batch.fills[exec_id] = fill_row(order, fill)
         self._fills.clear()
-        if not self.batch:
-            return True
+
+    def _settle_writing(self) -> bool:
+        """The outcome of write_behind's write, waited for if it is still under way."""
+        assert self._writing is not None
+        writing, batch = self._writing
+        self._writing = None
+        return self._settle(batch, writing.result)
+
+    def _settle(self, batch: Batch, write: Callable[[], bool]) -> bool:
+        """The outcome of writing `batch`: one not made durable goes back in front of what was recorded
+        since, to go out with the next flush."""
         try:
-            written = self.ledger.write(self.batch)
-        except LedgerIdentityError as exc:
-            self.lost = exc
-            self.notes.append(str(exc))
+            written = write()
+        except BaseException as exc:
+            self.batch = batch.then(self.batch)
+            if isinstance(exc, LedgerIdentityError):
+                self.lost = exc
+                self.notes.append(str(exc))
+            elif isinstance(exc, LedgerWriteError):
+                if self.write_error is None:
+                    self.write_error = exc
+                    self.notes.append(f"{exc}. kit sends no order whose `submitted` event it cannot "
+                                      "record; orders already sent were followed. Free space (or move the "
+                                      "ledger) and run the same key again: the broker's record reconciles "
+                                      "the rest")
+                return False
             raise
-        except LedgerWriteError as exc:
-            if self.write_error is None:
-                self.write_error = exc
-                self.notes.append(f"{exc}. kit sends no order whose `submitted` event it cannot record; "
-                                  "orders already sent were followed. Free space (or move the ledger) and "
-                                  "run the same key again: the broker's record reconciles the rest")
-            return False
         if not written and not self.journaled:
             self.journaled = True
             message = (f"the ledger {self.ledger.path} {self.ledger.journal_reason}; events are kept in "
                        f"{self.ledger.journal.path} and written when the ledger can take them")
             log.warning(message)
             self.notes.append(message)
-        self.batch = Batch()
         return True

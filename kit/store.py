@@ -327,6 +327,19 @@ class Batch:
     def __len__(self) -> int:
         return len(self.events)
 
+    def then(self, later: Batch) -> Batch:
+        """This batch followed by `later`, as one: what a flush writes when this one could not be written."""
+        fills = {k: v for k, v in self.fills.items() if k not in later.replaced_fills} | later.fills
+        runs = {run_id: dict(values) for run_id, values in self.runs.items()}
+        for run_id, values in later.runs.items():
+            runs.setdefault(run_id, {}).update(values)
+        # A later row keeps its same_terms mark only if the ledger had this key's terms before this batch.
+        same_terms = {k for k in self.same_terms if k not in later.orders} | {
+            k for k in later.same_terms if k not in self.orders or k in self.same_terms}
+        return Batch(events=self.events + later.events, orders=self.orders | later.orders, fills=fills,
+                     replaced_fills=self.replaced_fills | later.replaced_fills, runs=runs,
+                     new_runs=later.new_runs | self.new_runs, same_terms=same_terms)
+
 
 def _by_name(row: Row | list[Any], columns: tuple[str, ...]) -> Row:
     """A journaled row; a journal written by kit before rows had names holds lists in column order (and no
