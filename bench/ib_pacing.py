@@ -12,7 +12,10 @@ gateway, in a thread of this process, timestamps each message it receives (once 
 - `sustained_orders_per_s`: the least-squares slope of order number against arrival time over orders
   50..450, once only orders are in flight;
 - `max_inbound_rate`: the gateway's own count of the most messages from this client in any one-second
-  window, handshake and requests included. Above 50 is a pacing violation.
+  window, handshake and requests included. Above 50 is a pacing violation;
+- `timer_late_ms_per_rep`: how late kit's loop ran the pacer's timers (p50, p90, p99): a timer run late
+  is rate lost for good once the loop is busy more than a fifth of a window (kit.brokers.pacing), which is
+  what writing the ledger on the loop itself did to a slower machine.
 
 Two configurations, interleaved: kit's pacing (IBBroker's default token bucket) and, as the baseline,
 ib_async's own throttle as it ships (45 messages at once per 1-s window, each wait counted from the last
@@ -114,19 +117,24 @@ def basket(throttle: int, db: Path, burst: int | None = None, ack_timeout: float
         "unacknowledged_notes": sum("unacknowledged" in note for note in kit_side["notes"]),
         "refused_by_pacing": refused,  # messages the gateway answered with error 100
         "orders_placed": len(placed),
+        "timer_late_ms": kit_side["timer_late_ms"],  # kit's pacer timers: how late its loop ran them
     }
 
 
 def _kit_side(spec: dict[str, Any]) -> dict[str, Any]:
     """The child: kit.execute of the basket against the gateway at spec's port; when kit began submitting
     (its loop clock, time.monotonic, the gateway's too), the run's status and notes."""
+    import asyncio
+
     import kit
-    from bench._common import NO_FAT_FINGER
+    from bench._common import NO_FAT_FINGER, percentile
     from kit.brokers.ib import IBBroker
     from kit.brokers.pacing import Pacer
     from kit.config import IBSettings
 
     throttle, burst = spec["throttle"], spec["burst"]
+
+    late: list[float] = []  # seconds each pacer timer ran after it was due
 
     class TimedIB(IBBroker):
         prepare_started: float | None = None
@@ -134,6 +142,14 @@ def _kit_side(spec: dict[str, Any]) -> dict[str, Any]:
         def _pace(self, client: Any) -> None:
             if burst is None:
                 super()._pace(client)
+                pacer, drain = self._pacer, self._pacer._drain
+
+                def timed_drain() -> None:
+                    if pacer._timer is not None:  # run by its timer, not by a submit
+                        late.append(asyncio.get_running_loop().time() - pacer._timer.when())
+                    drain()
+
+                pacer._drain = timed_drain  # type: ignore[method-assign]
                 return
             self._pacer = Pacer(throttle)  # cleared on a disconnect; never installed
             client.MaxRequests = burst
@@ -148,7 +164,9 @@ def _kit_side(spec: dict[str, Any]) -> dict[str, Any]:
                      max_messages_per_second=throttle, ack_timeout=spec["ack_timeout"])
     run = kit.execute(_targets(), broker=broker, run_key=f"bench-pacing-{spec['client_id']}", db=spec["db"],
                       timeout=120, risk=NO_FAT_FINGER)
-    return {"prepare_started": broker.prepare_started, "status": run.status, "notes": run.notes}
+    return {"prepare_started": broker.prepare_started, "status": run.status, "notes": run.notes,
+            "timer_late_ms": {f"p{q}": round(1000 * percentile(late, q), 2) for q in (50, 90, 99)}
+            if late else None}
 
 
 def _slope(times: list[float]) -> float:
@@ -173,6 +191,7 @@ def _fold(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "messages_before_first_order": statistics.median(r["messages_before_first_order"] for r in runs),
         "refused_by_pacing": sum(r["refused_by_pacing"] for r in runs),
         "orders_placed_per_rep": [r["orders_placed"] for r in runs],
+        "timer_late_ms_per_rep": [r["timer_late_ms"] for r in runs],
     }
 
 

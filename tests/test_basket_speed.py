@@ -19,8 +19,9 @@ import kit
 from kit.brokers.mock import MockBroker
 from kit.brokers.pacing import Pacer
 from kit.errors import ValidationError
-from kit.gateway import GatewayConfig, run_gateway_in_thread
+from kit.gateway import GatewayConfig
 from kit.planner import row_key, row_keys
+from tests.gateway_apart import gateway_apart
 from tests.ib_driver import execute_apart
 
 
@@ -145,16 +146,16 @@ def test_a_lost_connection_fails_whoever_waits_for_the_queue():
 def test_snapshots_queued_behind_a_long_basket_still_give_every_order_its_arrival_price(tmp_path: Path):
     """The arrival snapshots go behind the orders: 250 orders at IB's pace take 5 s to leave, twice the
     2.5 s the snapshot's answer is given (room for a loaded machine), which counts from when they leave."""
-    with run_gateway_in_thread(GatewayConfig()) as gw:
-        symbols = [i.symbol for i in gw.gateway.config.instruments if i.currency == "USD" and
-                   i.sec_type == "STK"][:3]
-        count = 250
-        targets = {"symbol": [symbols[n % len(symbols)] for n in range(count)], "side": ["BUY"] * count,
-                   "quantity": list(range(1, count + 1))}
+    symbols = [i.symbol for i in GatewayConfig().instruments if i.currency == "USD" and
+               i.sec_type == "STK"][:3]
+    count = 250
+    targets = {"symbol": [symbols[n % len(symbols)] for n in range(count)], "side": ["BUY"] * count,
+               "quantity": list(range(1, count + 1))}
+    with gateway_apart() as gw:  # kit and the gateway each in a process of their own, as kit and IB
         result = execute_apart({"port": gw.port, "db": str(tmp_path / "kit.duckdb"),
                                 "run_key": "long-basket", "targets": targets, "library": "ib_async",
                                 "sync_timeout": 2.5, "timeout": 60})
-        assert gw.call(gw.state.max_inbound_rate) <= 50
+    assert gw.stats["max_inbound_rate"] <= 50
     assert result["status"] == "done", result.get("error") or result["notes"]
     assert len(result["orders"]) == count
     assert all(o["arrival_price"] for o in result["orders"])

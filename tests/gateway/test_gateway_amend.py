@@ -121,19 +121,19 @@ PACING_TARGETS = {"symbol": [f"P{i % 20:02d}" for i in range(500)], "side": ["BU
 def test_a_500_order_basket_never_trips_ibs_pacing(library, tmp_path):
     """kit's Pacer keeps every one-second window at or under IB's 50 messages, with either library."""
     from kit.gateway import Instrument
+    from tests.gateway_apart import gateway_apart
     from tests.ib_driver import execute_apart
 
     instruments = tuple(Instrument(f"P{i:02d}", 7_000_000 + i, "NASDAQ", "USD", 20.0 + i, f"PACING {i}")
                         for i in range(20))
-    with run_gateway_in_thread(GatewayConfig(instruments=instruments, partial_fills=1)) as gw:
+    with gateway_apart(instruments, partial_fills=1) as gw:  # kit and the gateway each in its own process
         spec = {"port": gw.port, "client_id": 41, "library": library, "run_key": f"pacing-{library}",
                 "db": str(tmp_path / "kit.duckdb"), "targets": PACING_TARGETS, "timeout": 120,
                 "ack_timeout": 30, "connect_timeout": 10}
         report = execute_apart(spec, sys.executable if library == "ib_async" else require_insync())
-        paced, busiest = gw.call(lambda: dict(gw.state.paced)), gw.call(gw.state.max_inbound_rate)
     assert report["library"] == library
     assert report["status"] == "done" and len(report["fills"]) == 500
-    assert paced == {} and busiest <= 50
+    assert gw.stats["paced"] == {} and gw.stats["max_inbound_rate"] <= 50
 
 
 def test_reprice_walks_a_resting_ib_order_by_modifies_until_it_fills(tmp_path):
