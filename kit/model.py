@@ -309,7 +309,14 @@ class Fills(dict):
     """An order's fills (execution_key -> latest revision) that count their changes, so the order's sums are
     computed once per change instead of on every read (the engine reads `working` once per event)."""
 
-    version = 0  # a class default, so a copy or an unpickled one (items set before any __init__) counts too
+    # A slot, not an instance __dict__ (168 bytes per order: the largest single allocation of a 100,000-order
+    # run), set in __new__ so a copy or an unpickled one (items set before any __init__) counts too.
+    __slots__ = ("version",)
+
+    def __new__(cls, *args: object, **kwargs: object) -> Fills:
+        fills = super().__new__(cls)
+        fills.version = 0
+        return fills
 
     def __setitem__(self, key: str, value: Fill) -> None:
         super().__setitem__(key, value)
