@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+STARTUP = 30  # seconds for the gateway process to listen: importing kit takes ~1 s
 
 
 @dataclass
@@ -47,17 +49,24 @@ def gateway_apart(instruments: tuple[Any, ...] | None = None, partial_fills: int
                                stdout=subprocess.PIPE, text=True)
     assert process.stdin is not None and process.stdout is not None
     try:
+        if not select.select([process.stdout], [], [], STARTUP)[0]:
+            raise AssertionError(f"the gateway process did not start within {STARTUP} s")
         first = process.stdout.readline().split()
         if first[:1] != ["PORT"]:
             raise AssertionError(f"the gateway process did not start: {first}")
         apart = GatewayApart(int(first[1]))
         yield apart
     finally:
-        process.stdin.close()
-        rest = process.stdout.read()
-        process.wait(timeout=30)
-    [stats] = [line.removeprefix("STATS ") for line in rest.splitlines() if line.startswith("STATS ")]
-    apart.stats = json.loads(stats)
+        try:
+            rest, _ = process.communicate(timeout=30)  # closes its stdin: the gateway stops and reports
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+    stats = [line.removeprefix("STATS ") for line in rest.splitlines() if line.startswith("STATS ")]
+    if len(stats) != 1:
+        raise AssertionError(f"the gateway process exited {process.returncode} without its counts: {rest!r}")
+    apart.stats = json.loads(stats[0])
 
 
 def main(spec: dict[str, Any]) -> None:

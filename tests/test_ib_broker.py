@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,11 +40,7 @@ def drive(library: str, gw: Any, tmp_path: Path, targets: dict, **spec: Any) -> 
             "library": library, **spec}
     if library == "ib_async":
         return execute(spec)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([str(INSYNC_PYTHON), "-m", "tests.ib_driver", json.dumps(spec)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return execute_apart(spec, INSYNC_PYTHON, timeout=120)
 
 
 def by_id(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
