@@ -19,6 +19,13 @@ the frame (`rss_ready_mib`), so the share of the peak that the measured call its
 - floor: what any implementation pays: the same frame validated by pandas column operations (symbol
   pattern, side, whole positive quantity under the limit, duplicates), the client order ids built as one
   string column, and the order rows bulk-inserted into a fresh DuckDB file in one statement.
+- ledger_floor: DuckDB's own cost of the ledger this run leaves, written as kit's contract has it written:
+  the rows of one kit run (read back from its ledger, not timed: the same values, the same JSON details)
+  into a fresh ledger (kit's schema, its keys) in kit's transactions: the plan's order rows and `planned`
+  events MAX_BATCH orders at a time, then per such batch its write-ahead (the `submitted` events and the
+  state columns UPDATEd) and the broker's events MAX_BATCH at a time, with the fills and the final state
+  UPDATE in the last. Each statement takes a whole registered DataFrame: no Python per row. What is left
+  of the goal after it is what kit's Python may spend (validation, the fold, the audit rows, the Run).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ QUANTITY = 100
 GOAL_SECONDS = 5.0
 GOAL_PEAK_MIB = 400.0
 MODES = ("kit", "plan", "floor")
+LEDGER_FLOOR = "ledger_floor"  # one child: one kit run to read the rows from, then `reps` timed writes
 PROFILE = "profile"  # one more child, untimed figures: where kit's time goes (see _profiled)
 # The key of the measurements so far (with 32-bit exec ids, `bench-big` collided; the mock now uses 64).
 RUN_KEY = "bench-big-3"
@@ -181,10 +189,83 @@ def _floor(folder: Path) -> dict[str, Any]:
     return {"seconds": seconds, "cpu_seconds": cpu, "rss_ready_mib": ready, "peak_rss_mib": _rss_mib()}
 
 
-def _child(mode: str) -> dict[str, Any]:
+def _ledger_floor(folder: Path, reps: int) -> dict[str, Any]:
+    """See the module's docstring: seconds of each of `reps` writes of one run's rows, kit's way."""
+    import duckdb
+
+    import kit
+    from bench._common import NO_FAT_FINGER
+    from kit.brokers.mock import MockBroker
+    from kit.engine import MAX_BATCH
+    from kit.store import EVENT_COLUMNS, FILL_COLUMNS, ORDER_COLUMNS, ORDER_STATE_COLUMNS, Ledger, _quoted
+
+    targets, prices = basket()
+    source = folder / "source.duckdb"
+    kit.execute(targets, broker=MockBroker(prices), run_key=RUN_KEY, db=source, timeout=600,
+                risk=NO_FAT_FINGER)
+    with duckdb.connect(str(source), read_only=True) as con:
+        runs = con.execute("SELECT * FROM runs").df()
+        orders = con.execute(f"SELECT {_quoted(ORDER_COLUMNS)} FROM orders ORDER BY client_order_id").df()
+        fills = con.execute(f"SELECT {_quoted(FILL_COLUMNS)} FROM fills ORDER BY client_order_id").df()
+        events = con.execute(f"SELECT {_quoted(EVENT_COLUMNS)} FROM order_events ORDER BY seq").df()
+    states = orders[["client_order_id", *ORDER_STATE_COLUMNS]]
+    order_of = {key: i for i, key in enumerate(orders["client_order_id"])}
+    batch_of = events["client_order_id"].map(order_of).fillna(-1) // MAX_BATCH  # -1: the run's own events
+    planned, submitted = events[events["kind"] == "planned"], events[events["kind"] == "submitted"]
+    told = events[~events["kind"].isin(["planned", "submitted"])]
+    told_batch = batch_of[told.index]
+    assignments = ", ".join(f'"{c}" = s."{c}"' for c in ORDER_STATE_COLUMNS)
+    transactions: list[list[tuple[str, Any]]] = []  # each: (statement, the frame it reads)
+    insert_events = "INSERT INTO order_events SELECT * FROM f"
+    for start in range(0, len(orders), MAX_BATCH):
+        keys = orders["client_order_id"].iloc[start:start + MAX_BATCH]
+        transactions.append([(f"INSERT INTO orders ({_quoted(ORDER_COLUMNS)}) SELECT * FROM f",
+                              orders.iloc[start:start + MAX_BATCH]),
+                             (insert_events, planned[planned["client_order_id"].isin(keys)])])
+    update = f"UPDATE orders SET {assignments} FROM f s WHERE orders.client_order_id = s.client_order_id"
+    for number, start in enumerate(range(0, len(orders), MAX_BATCH)):
+        keys = orders["client_order_id"].iloc[start:start + MAX_BATCH]
+        transactions.append([(update, states.iloc[start:start + MAX_BATCH]),
+                             (insert_events, submitted[submitted["client_order_id"].isin(keys)])])
+        mine = told[(told_batch == number) | ((told_batch == -1) & (number == 0))]
+        for at in range(0, len(mine), MAX_BATCH):
+            transactions.append([(insert_events, mine.iloc[at:at + MAX_BATCH])])
+        transactions[-1] += [(f"INSERT INTO fills ({_quoted(FILL_COLUMNS)}) SELECT * FROM f",
+                              fills[fills["client_order_id"].isin(keys)]),
+                             (update, states.iloc[start:start + MAX_BATCH])]
+    seconds = []
+    for rep in range(reps):
+        start_time = time.perf_counter()
+        path = folder / f"floor-{rep}.duckdb"
+        Ledger(path).open().close()  # kit's schema, made as a run makes it
+        con = duckdb.connect(str(path))
+        con.register("f", runs)
+        con.execute("INSERT INTO runs SELECT * FROM f")
+        for statements in transactions:
+            con.execute("BEGIN")
+            for statement, rows in statements:
+                con.register("f", rows)
+                con.execute(statement)
+            con.execute("COMMIT")
+        con.unregister("f")
+        con.close()
+        seconds.append(time.perf_counter() - start_time)
+        with duckdb.connect(str(path), read_only=True) as check:
+            written = [check.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                       for t in ("orders", "fills", "order_events")]
+        expected = [len(orders), len(fills), len(events)]
+        if written != expected:
+            raise AssertionError(f"the floor wrote {written} orders, fills, events; the run {expected}")
+    return {"seconds": seconds, "transactions": len(transactions),
+            "rows": {"orders": len(orders), "fills": len(fills), "events": len(events)}}
+
+
+def _child(mode: str, reps: int = 1) -> dict[str, Any]:
     from bench._common import isolated
 
     with isolated() as folder:
+        if mode == LEDGER_FLOOR:
+            return _ledger_floor(folder, reps)
         if mode == "floor":
             return _floor(folder)
         if mode == PROFILE:
@@ -192,10 +273,10 @@ def _child(mode: str) -> dict[str, Any]:
         return _kit(folder, plan_only=mode == "plan")
 
 
-def _spawn(mode: str) -> dict[str, Any]:
+def _spawn(mode: str, reps: int = 1) -> dict[str, Any]:
     from bench._common import ROOT, clean_environment
 
-    done = subprocess.run([sys.executable, "-m", "bench.big_basket", "child", mode], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "bench.big_basket", "child", mode, str(reps)], cwd=ROOT,
                           env=clean_environment(), capture_output=True, text=True, timeout=900)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -213,13 +294,17 @@ def _figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(reps: int = 3) -> dict[str, Any]:
+    from bench._common import summary
+
     samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     for _ in range(reps):
         for mode in MODES:  # interleaved: a slow minute on the shared machine hits all three alike
             samples[mode].append(_spawn(mode))
     kit_figures, plan_figures, floor = (_figures(samples[m]) for m in MODES)
     where = _spawn(PROFILE)
+    ledger_floor = _spawn(LEDGER_FLOOR, reps)
     seconds, peak = kit_figures["seconds"]["median"], kit_figures["peak_rss_mib"]["median"]
+    written = summary(ledger_floor["seconds"], 3)
     return {
         "benchmark": NAME,
         "what": f"{ORDERS} distinct symbols, MKT BUY {QUANTITY}, kit.execute on MockBroker into a fresh "
@@ -230,6 +315,12 @@ def run(reps: int = 3) -> dict[str, Any]:
                           "above)", **where},
         "floor": {"what": "pandas column checks of the frame + one bulk DuckDB insert of the order rows",
                   **floor},
+        "ledger_floor": {"what": "DuckDB alone: one run's rows written into a fresh ledger in kit's "
+                                 "transactions from whole DataFrames (see the module's docstring)",
+                         "seconds": written,
+                         "transactions": ledger_floor["transactions"], "rows": ledger_floor["rows"],
+                         "share_of_kit": round(written["median"] / seconds, 3),
+                         "left_for_python_within_goal_s": round(GOAL_SECONDS - written["median"], 3)},
         "share_of_floor": round(floor["seconds"]["median"] / seconds, 3),
         "share_of_floor_cpu": round(floor["cpu_seconds"]["median"] / kit_figures["cpu_seconds"]["median"], 3),
         "ratio": round(seconds / floor["seconds"]["median"], 1),
@@ -243,6 +334,6 @@ if __name__ == "__main__":
     from bench._common import emit
 
     if sys.argv[1:2] == ["child"]:
-        emit(_child(sys.argv[2]))
+        emit(_child(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1))
     else:
         emit(run())
